@@ -1,0 +1,1 @@
+"""meshnode node agent: pod enrollment, redirection backends, CLI."""

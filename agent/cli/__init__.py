@@ -1,0 +1,1 @@
+"""The `meshnode` command line. Each subcommand group lives in its own module."""

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, run as root. Fast when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iptables nftables iproute2 ipset conntrack
+  python3-bpfcc bpfcc-tools bpftool clang llvm linux-headers-amd64
+  containerd runc containernetworking-plugins busybox-static
+  haproxy iperf3 socat python3-venv python3-dev
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: must run as root (network namespaces, netfilter, bpf)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bcc compiles against kernel headers; this kernel has no headers package of its own, so
+# point the module dir at Debian's generic amd64 headers.
+kver=$(uname -r)
+hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
+common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
+if [ -n "$hdr" ] && [ -n "$common" ]; then
+  mkdir -p "/lib/modules/$kver"
+  [ -e "/lib/modules/$kver/build" ] || ln -sfn "$hdr" "/lib/modules/$kver/build"
+  [ -e "/lib/modules/$kver/source" ] || ln -sfn "$common" "/lib/modules/$kver/source"
+fi
+
+# The venv is built from Debian's python so that bcc (python3-bpfcc) is importable.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.meshnode-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
