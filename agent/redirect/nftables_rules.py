@@ -38,12 +38,19 @@ class NftTable:
 
     def text(self) -> str:
         t = f"inet {self.name}"
-        # add+delete+add: one atomic transaction that replaces the table whether or not it
-        # existed, so apply is idempotent and leaves no stale chain behind.
-        lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
-        lines += [f"add set {t} {name} {{ type {typ} ; }}" for name, typ in self.sets]
+        if self.sets:
+            # A table holding sets (the host probe addresses) is kept: replacing it would
+            # drop the pods' addresses. Flushing its chains is enough to stay idempotent.
+            lines = [f"add table {t}"]
+            lines += [f"add set {t} {name} {{ type {typ} ; }}" for name, typ in self.sets]
+        else:
+            # add+delete+add: one atomic transaction that replaces the table whether or
+            # not it existed, so apply is idempotent and leaves no stale chain behind.
+            lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
         lines += [f"add chain {t} {b.name} {b.decl()}" for b in self.base_chains]
         lines += [f"add chain {t} {c}" for c in self.chains]
+        if self.sets:
+            lines += [f"flush chain {t} {c}" for c in self.all_chains]
         lines += [f"add rule {t} {chain} {rule}" for chain, rule in self.rules]
         return "\n".join(lines) + "\n"
 
@@ -85,7 +92,8 @@ def render_pod(spec: RedirectSpec) -> NftScript:
     if spec.inbound_capture:
         nat += [(pre, r) for r in _per_family(
             spec, "meta l4proto tcp {ip} saddr {probe} counter accept")]
-    nat += [(out, r) for r in _per_family(spec, "meta l4proto tcp {ip} daddr {probe} counter accept")]
+    nat += [(out, r) for r in _per_family(
+        spec, "meta l4proto tcp {ip} daddr {probe} counter accept")]
     if spec.inbound_capture:
         for port in spec.exclude_inbound_ports:
             nat.append((pre, f"tcp dport {port} counter return"))

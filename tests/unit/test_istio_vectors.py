@@ -78,7 +78,7 @@ def canon_nft(text: str) -> Canon:
             out[m[1]]["chains"].add(m[2])  # type: ignore[attr-defined]
         elif m := re.match(r"^add rule inet (\S+) (\S+) (.*)$", line):
             out[m[1]]["rules"][m[2]].append(m[3])  # type: ignore[index]
-        elif re.match(r"^(flush|delete) table |^add set ", line) or not line:
+        elif re.match(r"^(flush|delete) table |^flush chain |^add set ", line) or not line:
             continue
         else:
             raise AssertionError(f"unparsed line {line!r}")

@@ -1,0 +1,91 @@
+"""Apply, read, diff and remove our rules with native nftables (`inet` tables we own).
+
+Every write is one `nft -f` transaction: the kernel applies all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from agent.redirect import netns, nftables_rules
+from agent.redirect.profile import names_for
+from agent.redirect.rules import ChainKey, LiveRule, OwnRules
+from agent.redirect.run import run
+from agent.redirect.spec import RedirectSpec
+
+_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
+
+
+def parse_ruleset(text: str, ours: frozenset[str]) -> OwnRules:
+    """Our tables from `nft list ruleset`; base chains keep their hook line as first item."""
+    out = OwnRules()
+    table: str | None = None
+    chain: str | None = None
+    depth = 0
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if depth == 0 and (m := re.match(r"^table inet (\S+) \{$", line)):
+            table, depth = m[1], 1
+            continue
+        if line.endswith("{"):
+            depth += 1
+            if depth == 2 and (m := re.match(r"^chain (\S+) \{$", line)):
+                chain = m[1]
+                if table in ours:
+                    out.add(ChainKey("inet", table, chain))
+            continue
+        if line == "}":
+            depth -= 1
+            if depth <= 1:
+                chain = None
+            if depth == 0:
+                table = None
+            continue
+        if table in ours and chain is not None and depth == 2:
+            m = _COUNTER.search(line)
+            p, b = (int(m[1]), int(m[2])) if m else (0, 0)
+            out.add(ChainKey("inet", table, chain), LiveRule(_COUNTER.sub("counter", line), p, b))
+    return out
+
+
+class NftablesBackend:
+    name = "nftables"
+
+    def _ours(self, spec: RedirectSpec) -> frozenset[str]:
+        return frozenset(names_for(spec.profile).nft_tables)
+
+    def _drop(self, tables: frozenset[str] | set[str]) -> str:
+        # add-then-delete removes a table whether or not it exists, inside the transaction.
+        return "".join(f"add table inet {t}\ndelete table inet {t}\n" for t in sorted(tables))
+
+    def script(self, spec: RedirectSpec) -> str:
+        rendered = nftables_rules.render_pod(spec)
+        unused = self._ours(spec) - {t.name for t in rendered.tables}
+        return self._drop(unused) + rendered.text()
+
+    def apply(self, label: str, spec: RedirectSpec) -> None:
+        run(label, "nft -f (apply)", ["nft", "-f", "-"], stdin=self.script(spec))
+
+    def read(self, label: str, spec: RedirectSpec) -> OwnRules:
+        return parse_ruleset(run(label, "nft list ruleset", ["nft", "list", "ruleset"]),
+                             self._ours(spec))
+
+    def remove(self, label: str, spec: RedirectSpec) -> list[str]:
+        present = {k.table for k in self.read(label, spec).chains}
+        if present:
+            run(label, "nft -f (remove)", ["nft", "-f", "-"], stdin=self._drop(present))
+        return [f"table inet {t}" for t in sorted(present)]
+
+    def expected(self, spec: RedirectSpec) -> OwnRules:
+        return self._canonical(self.script(spec), self._ours(spec))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - backends are few and long-lived
+    def _canonical(self, script: str, ours: frozenset[str]) -> OwnRules:
+        """Our rules as nft lists them back (it rewrites `mark and` to `meta mark &`, etc.)."""
+        with netns.scratch():
+            run("scratch", "canonicalise rules", ["nft", "-f", "-"], stdin=script)
+            return parse_ruleset(run("scratch", "nft list ruleset", ["nft", "list", "ruleset"]),
+                                 ours)

@@ -1,0 +1,1 @@
+"""meshnode standalone control plane (arrives with the control-plane issue)."""

@@ -1,0 +1,1 @@
+"""meshnode's shared node proxy."""
