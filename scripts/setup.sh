@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  iptables nftables iproute2 ipset conntrack
+  iptables nftables python3-nftables iproute2 ipset conntrack
   python3-bpfcc bpfcc-tools bpftool clang llvm linux-headers-amd64
   containerd runc containernetworking-plugins busybox-static
   haproxy iperf3 socat python3-venv python3-dev

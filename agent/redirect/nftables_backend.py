@@ -1,20 +1,58 @@
 """Apply, read, diff and remove our rules with native nftables (`inet` tables we own).
 
-Every write is one `nft -f` transaction: the kernel applies all of it or none of it.
+Every write is one nftables transaction: the kernel applies all of it or none of it. We
+call libnftables in-process (Debian's python3-nftables) rather than exec'ing `nft`: the
+transaction takes ~1.5 ms, the `nft` process start-up ~20 ms. The context is created on
+the calling thread, so its netlink socket belongs to the netns that thread is in.
 """
 
 from __future__ import annotations
 
 import functools
+import queue
 import re
+import threading
 
 from agent.redirect import netns, nftables_rules
+from agent.redirect.errors import RedirectError
 from agent.redirect.profile import names_for
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
 from agent.redirect.run import run
 from agent.redirect.spec import RedirectSpec
 
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
+
+try:
+    import nftables as _libnft
+except ImportError:  # pragma: no cover - setup installs python3-nftables
+    _libnft = None
+
+# Freeing a libnftables context takes ~14 ms (measured on this kernel), ten times what the
+# transaction itself costs. Nothing on the pod start-up path needs to wait for it, so spent
+# contexts are freed on a background thread.
+_spent: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+
+def _reap() -> None:
+    while True:
+        ctx = _spent.get()
+        del ctx
+
+
+threading.Thread(target=_reap, name="nft-ctx-reaper", daemon=True).start()
+
+
+def nft(label: str, step: str, script: str) -> str:
+    """Run an nft script in the current thread's netns; return what it printed."""
+    if _libnft is None:
+        return run(label, step, ["nft", "-f", "-"], stdin=script)
+    ctx = _libnft.Nftables()
+    rc, out, err = ctx.cmd(script)
+    _spent.put(ctx)
+    del ctx
+    if rc != 0:
+        raise RedirectError(label, step, f"nftables: {err.strip() or f'error {rc}'}")
+    return str(out)
 
 
 def parse_ruleset(text: str, ours: frozenset[str]) -> OwnRules:
@@ -67,16 +105,16 @@ class NftablesBackend:
         return self._drop(unused) + rendered.text()
 
     def apply(self, label: str, spec: RedirectSpec) -> None:
-        run(label, "nft -f (apply)", ["nft", "-f", "-"], stdin=self.script(spec))
+        nft(label, "nft (apply)", self.script(spec))
 
     def read(self, label: str, spec: RedirectSpec) -> OwnRules:
-        return parse_ruleset(run(label, "nft list ruleset", ["nft", "list", "ruleset"]),
-                             self._ours(spec))
+        return parse_ruleset(nft(label, "nft list ruleset", "list ruleset"), self._ours(spec))
 
     def remove(self, label: str, spec: RedirectSpec) -> list[str]:
-        present = {k.table for k in self.read(label, spec).chains}
+        listed = nft(label, "nft list tables", "list tables inet")
+        present = {ln.split()[-1] for ln in listed.splitlines()} & self._ours(spec)
         if present:
-            run(label, "nft -f (remove)", ["nft", "-f", "-"], stdin=self._drop(present))
+            nft(label, "nft (remove)", self._drop(present))
         return [f"table inet {t}" for t in sorted(present)]
 
     def expected(self, spec: RedirectSpec) -> OwnRules:
@@ -86,6 +124,5 @@ class NftablesBackend:
     def _canonical(self, script: str, ours: frozenset[str]) -> OwnRules:
         """Our rules as nft lists them back (it rewrites `mark and` to `meta mark &`, etc.)."""
         with netns.scratch():
-            run("scratch", "canonicalise rules", ["nft", "-f", "-"], stdin=script)
-            return parse_ruleset(run("scratch", "nft list ruleset", ["nft", "list", "ruleset"]),
-                                 ours)
+            nft("scratch", "canonicalise rules", script)
+            return parse_ruleset(nft("scratch", "nft list ruleset", "list ruleset"), ours)

@@ -1,0 +1,37 @@
+"""`make bench`: run every benchmark and rewrite docs/benchmarks.md's results section."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import redirect_apply
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def main() -> int:
+    pods = int(os.environ.get("MESHNODE_BENCH_PODS", "200"))
+    results = {"redirect": redirect_apply.measure(pods)}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    body = (f"Measured {datetime.date.today()} on {platform.node()}: {os.cpu_count()} cores, "
+            f"kernel {platform.release()}.\n\n" + redirect_apply.report(results["redirect"]))
+    doc = DOC.read_text()
+    head, _, rest = doc.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
