@@ -214,3 +214,16 @@ def test_flavour_detection_follows_legacy_rules(pods: tuple[Node, Node]) -> None
     sh(server.path, "iptables-legacy -t filter -A INPUT -p tcp --dport 1 -j ACCEPT")
     with entered(server.path):
         assert detect_flavour.__wrapped__() == "legacy"
+
+
+def test_apply_by_netns_fd(pods: tuple[Node, Node], impl: RuleBackend) -> None:
+    client, server = pods
+    fd = os.open(client.path, os.O_RDONLY)
+    try:
+        engine.apply(fd, RedirectSpec(), impl)
+    finally:
+        os.close(fd)
+    assert engine.diff(client.path, RedirectSpec(), impl).in_sync
+    proxy = tcp_listener(client.path, 15001, "0.0.0.0")
+    with tcp_connect(client.path, server.ip4, 80):
+        assert accepted_by(proxy) is not None
