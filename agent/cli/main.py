@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.cli import demo_cmd, redirect_cmd
+from agent.cli import agent_cmd, demo_cmd, install_cmd, redirect_cmd
 
 # Each module exposes `register(subparsers)`; handlers return the process exit code.
-COMMAND_MODULES = [redirect_cmd, demo_cmd]
+COMMAND_MODULES = [agent_cmd, redirect_cmd, install_cmd, demo_cmd]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -40,11 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+    except Exception as exc:  # the CLI's last line of defence: no traceback for users
+        from agent.config import ConfigError
         from agent.redirect.errors import RedirectError
         from agent.redirect.spec import SpecError
 
-        if isinstance(exc, RedirectError | SpecError | UserError | OSError):
+        if isinstance(exc, RedirectError | SpecError | ConfigError | UserError | OSError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

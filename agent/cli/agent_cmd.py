@@ -1,0 +1,59 @@
+"""`meshnode agent` (the daemon) and `meshnode pods` (what it has enrolled)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from agent.cli.output import add_output_flag, emit, table_text
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("agent", help="run the node agent")
+    p.add_argument("--config", metavar="FILE", help="agent config (YAML)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_agent)
+
+    p = sub.add_parser("pods", help="pods known to the agent: state, backend, IPs, netns")
+    p.add_argument("--config", metavar="FILE", help="agent config (YAML), for its state dir")
+    add_output_flag(p)
+    p.set_defaults(handler=cmd_pods)
+
+
+def cmd_agent(a: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from agent import config, logs
+    from agent.nodeagent.server import Agent
+
+    logs.configure(a.log_level)
+    cfg = config.load(a.config)
+    # uvloop for our loop only, not as the global policy: pyroute2 runs its own asyncio loop
+    # on the worker threads, and uvloop cannot open its AF_NETLINK sockets.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(Agent(cfg).run())
+    return 0
+
+
+def cmd_pods(a: argparse.Namespace) -> int:
+    from agent import config
+
+    cfg = config.load(a.config)
+    try:
+        with open(cfg.state_file) as f:
+            pods = json.load(f).get("pods", [])
+    except FileNotFoundError:
+        pods = []
+    rows = [{"namespace": p["namespace"], "name": p["name"], "state": p["state"],
+             "backend": p["backend"], "ips": ",".join(p["ips"]), "netns": p["netns"],
+             "container": p["container_id"][:12],
+             "last_change": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p["last_change"])),
+             "detail": p.get("detail", "")} for p in pods]
+    emit(pods, a.output, table=table_text(
+        rows, ["namespace", "name", "state", "backend", "ips", "netns", "container",
+               "last_change", "detail"]))
+    return 0

@@ -1,0 +1,144 @@
+"""The node agent's configuration: a YAML file mapped onto typed dataclasses.
+
+Unknown keys and wrong types are errors that name the key, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.redirect.spec import Backend, Profile, RedirectSpec
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class CaptureConfig:
+    """Redirect options for every pod (the plugin entry's `capture` can narrow them)."""
+
+    backend: str = "iptables"
+    iptables_flavour: str = "auto"
+    profile: str = "meshnode"
+    ipv6: bool = False
+    dns_capture: bool = True
+    inbound_capture: bool = True
+    virtual_interfaces: list[str] = field(default_factory=list)
+    exclude_outbound_cidrs: list[str] = field(default_factory=list)
+    exclude_inbound_ports: list[int] = field(default_factory=list)
+    exclude_outbound_ports: list[int] = field(default_factory=list)
+
+    def spec(self) -> RedirectSpec:
+        return RedirectSpec(
+            profile=Profile(self.profile), ipv6=self.ipv6, dns_capture=self.dns_capture,
+            inbound_capture=self.inbound_capture,
+            virtual_interfaces=tuple(self.virtual_interfaces),
+            exclude_outbound_cidrs=tuple(self.exclude_outbound_cidrs),
+            exclude_inbound_ports=tuple(self.exclude_inbound_ports),
+            exclude_outbound_ports=tuple(self.exclude_outbound_ports))
+
+
+@dataclass
+class SelectionConfig:
+    """Which pods are captured. `all`: every pod on the network; `namespaces`: only those."""
+
+    mode: str = "all"
+    namespaces: list[str] = field(default_factory=list)
+    exclude_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
+
+    def captures(self, namespace: str) -> bool:
+        if namespace in self.exclude_namespaces:
+            return False
+        return self.mode == "all" or namespace in self.namespaces
+
+
+@dataclass
+class InstallSection:
+    enabled: bool = False  # off by default on a dev machine: never edit /etc/cni unasked
+    cni_bin_dir: str = "/opt/cni/bin"
+    cni_net_dir: str = "/etc/cni/net.d"
+
+
+@dataclass
+class AgentConfig:
+    cni_socket: str = "/var/run/meshnode/cni.sock"
+    state_dir: str = "/var/run/meshnode"
+    http_address: str = "127.0.0.1:15021"  # /healthz, /readyz, /metrics, /debug/pods
+    drift_interval_seconds: float = 5.0
+    workers: int = 4
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    install: InstallSection = field(default_factory=InstallSection)
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.state_dir) / "pods.json"
+
+    def validate(self) -> None:
+        if self.capture.backend not in [b.value for b in Backend]:
+            raise ConfigError(f"capture.backend: {self.capture.backend!r} is not one of "
+                              f"{[b.value for b in Backend]}")
+        if self.capture.iptables_flavour not in ("auto", "nft", "legacy"):
+            raise ConfigError("capture.iptables_flavour: must be auto, nft or legacy")
+        if self.selection.mode not in ("all", "namespaces"):
+            raise ConfigError("selection.mode: must be all or namespaces")
+        if self.drift_interval_seconds <= 0:
+            raise ConfigError("drift_interval_seconds: must be > 0")
+        self.capture.spec()  # raises SpecError naming the option
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list")
+        return [_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+    return value
+
+
+def load(path: str | None) -> AgentConfig:
+    if path is None:
+        cfg = AgentConfig()
+    else:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        cfg = _build(AgentConfig, data, "")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,225 @@
+"""Enrollment: what the agent does for each plugin request, and its repair loops.
+
+Everything here blocks (it enters netns and runs netfilter tools), so the asyncio side calls
+it on worker threads. Operations on one container are serialised by a per-container lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.nodeagent import metrics, netnsfind
+from agent.nodeagent.pods import PodRecord, PodState, PodStore
+from agent.redirect import backend as engine
+from agent.redirect.errors import RedirectError
+from agent.redirect.spec import RedirectSpec, SpecError
+
+log = structlog.get_logger("enroll")
+
+TRY_AGAIN = 11  # CNI: "try again later"
+INVALID_CONFIG = 7  # CNI: invalid network config
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    captured: bool = False
+    detail: str = ""
+    code: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "captured": self.captured, "detail": self.detail}
+        return {"ok": False, "code": self.code or TRY_AGAIN, "msg": self.detail,
+                "details": ""}
+
+
+def fail(msg: str, code: int = TRY_AGAIN) -> Reply:
+    return Reply(ok=False, detail=msg, code=code)
+
+
+_OVERRIDABLE = {"dns_capture", "inbound_capture", "ipv6", "virtual_interfaces",
+                "exclude_outbound_cidrs", "exclude_inbound_ports", "exclude_outbound_ports"}
+
+
+class Enroller:
+    def __init__(self, cfg: AgentConfig, store: PodStore) -> None:
+        self.cfg = cfg
+        self.store = store
+        # Flavour detection runs here, in the host netns, once.
+        self.impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, cid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[cid]
+
+    def spec_for(self, capture: dict[str, Any]) -> RedirectSpec:
+        base = self.cfg.capture.spec()
+        unknown = set(capture) - _OVERRIDABLE
+        if unknown:
+            raise SpecError(f"capture: unknown option(s) {sorted(unknown)}")
+        changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in capture.items()}
+        return dataclasses.replace(base, **changes)
+
+    def _count(self) -> None:
+        pods = self.store.all()
+        for state in PodState:
+            metrics.PODS.labels(state.value).set(sum(p.state is state for p in pods))
+
+    # -- plugin commands ------------------------------------------------------------------
+
+    def add(self, req: dict[str, Any]) -> Reply:
+        pod = req.get("pod") or {}
+        namespace, name = str(pod.get("namespace", "")), str(pod.get("name", ""))
+        cid, netns = str(req.get("container_id", "")), str(req.get("netns", ""))
+        if not cid or not netns:
+            return fail("ADD needs container_id and netns", INVALID_CONFIG)
+        if not self.cfg.selection.captures(namespace):
+            return Reply(ok=True, captured=False, detail=f"namespace {namespace!r} not selected")
+        capture = dict((req.get("config") or {}).get("capture") or {})
+        try:
+            spec = self.spec_for(capture)
+        except (SpecError, TypeError) as exc:
+            return fail(f"invalid capture options: {exc}", INVALID_CONFIG)
+        inode = netnsfind.inode_of(netns)
+        if inode is None:
+            return fail(f"netns {netns} does not exist")
+        with self._lock(cid):
+            rec = PodRecord(container_id=cid, netns=netns, netns_inode=inode,
+                            ifname=str(req.get("ifname", "")), ips=list(req.get("ips") or []),
+                            name=name, namespace=namespace, uid=str(pod.get("uid", "")),
+                            backend=self.impl.name, capture=capture)
+            self.store.put(rec)  # pending: a crash from here on is finished by reconcile
+            try:
+                engine.apply(netns, spec, self.impl)
+            except RedirectError as exc:
+                self.store.drop(cid)
+                self._count()
+                log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
+                            error=str(exc))
+                return fail(f"redirection failed: {exc}")
+            rec.state = PodState.REDIRECTED
+            rec.detail = ""
+            self.store.put(rec)
+        metrics.ENROLLMENTS.labels(self.impl.name).inc()
+        self._count()
+        log.info("pod_enrolled", pod=f"{namespace}/{name}", container=cid, netns=netns,
+                 backend=self.impl.name, state=rec.state.value)
+        return Reply(ok=True, captured=True, detail=rec.state.value)
+
+    def delete(self, cid: str) -> Reply:
+        with self._lock(cid):
+            rec = self.store.get(cid)
+            if rec is None:
+                return Reply(ok=True, detail="unknown container")
+            self._release(rec)
+        self._count()
+        return Reply(ok=True, detail="released")
+
+    def _release(self, rec: PodRecord) -> None:
+        """Remove our rules if the netns still exists (a deleted netns took them along)."""
+        if netnsfind.inode_of(rec.netns) == rec.netns_inode:
+            try:
+                engine.remove(rec.netns, self.spec_for(rec.capture), self.impl)
+            except (RedirectError, SpecError) as exc:
+                log.warning("release_failed", container=rec.container_id, error=str(exc))
+        self.store.drop(rec.container_id)
+        log.info("pod_released", pod=f"{rec.namespace}/{rec.name}", container=rec.container_id)
+
+    def check(self, req: dict[str, Any]) -> Reply:
+        cid = str(req.get("container_id", ""))
+        namespace = str((req.get("pod") or {}).get("namespace", ""))
+        rec = self.store.get(cid)
+        if rec is None:
+            if self.cfg.selection.captures(namespace):
+                return fail(f"container {cid} should be captured but is not enrolled")
+            return Reply(ok=True, detail="not selected")
+        with self._lock(cid):
+            try:
+                drift = engine.diff(rec.netns, self.spec_for(rec.capture), self.impl)
+            except (RedirectError, SpecError) as exc:
+                return fail(f"cannot verify redirection: {exc}")
+        if not drift.in_sync:
+            what = "; ".join((drift.missing + drift.unexpected)[:5])
+            return fail(f"redirection drifted ({len(drift.missing)} missing, "
+                        f"{len(drift.unexpected)} unexpected): {what}")
+        return Reply(ok=True, captured=True, detail="in sync")
+
+    def gc(self, attachments: list[dict[str, Any]]) -> Reply:
+        valid = {str(a.get("container_id", a.get("containerID", ""))) for a in attachments}
+        dropped = 0
+        for rec in self.store.all():
+            if rec.container_id not in valid:
+                with self._lock(rec.container_id):
+                    self._release(rec)
+                dropped += 1
+        metrics.RECONCILE_EVENTS.labels("gc").inc(dropped)
+        self._count()
+        return Reply(ok=True, detail=f"released {dropped}")
+
+    # -- repair loops ---------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """On start: trust a known pod's netns only after verifying it, then repair it."""
+        for rec in self.store.all():
+            with self._lock(rec.container_id):
+                where = netnsfind.locate(rec.netns, rec.netns_inode, rec.ips)
+                if where is None:
+                    self.store.drop(rec.container_id)
+                    metrics.RECONCILE_EVENTS.labels("forgotten").inc()
+                    log.info("pod_forgotten", container=rec.container_id, netns=rec.netns,
+                             reason="netns gone or no longer holds the pod's IP")
+                    continue
+                if where != rec.netns:
+                    rec.netns = where
+                self._repair(rec, "reconcile")
+        self._count()
+
+    def drift_once(self) -> int:
+        repaired = 0
+        for rec in self.store.all():
+            if rec.state is PodState.PENDING:
+                continue
+            with self._lock(rec.container_id):
+                if self.store.get(rec.container_id) is None:
+                    continue
+                if netnsfind.inode_of(rec.netns) != rec.netns_inode:
+                    self.store.drop(rec.container_id)
+                    metrics.RECONCILE_EVENTS.labels("forgotten").inc()
+                    continue
+                repaired += self._repair(rec, "drift")
+        return repaired
+
+    def _repair(self, rec: PodRecord, why: str) -> int:
+        try:
+            spec = self.spec_for(rec.capture)
+            drift = engine.diff(rec.netns, spec, self.impl)
+            if drift.in_sync and rec.state is not PodState.PENDING:
+                return 0
+            engine.apply(rec.netns, spec, self.impl)
+        except (RedirectError, SpecError) as exc:
+            rec.detail = f"repair failed: {exc}"
+            self.store.put(rec)
+            log.warning("repair_failed", container=rec.container_id, why=why, error=str(exc))
+            return 0
+        log.warning("redirection_repaired", container=rec.container_id, why=why,
+                    missing=drift.missing, unexpected=drift.unexpected)
+        if rec.state is PodState.PENDING:
+            rec.state = PodState.REDIRECTED
+        rec.detail = f"repaired ({why})"
+        self.store.put(rec)
+        metrics.RECONCILE_EVENTS.labels(why).inc()
+        if why == "drift":
+            metrics.DRIFT_REPAIRS.inc()
+        return 1
+

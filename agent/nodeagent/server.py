@@ -1,0 +1,89 @@
+"""`meshnode agent`: load state, reconcile, (install the plugin), serve, repair drift."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from agent.config import AgentConfig
+from agent.nodeagent import metrics
+from agent.nodeagent.cniserver import CniServer
+from agent.nodeagent.enroll import Enroller
+from agent.nodeagent.http import make_app
+from agent.nodeagent.pods import PodStore
+
+log = structlog.get_logger("agent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.store = PodStore(cfg.state_file)
+        self.enroller = Enroller(cfg, self.store)
+        self.serving = False
+        self.installer = None
+        if cfg.install.enabled:
+            from agent.install.config import InstallConfig, PluginEntry
+            from agent.install.installer import Installer
+
+            self.installer = Installer(InstallConfig(
+                cni_bin_dir=Path(cfg.install.cni_bin_dir),
+                cni_net_dir=Path(cfg.install.cni_net_dir),
+                entry=PluginEntry(agent_socket=cfg.cni_socket)))
+        self.cni = CniServer(cfg.cni_socket, self.enroller, self.ready)
+
+    def ready(self) -> bool:
+        ok = self.serving and (self.installer is None or self.installer.ready())
+        metrics.READY.set(1 if ok else 0)
+        return ok
+
+    async def _drift_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.drift_interval_seconds)
+            if stop.is_set():
+                return
+            try:
+                n = await loop.run_in_executor(None, self.enroller.drift_once)
+                if n:
+                    log.warning("drift_repaired", pods=n)
+            except Exception:
+                log.exception("drift_check_failed")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(self.cfg.workers,
+                                                     thread_name_prefix="netns"))
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent_starting", pods=len(self.store.all()), backend=self.enroller.impl.name)
+        # Reconcile before serving: a restarted agent repairs what it knows first.
+        await loop.run_in_executor(None, self.enroller.reconcile)
+        if self.installer is not None:
+            await loop.run_in_executor(None, self.installer.start)
+        await self.cni.start()
+        host, _, port = self.cfg.http_address.rpartition(":")
+        runner = web.AppRunner(make_app(self.store, self.ready), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        self.serving = True
+        log.info("agent_ready", socket=self.cfg.cni_socket, http=self.cfg.http_address,
+                 ready=self.ready())
+        drift = asyncio.create_task(self._drift_loop(stop))
+        await stop.wait()
+        log.info("agent_stopping")
+        self.serving = False
+        drift.cancel()
+        await self.cni.stop()
+        await runner.cleanup()
+        if self.installer is not None:
+            # An agent restart is an upgrade: the plugin stays, new pods wait for us.
+            await loop.run_in_executor(None, lambda: self.installer.stop(upgrade=True))  # type: ignore[union-attr]
