@@ -40,6 +40,7 @@ class Node:
 class Lab:
     prefix: str = "mn"
     nodes: list[Node] = field(default_factory=list)
+    links: int = 0
 
     def __post_init__(self) -> None:
         self.tag = f"{self.prefix}{os.getpid() % 100000}x{next(_seq)}"
@@ -54,7 +55,8 @@ class Lab:
 
     def link(self, a: Node, b: Node, subnet: int = 0, ipv6: bool = True) -> None:
         """Join a and b with a veth pair, a = 198.18.<subnet>.1, b = .2 (and fd00:…::1/2)."""
-        ia, ib = f"v{self.tag[-6:]}{len(self.nodes)}a", f"v{self.tag[-6:]}{len(self.nodes)}b"
+        self.links += 1
+        ia, ib = f"v{self.tag[-6:]}{self.links}a", f"v{self.tag[-6:]}{self.links}b"
         with IPRoute() as ipr:
             ipr.link("add", ifname=ia, kind="veth", peer=ib)
             for ifn, node in ((ia, a), (ib, b)):

@@ -1,0 +1,127 @@
+"""Run a real `meshnode agent` and drive the real plugin binary as a runtime would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN = REPO / "cni" / "meshnode-cni"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class AgentProc:
+    workdir: Path
+    backend: str = "nftables"
+    drift_interval: float = 0.5
+    selection: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.socket = str(self.workdir / "cni.sock")
+        self.port = free_port()
+        cfg: dict[str, Any] = {
+            "cni_socket": self.socket, "state_dir": str(self.workdir / "state"),
+            "http_address": f"127.0.0.1:{self.port}",
+            "drift_interval_seconds": self.drift_interval,
+            "capture": {"backend": self.backend},
+        }
+        if self.selection:
+            cfg["selection"] = self.selection
+        self.config = self.workdir / "agent.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = self.workdir / "agent.log"
+
+    def start(self) -> AgentProc:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli.main", "agent", "--config", str(self.config)],
+                stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited: {self.log.read_text()[-2000:]}")
+            if self.http("/readyz")[0] == 200:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"agent not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.http("/metrics")[1].splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def pods(self) -> list[dict[str, Any]]:
+        out = subprocess.run([sys.executable, "-m", "agent.cli.main", "pods", "--config",
+                              str(self.config), "-o", "json"], capture_output=True, text=True,
+                             check=True, cwd=REPO).stdout
+        result: list[dict[str, Any]] = json.loads(out)
+        return result
+
+
+@dataclass
+class CniResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error(self) -> dict[str, Any]:
+        err: dict[str, Any] = json.loads(self.stdout)
+        return err
+
+
+def cni(cmd: str, agent_socket: str, netns: str, container_id: str, ips: list[str],
+        namespace: str = "default", name: str = "web-0", capture: dict[str, Any] | None = None,
+        extra_conf: dict[str, Any] | None = None, version: str = "1.1.0") -> CniResult:
+    prev = {"cniVersion": version, "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": [{"address": f"{ip}/24", "interface": 0} for ip in ips]}
+    conf: dict[str, Any] = {"cniVersion": version, "name": "test", "type": "meshnode-cni",
+                            "agent_socket": agent_socket, "timeout_seconds": 10,
+                            "prevResult": prev, "capture": capture or {}}
+    conf.update(extra_conf or {})
+    env = {"CNI_COMMAND": cmd, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID=u-{name}",
+           "PATH": os.environ.get("PATH", "")}
+    p = subprocess.run([str(PLUGIN)], input=json.dumps(conf), capture_output=True, text=True,
+                       env=env, timeout=30)
+    return CniResult(p.returncode, p.stdout, p.stderr)

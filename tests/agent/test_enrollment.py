@@ -1,0 +1,211 @@
+"""The agent enrolls, checks, repairs and releases pods driven by the real plugin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.lab import Lab, Node
+from agent.redirect import backend as engine
+from agent.redirect.spec import RedirectSpec
+from tests.agent.harness import AgentProc, cni
+
+
+def in_sync(netns: str, backend: str = "nftables", **spec: object) -> bool:
+    impl = engine.make_backend(backend, "nft")
+    return engine.diff(netns, RedirectSpec(**spec), impl).in_sync  # type: ignore[arg-type]
+
+
+def has_our_rules(netns: str) -> bool:
+    impl = engine.make_backend("nftables")
+    return bool(engine.read(netns, RedirectSpec(), impl).rules)
+
+
+def wait_for(pred: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_add_enrolls_check_passes_del_releases(tmp_path: Path, pods: tuple[Node, Node],
+                                               backend: str) -> None:
+    pod, _ = pods
+    agent = AgentProc(tmp_path, backend=backend).start()
+    try:
+        r = cni("ADD", agent.socket, pod.path, "c1", [pod.ip4])
+        assert r.code == 0, r.stdout + r.stderr
+        assert in_sync(pod.path, backend)
+        [rec] = agent.pods()
+        assert (rec["state"], rec["name"], rec["namespace"], rec["ips"]) == (
+            "redirected", "web-0", "default", [pod.ip4])
+        assert cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+        assert cni("DEL", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+        assert agent.pods() == []
+        assert not engine.read(pod.path, RedirectSpec(),
+                               engine.make_backend(backend, "nft")).rules
+        assert cni("DEL", agent.socket, pod.path, "c1", [pod.ip4]).code == 0  # idempotent
+        assert agent.metric('meshnode_enrollments_total') == 1
+    finally:
+        agent.stop()
+
+
+def test_check_fails_on_drift_and_the_watch_repairs_it(agent: AgentProc,
+                                                       pods: tuple[Node, Node]) -> None:
+    pod, _ = pods
+    assert cni("ADD", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+    subprocess.run(["ip", "netns", "exec", pod.name, "nft", "flush", "chain", "inet",
+                    "meshnode-nat", "meshnode-output"], check=True)
+    bad = cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4])
+    assert bad.code != 0 and "drifted" in bad.error["msg"], bad.stdout
+    assert wait_for(lambda: in_sync(pod.path), 5), "drift watch did not repair"
+    assert cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+    assert agent.metric("meshnode_drift_repairs_total") >= 1
+
+
+def test_agent_down_fails_closed_and_a_retry_succeeds_after_restart(
+        tmp_path: Path, pods: tuple[Node, Node]) -> None:
+    pod, _ = pods
+    agent = AgentProc(tmp_path)
+    r = cni("ADD", agent.socket, pod.path, "c1", [pod.ip4])
+    assert r.code != 0 and r.error["code"] == 11 and "agent" in r.error["msg"]
+    assert not has_our_rules(pod.path)
+    assert cni("STATUS", agent.socket, pod.path, "c1", []).code != 0
+    assert cni("DEL", agent.socket, pod.path, "c1", [pod.ip4]).code == 0  # DEL never blocks
+    agent.start()
+    try:
+        assert cni("STATUS", agent.socket, pod.path, "c1", []).code == 0
+        assert cni("ADD", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+        assert in_sync(pod.path)
+    finally:
+        agent.stop()
+
+
+def test_restart_reconciles_known_pods_and_forgets_vanished_ones(tmp_path: Path) -> None:
+    agent = AgentProc(tmp_path, drift_interval=3600)  # only reconcile can repair here
+    with Lab("rc") as lab:
+        keep, gone = lab.node("keep"), lab.node("gone")
+        other = lab.node("peer")
+        lab.link(keep, other, subnet=1)
+        lab.link(gone, other, subnet=2)
+        agent.start()
+        try:
+            assert cni("ADD", agent.socket, keep.path, "keep", [keep.ip4]).code == 0
+            assert cni("ADD", agent.socket, gone.path, "gone", [gone.ip4], name="b").code == 0
+            agent.stop(signal.SIGKILL)  # no goodbye
+            subprocess.run(["ip", "netns", "exec", keep.name, "nft", "delete", "table", "inet",
+                            "meshnode-nat"], check=True)
+            subprocess.run(["ip", "netns", "del", gone.name], check=True)
+            lab.nodes.remove(gone)
+            assert not in_sync(keep.path)
+            agent.start()
+            assert in_sync(keep.path), "reconcile on start did not repair the known pod"
+            assert [p["container_id"] for p in agent.pods()] == ["keep"]
+            assert agent.metric('meshnode_reconcile_events_total{type="forgotten"}') == 1
+        finally:
+            agent.stop()
+
+
+def test_netns_that_no_longer_holds_the_pod_ip_is_not_trusted(tmp_path: Path) -> None:
+    agent = AgentProc(tmp_path, drift_interval=3600)
+    with Lab("ip") as lab:
+        pod, peer = lab.node("pod"), lab.node("peer")
+        lab.link(pod, peer, subnet=3)
+        agent.start()
+        try:
+            assert cni("ADD", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+            agent.stop(signal.SIGKILL)
+            subprocess.run(["ip", "-n", pod.name, "addr", "flush", "dev", pod.ifname],
+                           check=True)
+            agent.start()
+            assert agent.pods() == []
+        finally:
+            agent.stop()
+
+
+def test_unselected_namespace_passes_through_without_rules(tmp_path: Path,
+                                                           pods: tuple[Node, Node]) -> None:
+    pod, _ = pods
+    agent = AgentProc(tmp_path, selection={"mode": "namespaces", "namespaces": ["mesh"]})
+    agent.start()
+    try:
+        r = cni("ADD", agent.socket, pod.path, "c1", [pod.ip4], namespace="plain")
+        assert r.code == 0, r.stdout
+        assert not has_our_rules(pod.path) and agent.pods() == []
+        assert cni("ADD", agent.socket, pod.path, "c2", [pod.ip4], namespace="mesh").code == 0
+        assert has_our_rules(pod.path)
+    finally:
+        agent.stop()
+
+
+def test_per_pod_capture_options_and_bad_ones(agent: AgentProc,
+                                             pods: tuple[Node, Node]) -> None:
+    pod, _ = pods
+    r = cni("ADD", agent.socket, pod.path, "c1", [pod.ip4], capture={"dns_capture": False})
+    assert r.code == 0, r.stdout
+    assert in_sync(pod.path, dns_capture=False)
+    bad = cni("ADD", agent.socket, pod.path, "c2", [pod.ip4],
+              capture={"exclude_outbound_ports": [70000]})
+    assert bad.code != 0 and "exclude_outbound_ports" in bad.error["msg"]
+    assert [p["container_id"] for p in agent.pods()] == ["c1"]
+
+
+def test_vanished_netns_is_a_clear_error(agent: AgentProc) -> None:
+    r = cni("ADD", agent.socket, "/var/run/netns/meshnode-gone", "c9", ["198.18.9.9"])
+    assert r.code != 0 and "does not exist" in r.error["msg"]
+    assert "Traceback" not in r.stderr and agent.pods() == []
+
+
+def test_gc_releases_what_the_runtime_no_longer_has(agent: AgentProc) -> None:
+    with Lab("gc") as lab:
+        a, b, peer = lab.node("a"), lab.node("b"), lab.node("peer")
+        lab.link(a, peer, subnet=4)
+        lab.link(b, peer, subnet=5)
+        assert cni("ADD", agent.socket, a.path, "ca", [a.ip4]).code == 0
+        assert cni("ADD", agent.socket, b.path, "cb", [b.ip4], name="b").code == 0
+        r = cni("GC", agent.socket, "", "", [], extra_conf={
+            "cni.dev/valid-attachments": [{"containerID": "ca", "ifname": "eth0"}]})
+        assert r.code == 0, r.stdout + r.stderr
+        assert [p["container_id"] for p in agent.pods()] == ["ca"]
+        assert has_our_rules(a.path) and not has_our_rules(b.path)
+
+
+def test_socket_is_root_only() -> None:
+    # pytest's tmp root is 0700: use a directory nobody can traverse, to reach the socket.
+    workdir = Path(tempfile.mkdtemp(prefix="meshnode-sock-"))
+    workdir.chmod(0o755)
+    agent = AgentProc(workdir).start()
+    try:
+        _socket_is_root_only(agent)
+    finally:
+        agent.stop()
+        shutil.rmtree(workdir)
+
+
+def _socket_is_root_only(agent: AgentProc) -> None:
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o600
+    os.chmod(agent.socket, 0o666)  # even if someone loosens the mode, the peer is checked
+    child = ("import socket,os,sys;os.setgid(65534);os.setuid(65534);"
+             "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+             "s.sendall(b'{\"v\":1,\"cmd\":\"STATUS\"}\\n');print(s.recv(4096).decode())")
+    out = subprocess.run(["/usr/bin/python3", "-c", child, agent.socket], capture_output=True,
+                         text=True, check=True).stdout
+    assert '"ok": false' in out and "permission denied" in out
+
+
+def test_health_and_readiness(agent: AgentProc) -> None:
+    assert agent.http("/healthz")[0] == 200
+    assert agent.http("/readyz")[0] == 200
+    assert "meshnode_agent_ready 1.0" in agent.http("/metrics")[1]
+    assert socket.gethostname()  # the agent answers on loopback only
