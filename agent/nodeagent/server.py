@@ -35,7 +35,8 @@ class Agent:
             self.installer = Installer(InstallConfig(
                 cni_bin_dir=Path(cfg.install.cni_bin_dir),
                 cni_net_dir=Path(cfg.install.cni_net_dir),
-                entry=PluginEntry(agent_socket=cfg.cni_socket)))
+                entry=PluginEntry(agent_socket=cfg.cni_socket),
+                state_file=Path(cfg.state_dir) / "cni-install-state.json"))
         self.cni = CniServer(cfg.cni_socket, self.enroller, self.ready)
 
     def ready(self) -> bool:

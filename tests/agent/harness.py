@@ -32,6 +32,7 @@ class AgentProc:
     backend: str = "nftables"
     drift_interval: float = 0.5
     selection: dict[str, Any] = field(default_factory=dict)
+    install: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -45,11 +46,13 @@ class AgentProc:
         }
         if self.selection:
             cfg["selection"] = self.selection
+        if self.install:
+            cfg["install"] = self.install
         self.config = self.workdir / "agent.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.log = self.workdir / "agent.log"
 
-    def start(self) -> AgentProc:
+    def start(self, wait_ready: bool = True) -> AgentProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli.main", "agent", "--config", str(self.config)],
@@ -58,7 +61,8 @@ class AgentProc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited: {self.log.read_text()[-2000:]}")
-            if self.http("/readyz")[0] == 200:
+            status = self.http("/readyz")[0]
+            if status == 200 or (status and not wait_ready):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"agent not ready: {self.log.read_text()[-2000:]}")

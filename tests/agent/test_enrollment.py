@@ -209,3 +209,28 @@ def test_health_and_readiness(agent: AgentProc) -> None:
     assert agent.http("/readyz")[0] == 200
     assert "meshnode_agent_ready 1.0" in agent.http("/metrics")[1]
     assert socket.gethostname()  # the agent answers on loopback only
+
+
+def test_ready_only_with_a_valid_install_and_repaired_after_a_rewrite(tmp_path: Path) -> None:
+    """With install on: not ready until a primary CNI config exists and is chained."""
+    net_d, bin_d = tmp_path / "net.d", tmp_path / "bin"
+    net_d.mkdir()
+    bin_d.mkdir()
+    agent = AgentProc(tmp_path, install={"enabled": True, "cni_net_dir": str(net_d),
+                                         "cni_bin_dir": str(bin_d)})
+    agent.start(wait_ready=False)
+    try:
+        assert agent.http("/readyz")[0] == 503
+        primary = net_d / "10-bridge.conflist"
+        bridge = ('{"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge", '
+                  '"ipam": {"type": "host-local", "subnet": "198.18.200.0/24"}}]}')
+        primary.write_text(bridge)
+        assert wait_for(lambda: agent.http("/readyz")[0] == 200, 5)
+        assert (bin_d / "meshnode-cni").exists()
+        assert '"meshnode-cni"' in primary.read_text()
+        primary.write_text(bridge)  # another CNI rewrites the file without us
+        assert wait_for(lambda: '"meshnode-cni"' in primary.read_text(), 2), "not repaired"
+    finally:
+        agent.stop()
+    # An agent restart is an upgrade: the plugin and our entry stay, so new pods wait.
+    assert (bin_d / "meshnode-cni").exists() and '"meshnode-cni"' in primary.read_text()
