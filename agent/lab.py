@@ -74,6 +74,12 @@ class Lab:
                              flags=IFA_F_NODAD, family=socket.AF_INET6)
                 ipr.link("set", index=idx, state="up")
 
+    def drop(self, node: Node) -> None:
+        """Delete one node now (its netns, and the veth ends inside it)."""
+        with contextlib.suppress(OSError):
+            pr_netns.remove(node.name)
+        self.nodes.remove(node)
+
     def close(self) -> None:
         for node in reversed(self.nodes):
             with contextlib.suppress(OSError):

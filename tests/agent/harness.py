@@ -36,6 +36,7 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket = str(self.workdir / "cni.sock")
         self.port = free_port()
         cfg: dict[str, Any] = {

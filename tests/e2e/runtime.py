@@ -144,8 +144,10 @@ def build_rootfs(dest: Path) -> Path:
 
 def _run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, input: str | None = None,
          timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), env=dict(env) if env is not None else None, input=input,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    # stdin is never the test runner's: it is `input`, or /dev/null (EOF at once).
+    proc = subprocess.run(list(argv), env=dict(env) if env is not None else None,
+                          input=input if input is not None else "", capture_output=True,
+                          text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise HarnessError(f"{argv[0]} exited {proc.returncode}", proc.stderr or proc.stdout,
                            argv)
@@ -242,7 +244,10 @@ def reap_leftovers() -> list[str]:
 
     def dead(tag: str) -> bool:
         m = _TAG_RE.match(tag)
-        return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+        if m is None:
+            return False
+        owner = int(m.group(1))
+        return owner != os.getpid() and not _pid_alive(owner)
 
     tags = {p.name for p in tmp.glob(f"{PREFIX}-*") if dead(p.name)}
     tags |= {n.removesuffix("-node") for n in netns_names() if dead(n)}
@@ -304,12 +309,13 @@ class Container:
                 return self.runtime.cached_result(att.conflist["name"], self.cni_id, ifname)
         return None
 
-    def exec(self, argv: Sequence[str], timeout: float = 20,
-             check: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run `argv` inside the container (``ctr task exec``) and wait for it."""
+    def exec(self, argv: Sequence[str], timeout: float = 20, check: bool = False,
+             input: str = "") -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the container (``ctr task exec``) with `input` as its stdin,
+        and wait for it. Output is captured; check=True raises CtrError on failure."""
         return self.runtime.ctr("task", "exec", "--exec-id", f"x{secrets.token_hex(4)}",
                                 "--fifo-dir", str(self.runtime.tmp / "fifo"), self.id, *argv,
-                                timeout=timeout, check=check)
+                                timeout=timeout, check=check, input=input)
 
     def delete(self) -> None:
         self.runtime.delete(self.id)
@@ -488,10 +494,11 @@ class Runtime:
         return _run(["ip", "netns", "exec", self.node, "unshare", "-m", "--propagation",
                      "private", "sh", str(self.tmp / "ctr-ns.sh"), *argv], **kw)
 
-    def ctr(self, *args: str, timeout: float = 60,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(self, *args: str, timeout: float = 60, check: bool = True,
+            input: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``ctr <args>`` against our containerd, in the node netns and our mount ns."""
         proc = self.in_node(["ctr", "--address", self.address, "--namespace", CTR_NAMESPACE,
-                             *args], timeout=timeout)
+                             *args], timeout=timeout, input=input)
         if check and proc.returncode != 0:
             raise CtrError(f"ctr {args[0]} {' '.join(args[1:2])} failed (exit {proc.returncode})",
                            proc.stderr, args)
@@ -629,6 +636,15 @@ class Runtime:
         cache.write_text(json.dumps({"kind": "cniCacheV1", "containerId": c.cni_id,
                                      "ifName": att.ifname, "cniArgs": c.cni_args,
                                      "networkName": att.conflist["name"], "result": prev}))
+
+    def cni_check(self, c: Container) -> None:
+        """CHECK as libcni runs it: every plugin in order, each given the cached result, with
+        the netns path the runtime used at ADD (plugins compare it with prevResult's)."""
+        netns = f"/proc/{c.holder.pid}/ns/net" if c.holder is not None else c.netns_path()
+        for att in c.attachments:
+            prev = self.cached_result(att.conflist["name"], c.cni_id, att.ifname)
+            for plugin in att.conflist["plugins"]:
+                self._exec_plugin(c, "CHECK", att, plugin, prev, netns)
 
     def cni_del(self, c: Container, netns: str | None = None) -> None:
         """Run every attachment's DEL chain (reverse order, prevResult from the cache).
