@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,8 @@ class CniServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cmd = "?"
+        req: dict[str, Any] | Reply = {}
+        started = time.perf_counter()
         try:
             sock = writer.get_extra_info("socket")
             if peer_uid(sock) != 0:
@@ -74,6 +77,12 @@ class CniServer:
             log.exception("request_failed", cmd=cmd)
             reply = fail(f"internal error: {type(exc).__name__}: {exc}")
         metrics.PLUGIN_REQUESTS.labels(cmd, "ok" if reply.ok else "error").inc()
+        # The plugin's activity, in the agent's log (the plugin itself logs to the runtime).
+        info = req if isinstance(req, dict) else {}
+        pod = info.get("pod") or {}
+        log.info("plugin_request", cmd=cmd, container=info.get("container_id", ""),
+                 pod=f"{pod.get('namespace', '')}/{pod.get('name', '')}", ok=reply.ok,
+                 detail=reply.detail, ms=round((time.perf_counter() - started) * 1e3, 2))
         try:
             writer.write((json.dumps(reply.to_json()) + "\n").encode())
             await writer.drain()
