@@ -247,8 +247,6 @@ def test_add_accepts_reply_split_across_writes(sockdir: str) -> None:
             "K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=agent-abc",
             {"agent_pod": {"namespace": "mesh", "name_prefix": "agent-"}},
         ),
-        ("", {}),  # not a Kubernetes pod
-        ("IgnoreUnknown=1", {}),
     ],
 )
 def test_add_bypasses_without_contacting_agent(
@@ -269,6 +267,8 @@ def test_add_bypasses_without_contacting_agent(
         "K8S_POD_NAMESPACE=default;K8S_POD_NAME=meshnode-node-x7k2p",  # right name, wrong ns
         "K8S_POD_NAMESPACE=meshnode-system;K8S_POD_NAME=debug-shell",  # right ns, wrong name
         "K8S_POD_NAMESPACE=kube-system-2;K8S_POD_NAME=x",  # exclusion is exact
+        "",  # no Kubernetes identity (plain ctr): the agent decides, never a silent bypass
+        "IgnoreUnknown=1",
     ],
 )
 def test_add_lookalikes_are_captured(agent: FakeAgent, args: str) -> None:

@@ -101,6 +101,17 @@ def test_agent_down_fails_the_pod_and_a_retry_succeeds(meshed: Runtime,
     assert captured(late)
 
 
+def test_plain_ctr_container_without_k8s_args_is_captured(meshed: Runtime,
+                                                         agent: AgentProc) -> None:
+    """`ctr run --cni` sends no CNI_ARGS: the agent still captures it (selection: all)."""
+    box = meshed.run("box")
+    assert captured(box)
+    [rec] = agent.pods()
+    assert rec["container_id"].endswith("box") and rec["ips"] == [box.ip()]
+    meshed.delete("box")
+    assert agent.pods() == []
+
+
 def test_excluded_namespace_runs_uncaptured(meshed: Runtime, agent: AgentProc) -> None:
     sys_pod = meshed.run("dns", cni_args=k8s("coredns", "kube-system"))
     assert not captured_any(sys_pod.netns_path())
