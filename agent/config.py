@@ -80,8 +80,8 @@ class AgentConfig:
     install: InstallSection = field(default_factory=InstallSection)
 
     @property
-    def state_file(self) -> Path:
-        return Path(self.state_dir) / "pods.json"
+    def pods_dir(self) -> Path:
+        return Path(self.state_dir) / "pods"
 
     def validate(self) -> None:
         if self.capture.backend not in [b.value for b in Backend]:

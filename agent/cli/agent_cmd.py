@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from agent.cli.output import add_output_flag, emit, table_text
@@ -41,13 +40,13 @@ def cmd_agent(a: argparse.Namespace) -> int:
 
 def cmd_pods(a: argparse.Namespace) -> int:
     from agent import config
+    from agent.nodeagent.pods import PodStore
 
     cfg = config.load(a.config)
-    try:
-        with open(cfg.state_file) as f:
-            pods = json.load(f).get("pods", [])
-    except FileNotFoundError:
-        pods = []
+    # Read from the agent's state on disk, so this works while the agent is down too.
+    store = PodStore(cfg.pods_dir) if cfg.pods_dir.is_dir() else None
+    pods = sorted((p.to_json() for p in store.all()) if store else [],
+                  key=lambda p: (p["namespace"], p["name"], p["container_id"]))
     rows = [{"namespace": p["namespace"], "name": p["name"], "state": p["state"],
              "backend": p["backend"], "ips": ",".join(p["ips"]), "netns": p["netns"],
              "container": p["container_id"][:12],

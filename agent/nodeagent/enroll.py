@@ -57,6 +57,9 @@ class Enroller:
         self.impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        for state in PodState:  # counted when scraped, not on every change
+            metrics.PODS.labels(state.value).set_function(
+                lambda s=state: self.store.count(s))  # type: ignore[misc]
 
     def _lock(self, cid: str) -> threading.Lock:
         with self._locks_guard:
@@ -71,10 +74,6 @@ class Enroller:
                                    for k, v in capture.items()}
         return dataclasses.replace(base, **changes)
 
-    def _count(self) -> None:
-        pods = self.store.all()
-        for state in PodState:
-            metrics.PODS.labels(state.value).set(sum(p.state is state for p in pods))
 
     # -- plugin commands ------------------------------------------------------------------
 
@@ -104,7 +103,6 @@ class Enroller:
                 engine.apply(netns, spec, self.impl)
             except RedirectError as exc:
                 self.store.drop(cid)
-                self._count()
                 log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
                             error=str(exc))
                 return fail(f"redirection failed: {exc}")
@@ -112,7 +110,6 @@ class Enroller:
             rec.detail = ""
             self.store.put(rec)
         metrics.ENROLLMENTS.labels(self.impl.name).inc()
-        self._count()
         log.info("pod_enrolled", pod=f"{namespace}/{name}", container=cid, netns=netns,
                  backend=self.impl.name, state=rec.state.value)
         return Reply(ok=True, captured=True, detail=rec.state.value)
@@ -123,7 +120,6 @@ class Enroller:
             if rec is None:
                 return Reply(ok=True, detail="unknown container")
             self._release(rec)
-        self._count()
         return Reply(ok=True, detail="released")
 
     def _release(self, rec: PodRecord) -> None:
@@ -164,7 +160,6 @@ class Enroller:
                     self._release(rec)
                 dropped += 1
         metrics.RECONCILE_EVENTS.labels("gc").inc(dropped)
-        self._count()
         return Reply(ok=True, detail=f"released {dropped}")
 
     # -- repair loops ---------------------------------------------------------------------
@@ -183,7 +178,6 @@ class Enroller:
                 if where != rec.netns:
                     rec.netns = where
                 self._repair(rec, "reconcile")
-        self._count()
 
     def drift_once(self) -> int:
         repaired = 0

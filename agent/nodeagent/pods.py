@@ -7,13 +7,14 @@ rule is written, so an agent crash mid-enrollment is seen (and finished or undon
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class PodRecord:
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["state"] = self.state.value
         return d
 
@@ -53,17 +54,29 @@ class PodRecord:
 
 
 class PodStore:
-    """Pods by container id, persisted atomically after every change (small: one per pod)."""
+    """Pods by container id; each pod persisted as its own small file, so a change costs the
+    same with 5 pods or 5000 (rewriting one file of all pods made every ADD O(pods)).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Files are replaced atomically (write, then rename), never fsync'd: the state lives on
+    tmpfs (/var/run) and only has to survive an agent restart, not a reboot, which takes
+    every pod netns with it anyway.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
         self._lock = threading.Lock()
         self._pods: dict[str, PodRecord] = {}
-        if path.exists():
-            with open(path) as f:
-                for d in json.load(f).get("pods", []):
-                    rec = PodRecord.from_json(d)
-                    self._pods[rec.container_id] = rec
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for f in self.dir.glob("*.json"):
+            try:
+                rec = PodRecord.from_json(json.loads(f.read_text()))
+            except (ValueError, TypeError, KeyError, OSError):
+                continue  # a torn or foreign file: reconcile cannot trust it anyway
+            self._pods[rec.container_id] = rec
+
+    def _file(self, container_id: str) -> Path:
+        # Container ids are [A-Za-z0-9_.-] (checked by the plugin); never trust a separator.
+        return self.dir / (container_id.replace("/", "_") + ".json")
 
     def get(self, container_id: str) -> PodRecord | None:
         with self._lock:
@@ -73,25 +86,24 @@ class PodStore:
         with self._lock:
             return list(self._pods.values())
 
+    def count(self, state: PodState) -> int:
+        with self._lock:
+            return sum(p.state is state for p in self._pods.values())
+
     def put(self, rec: PodRecord) -> None:
         rec.last_change = time.time()
+        data = json.dumps(rec.to_json())
         with self._lock:
             self._pods[rec.container_id] = rec
-            self._save()
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".pod.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, self._file(rec.container_id))
 
     def drop(self, container_id: str) -> PodRecord | None:
         with self._lock:
             rec = self._pods.pop(container_id, None)
             if rec is not None:
-                self._save()
+                with contextlib.suppress(FileNotFoundError):
+                    self._file(container_id).unlink()
             return rec
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"version": 1, "pods": [p.to_json() for p in self._pods.values()]})
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pods.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)

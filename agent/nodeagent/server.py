@@ -24,7 +24,7 @@ log = structlog.get_logger("agent")
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.store = PodStore(cfg.state_file)
+        self.store = PodStore(cfg.pods_dir)
         self.enroller = Enroller(cfg, self.store)
         self.serving = False
         self.installer = None

@@ -17,6 +17,7 @@ from agent.redirect.errors import RedirectError
 from agent.redirect.spec import RedirectSpec
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+LOOPBACK_IFINDEX = 1
 _ANY = {4: "0.0.0.0", 6: "::"}
 
 
@@ -56,8 +57,9 @@ def _has_route(ipr: IPRoute, spec: RedirectSpec, fam: int, lo: int) -> bool:
 
 
 def _lo(ipr: IPRoute) -> int:
-    idx: list[int] = ipr.link_lookup(ifname="lo")
-    return idx[0]
+    # lo is the first device of every netns and the kernel pins it to index 1
+    # (LOOPBACK_IFINDEX): no netlink round trip needed.
+    return LOOPBACK_IFINDEX
 
 
 def _v6_usable(ipr: IPRoute, lo: int) -> bool:

@@ -5,14 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab, Node
 from tests.agent.harness import AgentProc
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/agent" in str(item.fspath):
-            item.add_marker(pytest.mark.kernel)
 
 
 @pytest.fixture
@@ -23,10 +16,3 @@ def agent(tmp_path: Path) -> Iterator[AgentProc]:
     finally:
         a.stop()
 
-
-@pytest.fixture
-def pods() -> Iterator[tuple[Node, Node]]:
-    with Lab("ag") as lab:
-        a, b = lab.node("pod"), lab.node("peer")
-        lab.link(a, b)
-        yield a, b

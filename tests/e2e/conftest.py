@@ -16,12 +16,6 @@ TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "busybox", "nse
          "unshare", "ip")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/e2e" in str(item.fspath):
-            item.add_marker(pytest.mark.kernel)
-
-
 @pytest.fixture(autouse=True)
 def _e2e_prereqs() -> None:
     if os.geteuid() != 0:
