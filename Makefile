@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-unit test-kernel lint bench clean
+.PHONY: setup demo test test-unit test-kernel lint bench clean proto
 
 setup:
 	@scripts/setup.sh
@@ -29,3 +29,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the Python protobuf modules (committed) from proto/*.proto.
+proto: setup
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=meshpb --pyi_out=meshpb proto/*.proto
