@@ -71,6 +71,11 @@ class InstallSection:
 @dataclass
 class AgentConfig:
     cni_socket: str = "/var/run/meshnode/cni.sock"
+    zds_socket: str = "/var/run/meshnode/zds.sock"  # the node proxy connects here
+    # Enrollment completes only when the node proxy acks the pod. Off: rules only (a node
+    # whose proxy does not speak ZDS); pods then stay `redirected`.
+    proxy_handoff: bool = True
+    proxy_ack_timeout_seconds: float = 5.0
     state_dir: str = "/var/run/meshnode"
     http_address: str = "127.0.0.1:15021"  # /healthz, /readyz, /metrics, /debug/pods
     drift_interval_seconds: float = 5.0
@@ -96,7 +101,7 @@ class AgentConfig:
         self.capture.spec()  # raises SpecError naming the option
 
 
-def _build(cls: type[Any], data: Any, where: str) -> Any:
+def build_dataclass(cls: type[Any], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -112,7 +117,7 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)  # type: ignore[arg-type]
+        return build_dataclass(hint, value, path)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
         (inner,) = typing.get_args(hint)[:1]
@@ -139,6 +144,6 @@ def load(path: str | None) -> AgentConfig:
             raise ConfigError(f"{path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        cfg = _build(AgentConfig, data, "")
+        cfg = build_dataclass(AgentConfig, data, "")
     cfg.validate()
     return cfg

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.lab import Lab, Node
+from agent.redirect import backend as engine
+from agent.redirect.backend import RuleBackend
 
 # Suites that need root and a real kernel (namespaces, netfilter, containerd).
-KERNEL_SUITES = ("kernel", "agent", "e2e")
+KERNEL_SUITES = ("kernel", "agent", "e2e", "proxy", "dns", "zds")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,3 +37,13 @@ def pods() -> Iterator[tuple[Node, Node]]:
         client, server = lab.node("client"), lab.node("server")
         lab.link(client, server)
         yield client, server
+
+
+# Tests that take `impl` run once per redirection backend.
+BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto")]
+
+
+@pytest.fixture(params=BACKENDS, ids=[f"{b}-{f}" if b == "iptables" else b for b, f in BACKENDS])
+def impl(request: pytest.FixtureRequest) -> RuleBackend:
+    b, f = request.param
+    return engine.make_backend(b, f)

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.cli import agent_cmd, demo_cmd, install_cmd, redirect_cmd
+from agent.cli import agent_cmd, demo_cmd, install_cmd, proxy_cmd, redirect_cmd
 
 # Each module exposes `register(subparsers)`; handlers return the process exit code.
-COMMAND_MODULES = [agent_cmd, redirect_cmd, install_cmd, demo_cmd]
+COMMAND_MODULES = [agent_cmd, proxy_cmd, redirect_cmd, install_cmd, demo_cmd]
 
 Handler = Callable[[argparse.Namespace], int]
 

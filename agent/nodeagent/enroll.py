@@ -16,10 +16,12 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.nodeagent import metrics, netnsfind
+from agent.nodeagent.handoff import ProxyHandoff
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
 from agent.redirect import backend as engine
 from agent.redirect.errors import RedirectError
 from agent.redirect.spec import RedirectSpec, SpecError
+from agent.zds.server import ZdsError
 
 log = structlog.get_logger("enroll")
 
@@ -50,9 +52,11 @@ _OVERRIDABLE = {"dns_capture", "inbound_capture", "ipv6", "virtual_interfaces",
 
 
 class Enroller:
-    def __init__(self, cfg: AgentConfig, store: PodStore) -> None:
+    def __init__(self, cfg: AgentConfig, store: PodStore,
+                 handoff: ProxyHandoff | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.handoff = handoff
         # Flavour detection runs here, in the host netns, once.
         self.impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -109,6 +113,19 @@ class Enroller:
             rec.state = PodState.REDIRECTED
             rec.detail = ""
             self.store.put(rec)
+            if self.handoff is not None:
+                try:
+                    self.handoff.add(rec)
+                except ZdsError as exc:
+                    # Captured but unserved would blackhole the pod: take the rules back
+                    # out and fail the ADD, so the runtime retries.
+                    self._undo_rules(rec, spec)
+                    self.store.drop(cid)
+                    log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
+                                error=f"node proxy: {exc}")
+                    return fail(f"the node proxy did not take the pod: {exc}")
+                rec.state = PodState.ENROLLED
+                self.store.put(rec)
         metrics.ENROLLMENTS.labels(self.impl.name).inc()
         log.info("pod_enrolled", pod=f"{namespace}/{name}", container=cid, netns=netns,
                  backend=self.impl.name, state=rec.state.value)
@@ -122,8 +139,17 @@ class Enroller:
             self._release(rec)
         return Reply(ok=True, detail="released")
 
+    def _undo_rules(self, rec: PodRecord, spec: RedirectSpec) -> None:
+        try:
+            engine.remove(rec.netns, spec, self.impl)
+        except RedirectError as exc:
+            log.error("undo_failed", container=rec.container_id, error=str(exc))
+
     def _release(self, rec: PodRecord) -> None:
-        """Remove our rules if the netns still exists (a deleted netns took them along)."""
+        """Tell the proxies, then remove our rules if the netns still exists (a deleted
+        netns took them along). istio-cni's order: the proxy lets go before the rules do."""
+        if self.handoff is not None:
+            self.handoff.delete(rec)
         if netnsfind.inode_of(rec.netns) == rec.netns_inode:
             try:
                 engine.remove(rec.netns, self.spec_for(rec.capture), self.impl)

@@ -20,3 +20,4 @@ DRIFT_REPAIRS = Counter(
 PODS = Gauge("meshnode_pods", "Known pods by state", ["state"], registry=REGISTRY)
 READY = Gauge("meshnode_agent_ready", "1 when the agent serves the plugin socket and the "
               "install is valid", registry=REGISTRY)
+PROXIES = Gauge("meshnode_proxies_connected", "Node proxy connections (ZDS)", registry=REGISTRY)

@@ -18,7 +18,7 @@ def inode_of(path: str) -> int | None:
         return None
 
 
-def addresses(netns: str) -> set[str]:
+def addresses(netns: str | int) -> set[str]:
     with entered(netns), IPRoute() as ipr:
         return {str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS")))
                 for fam in (socket.AF_INET, socket.AF_INET6)

@@ -15,8 +15,10 @@ from agent.config import AgentConfig
 from agent.nodeagent import metrics
 from agent.nodeagent.cniserver import CniServer
 from agent.nodeagent.enroll import Enroller
+from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
 from agent.nodeagent.http import make_app
 from agent.nodeagent.pods import PodStore
+from agent.zds.server import ZdsServer
 
 log = structlog.get_logger("agent")
 
@@ -25,6 +27,9 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.store = PodStore(cfg.pods_dir)
+        self.zds = ZdsServer(cfg.zds_socket, lambda: snapshot_of(self.store),
+                             ack_timeout=cfg.proxy_ack_timeout_seconds,
+                             on_count=metrics.PROXIES.set) if cfg.proxy_handoff else None
         self.enroller = Enroller(cfg, self.store)
         self.serving = False
         self.installer = None
@@ -68,6 +73,11 @@ class Agent:
         log.info("agent_starting", pods=len(self.store.all()), backend=self.enroller.impl.name)
         # Reconcile before serving: a restarted agent repairs what it knows first.
         await loop.run_in_executor(None, self.enroller.reconcile)
+        if self.zds is not None:
+            # Proxies (re)connect and get the snapshot of every pod with rules in place.
+            await self.zds.start()
+            self.enroller.handoff = ProxyHandoff(self.zds, loop,
+                                                 self.cfg.proxy_ack_timeout_seconds + 1)
         if self.installer is not None:
             await loop.run_in_executor(None, self.installer.start)
         await self.cni.start()
@@ -84,6 +94,8 @@ class Agent:
         self.serving = False
         drift.cancel()
         await self.cni.stop()
+        if self.zds is not None:
+            await self.zds.close()
         await runner.cleanup()
         if self.installer is not None:
             # An agent restart is an upgrade: the plugin stays, new pods wait for us.

@@ -33,6 +33,7 @@ class AgentProc:
     drift_interval: float = 0.5
     selection: dict[str, Any] = field(default_factory=dict)
     install: dict[str, Any] = field(default_factory=dict)
+    proxy_handoff: bool = False  # issue-3 tests: enrollment without a node proxy
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -44,6 +45,8 @@ class AgentProc:
             "http_address": f"127.0.0.1:{self.port}",
             "drift_interval_seconds": self.drift_interval,
             "capture": {"backend": self.backend},
+            "zds_socket": str(self.workdir / "zds.sock"),
+            "proxy_handoff": self.proxy_handoff,
         }
         if self.selection:
             cfg["selection"] = self.selection

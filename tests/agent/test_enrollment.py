@@ -199,8 +199,10 @@ def _socket_is_root_only(agent: AgentProc) -> None:
     child = ("import socket,os,sys;os.setgid(65534);os.setuid(65534);"
              "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
              "s.sendall(b'{\"v\":1,\"cmd\":\"STATUS\"}\\n');print(s.recv(4096).decode())")
-    out = subprocess.run(["/usr/bin/python3", "-c", child, agent.socket], capture_output=True,
-                         text=True, check=True).stdout
+    res = subprocess.run(["/usr/bin/python3", "-c", child, agent.socket], capture_output=True,
+                         text=True, cwd="/", timeout=30)
+    assert res.returncode == 0, res.stderr[-1000:]
+    out = res.stdout
     assert '"ok": false' in out and "permission denied" in out
 
 

@@ -1,0 +1,54 @@
+"""The node proxy's configuration (YAML, every key optional)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from agent.config import ConfigError, build_dataclass
+from agent.redirect.spec import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK, TUNNEL_PORT
+
+
+@dataclass
+class ProxyConfig:
+    zds_socket: str = "/var/run/meshnode/zds.sock"
+    admin_address: str = "127.0.0.1:15000"  # /config_dump /healthz/ready /metrics
+    mark: int = PROXY_MARK
+    outbound_port: int = OUTBOUND_PORT
+    inbound_port: int = INBOUND_PORT
+    tunnel_port: int = TUNNEL_PORT
+    dns_port: int = DNS_PORT
+    dns_capture: bool = True
+    dns_fallback: list[str] = field(default_factory=list)
+    connect_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 3600.0
+    drain_seconds: float = 30.0  # on SIGTERM: stop accepting, let connections finish
+    zero_copy: bool = True  # splice(2) for plaintext TCP; False copies through userspace
+    preserve_source: bool = True  # inbound: connect to the app from the client's address
+    access_log: bool = True
+
+    def dns_fallback_addresses(self) -> list[tuple[str, int]]:
+        """`dns_fallback` entries are "ip" or "ip:port" ("[v6]:port" for IPv6)."""
+        out = []
+        for entry in self.dns_fallback:
+            host, sep, port = entry.rpartition(":")
+            if not sep or (":" in host and not host.startswith("[")):
+                out.append((entry.strip("[]"), 53))
+            else:
+                out.append((host.strip("[]"), int(port)))
+        return out
+
+
+def load(path: str | None) -> ProxyConfig:
+    if path is None:
+        return ProxyConfig()
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    cfg: ProxyConfig = build_dataclass(ProxyConfig, data, "")
+    return cfg

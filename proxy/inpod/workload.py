@@ -1,0 +1,270 @@
+"""One pod, served by the node proxy: listeners inside its netns and its live connections.
+
+Outbound (15001): the app's connection, redirected; we read where it was going and connect
+there from inside the pod's netns, marked, so the source stays the pod's address.
+Inbound (15006): a connection to the pod, redirected; we connect to the app in the pod, from
+the client's own address (IP_TRANSPARENT; the connmark + table 100 rules bring the app's
+replies back to us), so the app sees the real client.
+Tunnel (15008): held for HBONE (the control-plane issue); connections are refused for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from proxy import metrics
+from proxy.config import ProxyConfig
+from proxy.forward import Traffic, relay, reset
+from proxy.inpod.sockets import listener_in, socket_in
+from proxy.inpod.zds_client import WorkloadInfo
+from proxy.origdst import original_dst
+
+log = structlog.get_logger("proxy")
+access = structlog.get_logger("access")
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+_ids = itertools.count(1)
+
+
+Lookup = Callable[[str], tuple[str, str]]  # ip -> (workload, namespace), "unknown" if not ours
+
+
+@dataclass
+class Conn:
+    id: int
+    direction: str
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    traffic: Traffic = field(default_factory=Traffic)
+    started: float = field(default_factory=time.time)
+    task: asyncio.Task[None] | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {"id": self.id, "direction": self.direction, "src": f"{self.src[0]}:{self.src[1]}",
+                "dst": f"{self.dst[0]}:{self.dst[1]}", "sent": self.traffic.a_to_b,
+                "received": self.traffic.b_to_a, "age_s": round(time.time() - self.started, 1)}
+
+
+def _plain(ip: str) -> str:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped or addr)
+
+
+class PodProxy:
+    def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, cfg: ProxyConfig,
+                 lookup: Lookup) -> None:
+        self.uid = uid
+        self.name, self.namespace = info.name, info.namespace
+        self.service_account = info.service_account
+        self.netns_fd = netns_fd  # owned: closed by stop()
+        self.netns_inode = os.fstat(netns_fd).st_ino
+        self.cfg = cfg
+        self.lookup = lookup
+        self.ips: set[str] = set()
+        self.listeners: dict[str, socket.socket] = {}
+        self.conns: dict[int, Conn] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.dns: Any = None
+        self.started = time.time()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        from agent.nodeagent.netnsfind import addresses
+
+        self.ips = await loop.run_in_executor(None, addresses, self.netns_fd)
+        await loop.run_in_executor(None, self._allow_listener_handover)
+        try:
+            self.listeners["outbound"] = listener_in(self.netns_fd, self.cfg.outbound_port,
+                                                     mark=self.cfg.mark)
+            self.listeners["inbound"] = listener_in(self.netns_fd, self.cfg.inbound_port,
+                                                    mark=self.cfg.mark)
+            self.listeners["tunnel"] = listener_in(self.netns_fd, self.cfg.tunnel_port,
+                                                   mark=self.cfg.mark)
+            if self.cfg.dns_capture:
+                await self._start_dns()
+        except BaseException:
+            self._close_listeners()
+            raise
+        for name, handler in (("outbound", self._outbound), ("inbound", self._inbound),
+                              ("tunnel", self._tunnel)):
+            self._tasks.append(asyncio.create_task(self._accept(self.listeners[name], handler)))
+        self._tasks.append(asyncio.create_task(self._idle_sweeper()))
+        metrics.PODS_STARTED.inc()
+        log.info("pod_proxy_started", uid=self.uid, pod=f"{self.namespace}/{self.name}",
+                 ips=sorted(self.ips), netns_inode=self.netns_inode)
+
+    def _allow_listener_handover(self) -> None:
+        """tcp_migrate_req: when a proxy closes its listener during an upgrade, connections
+        waiting in its accept queue move to the new proxy's SO_REUSEPORT listener instead
+        of being reset. It is per netns, so it is set in the pod's."""
+        from agent.redirect.netns import entered
+
+        with entered(self.netns_fd), contextlib.suppress(OSError), \
+                open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+            f.write("1")
+
+    async def _start_dns(self) -> None:
+        from proxy.dns import DnsProxy
+
+        udp = listener_in(self.netns_fd, self.cfg.dns_port, socket.SOCK_DGRAM, mark=self.cfg.mark)
+        self.listeners["dns-udp"] = udp
+        tcp = listener_in(self.netns_fd, self.cfg.dns_port, mark=self.cfg.mark)
+        self.listeners["dns-tcp"] = tcp
+        self.dns = DnsProxy(self.netns_fd, udp, tcp, mark=self.cfg.mark,
+                            fallback=self.cfg.dns_fallback_addresses(), name=self.name)
+        await self.dns.start()
+
+    def _close_listeners(self) -> None:
+        for s in self.listeners.values():
+            s.close()
+        self.listeners.clear()
+
+    async def stop_accepting(self) -> None:
+        """Close the listeners (queued connections migrate to a newer proxy, if any)."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.dns is not None:
+            await self.dns.stop()
+            self.dns = None
+        self._close_listeners()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; give live connections `grace` seconds, then end them."""
+        await self.stop_accepting()
+        deadline = time.monotonic() + grace
+        while self.conns and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tasks = list(self._handlers)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.netns_fd >= 0:
+            os.close(self.netns_fd)
+            self.netns_fd = -1
+        metrics.PODS_STOPPED.inc()
+        log.info("pod_proxy_stopped", uid=self.uid, pod=f"{self.namespace}/{self.name}")
+
+    # -- connections -----------------------------------------------------------------
+
+    async def _accept(self, listener: socket.socket,
+                      handler: Callable[[socket.socket], Any]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                log.warning("accept_failed", uid=self.uid, error=str(exc))
+                await asyncio.sleep(0.05)
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(handler(sock))
+            self._handlers.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._handlers.discard)
+
+    async def _outbound(self, client: socket.socket) -> None:
+        dst = original_dst(client)
+        src = client.getpeername()[:2]
+        await self._proxy(client, "outbound", (_plain(src[0]), src[1]), dst, transparent=False)
+
+    async def _inbound(self, client: socket.socket) -> None:
+        dst = original_dst(client)
+        src = client.getpeername()[:2]
+        await self._proxy(client, "inbound", (_plain(src[0]), src[1]), dst,
+                          transparent=self.cfg.preserve_source)
+
+    async def _tunnel(self, client: socket.socket) -> None:
+        reset(client)  # HBONE arrives with the control-plane issue
+
+    async def _proxy(self, client: socket.socket, direction: str, src: tuple[str, int],
+                     dst: tuple[str, int], transparent: bool) -> None:
+        conn = Conn(next(_ids), direction, src, dst)
+        conn.task = asyncio.current_task()
+        labels = self._labels(direction, src[0], dst[0])
+        self.conns[conn.id] = conn
+        metrics.CONNECTIONS.inc()
+        error = ""
+        try:
+            upstream = await self._connect(dst, src if transparent else None)
+        except (OSError, TimeoutError) as exc:
+            error = f"connect {dst[0]}:{dst[1]}: {exc.strerror or exc}" \
+                if isinstance(exc, OSError) else f"connect {dst[0]}:{dst[1]}: timeout"
+            reset(client)  # the app sees a refused/reset connection, as it would directly
+            upstream = None
+        metrics.OPENED.labels(*labels).inc()
+        try:
+            if upstream is not None:
+                await relay(client, upstream, conn.traffic, zero_copy=self.cfg.zero_copy)
+        finally:
+            self.conns.pop(conn.id, None)
+            metrics.CONNECTIONS.dec()
+            metrics.CLOSED.labels(*labels).inc()
+            metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
+            metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
+            if self.cfg.access_log:
+                access.info("connection", direction=direction, src=f"{src[0]}:{src[1]}",
+                            dst=f"{dst[0]}:{dst[1]}", src_workload=labels[1],
+                            src_namespace=labels[2], dst_workload=labels[3],
+                            dst_namespace=labels[4], bytes_sent=conn.traffic.a_to_b,
+                            bytes_received=conn.traffic.b_to_a,
+                            duration_ms=round((time.time() - conn.started) * 1e3, 1),
+                            reset=conn.traffic.reset, error=error or None)
+
+    async def _connect(self, dst: tuple[str, int], as_src: tuple[str, int] | None
+                       ) -> socket.socket:
+        fam = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+        up = socket_in(self.netns_fd, fam, socket.SOCK_STREAM, mark=self.cfg.mark)
+        try:
+            if as_src is not None and as_src[0] not in self.ips:
+                up.setsockopt(socket.SOL_IP if fam == socket.AF_INET else socket.IPPROTO_IPV6,
+                              IP_TRANSPARENT if fam == socket.AF_INET else IPV6_TRANSPARENT, 1)
+                up.bind((as_src[0], 0))
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(up, dst),
+                                   self.cfg.connect_timeout_seconds)
+        except BaseException:
+            up.close()
+            raise
+        return up
+
+    def _labels(self, direction: str, src_ip: str, dst_ip: str) -> tuple[str, ...]:
+        me = (self.name, self.namespace)
+        if direction == "outbound":
+            peer = self.lookup(dst_ip)
+            return ("source", *me, *peer, direction)
+        peer = self.lookup(src_ip)
+        return ("destination", *peer, *me, direction)
+
+    async def _idle_sweeper(self) -> None:
+        idle = self.cfg.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(max(idle / 4, 0.05), 5.0))
+            now = time.monotonic()
+            for c in list(self.conns.values()):
+                if now - c.traffic.last_activity > idle and c.task is not None:
+                    c.task.cancel()  # relay resets both sides
+
+    def dump(self) -> dict[str, Any]:
+        return {"uid": self.uid, "name": self.name, "namespace": self.namespace,
+                "service_account": self.service_account, "ips": sorted(self.ips),
+                "netns_inode": self.netns_inode,
+                "listeners": {k: v.getsockname()[1] for k, v in self.listeners.items()},
+                "connections": [c.dump() for c in self.conns.values()],
+                "dns": self.dns.config_dump() if self.dns is not None else None}

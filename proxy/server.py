@@ -1,0 +1,62 @@
+"""`meshnode proxy`: the shared node proxy process.
+
+It connects to the node agent over ZDS and serves every pod the agent hands it. On SIGTERM
+(an upgrade, or `/quitquitquit`) it drains: it closes every pod's listeners at once, so new
+connections go to the new proxy's SO_REUSEPORT listeners (queued ones migrate there with
+tcp_migrate_req), then lets live connections finish for up to `drain_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import structlog
+
+from proxy.admin import start_admin
+from proxy.config import ProxyConfig
+from proxy.inpod.manager import WorkloadManager
+from proxy.inpod.zds_client import ZdsClient
+
+log = structlog.get_logger("proxy")
+
+
+class ProxyServer:
+    def __init__(self, cfg: ProxyConfig) -> None:
+        self.cfg = cfg
+        self.manager = WorkloadManager(cfg)
+        self.zds = ZdsClient(cfg.zds_socket, self.manager)
+        self._stop = asyncio.Event()
+
+    # -- the admin state ---------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return bool(self.zds.ready)
+
+    def config_dump(self) -> dict[str, Any]:
+        return {"agent": {"socket": self.cfg.zds_socket, "connected": self.zds.connected,
+                          "snapshot_received": self.zds.ready},
+                **self.manager.dump()}
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    # -- run ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        host, _, port = self.cfg.admin_address.rpartition(":")
+        admin = await start_admin(self, int(port), host or "127.0.0.1")
+        self.zds.start()
+        log.info("proxy_started", agent=self.cfg.zds_socket, admin=self.cfg.admin_address,
+                 zero_copy=self.cfg.zero_copy)
+        await self._stop.wait()
+        log.info("proxy_draining", pods=len(self.manager.pods), grace_s=self.cfg.drain_seconds)
+        # Stop taking new pods first, so nothing is added while we drain.
+        await self.zds.close()
+        await self.manager.drain(self.cfg.drain_seconds)
+        await admin.cleanup()
+        log.info("proxy_stopped")

@@ -1,0 +1,81 @@
+"""A real `meshnode proxy` process, next to the agent harness's real agent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.agent.harness import REPO, free_port
+
+
+@dataclass
+class ProxyProc:
+    workdir: Path
+    zds_socket: str
+    name: str = "proxy"
+    extra: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cfg = {"zds_socket": self.zds_socket, "admin_address": f"127.0.0.1:{self.port}",
+               "drain_seconds": 10, **self.extra}
+        self.config = self.workdir / f"{self.name}.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = self.workdir / f"{self.name}.log"
+
+    def start(self, wait_ready: bool = True) -> ProxyProc:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli.main", "proxy", "--config", str(self.config)],
+                stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + 15
+        while wait_ready and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited: {self.log.read_text()[-2000:]}")
+            if self.get("/healthz/ready")[0] == 200:
+                return self
+            time.sleep(0.05)
+        if wait_ready:
+            raise RuntimeError(f"proxy not ready: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def workloads(self) -> list[dict[str, Any]]:
+        status, body = self.get("/config_dump")
+        return list(json.loads(body)["workloads"]) if status == 200 else []
+
+    def access_log(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            if '"event": "connection"' in line:
+                out.append(json.loads(line))
+        return out
