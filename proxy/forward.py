@@ -39,24 +39,6 @@ class Traffic:
     reset: bool = False  # the connection ended with a reset from either side
 
 
-def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, writable: bool
-          ) -> asyncio.Future[None]:
-    """A future done when `sock` is readable (or writable); cancelling it unregisters."""
-    fut: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    add, remove = (loop.add_writer, loop.remove_writer) if writable else \
-        (loop.add_reader, loop.remove_reader)
-
-    def ready() -> None:
-        remove(fd)
-        if not fut.done():
-            fut.set_result(None)
-
-    add(fd, ready)
-    fut.add_done_callback(lambda f: remove(fd) if f.cancelled() else None)
-    return fut
-
-
 def reset(sock: socket.socket) -> None:
     """Close with RST rather than FIN."""
     with contextlib.suppress(OSError):
@@ -73,46 +55,89 @@ class _Reset(Exception):
     pass
 
 
+class _SplicePump:
+    """One direction, driven by readiness callbacks rather than a coroutine: the source stays
+    registered for reads while idle and each wake-up splices straight away, so a small
+    message costs two splices and no task switch or epoll re-registration. Only when the
+    destination is full does the pump swap its read interest for write interest."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, src: socket.socket,
+                 dst: socket.socket, t: Traffic, forward: bool) -> None:
+        self.loop, self.t, self.forward = loop, t, forward
+        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.dst = dst
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # the default 64 KiB pipe still works
+            fcntl.fcntl(self.w, F_SETPIPE_SZ, PIPE_SIZE)
+        self.in_pipe = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(self.sfd, self._readable)
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        self.loop.remove_reader(self.sfd)
+        self.loop.remove_writer(self.dfd)
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+    def _readable(self) -> None:
+        try:
+            n = os.splice(self.sfd, self.w, CHUNK, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(_Reset() if exc.errno in _RESET else exc)
+            return
+        if n == 0:
+            _half_close(self.dst)
+            self._finish()
+            return
+        self.in_pipe = n
+        self._drain()
+
+    def _drain(self) -> None:
+        moved = 0
+        try:
+            while self.in_pipe:
+                m = os.splice(self.r, self.dfd, self.in_pipe, flags=_SPLICE_FLAGS)
+                self.in_pipe -= m
+                moved += m
+        except BlockingIOError:
+            # Destination full: stop reading (backpressure) until it can take more.
+            self.loop.remove_reader(self.sfd)
+            self.loop.add_writer(self.dfd, self._writable)
+        except OSError as exc:
+            self._finish(_Reset() if exc.errno in _RESET else exc)
+            return
+        finally:
+            if moved:
+                if self.forward:
+                    self.t.a_to_b += moved
+                else:
+                    self.t.b_to_a += moved
+                self.t.last_activity = time.monotonic()
+
+    def _writable(self) -> None:
+        self._drain()
+        if not self.in_pipe and not self.done.done():
+            self.loop.remove_writer(self.dfd)
+            self.loop.add_reader(self.sfd, self._readable)
+
+    def close(self) -> None:
+        self._finish()
+        os.close(self.r)
+        os.close(self.w)
+
+
 async def _splice_one_way(src: socket.socket, dst: socket.socket, t: Traffic,
                           forward: bool) -> None:
-    loop = asyncio.get_running_loop()
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pump = _SplicePump(asyncio.get_running_loop(), src, dst, t, forward)
     try:
-        with contextlib.suppress(OSError):  # the default 64 KiB pipe still works
-            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        sfd, dfd = src.fileno(), dst.fileno()
-        while True:
-            try:
-                n = os.splice(sfd, w, CHUNK, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                await _wait(loop, src, False)
-                continue
-            except OSError as exc:
-                if exc.errno in _RESET:
-                    raise _Reset from None
-                raise
-            if n == 0:
-                _half_close(dst)
-                return
-            while n:
-                try:
-                    m = os.splice(r, dfd, n, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await _wait(loop, dst, True)
-                    continue
-                except OSError as exc:
-                    if exc.errno in _RESET:
-                        raise _Reset from None
-                    raise
-                n -= m
-                if forward:
-                    t.a_to_b += m
-                else:
-                    t.b_to_a += m
-            t.last_activity = time.monotonic()
+        await pump.done
     finally:
-        os.close(r)
-        os.close(w)
+        pump.close()
 
 
 async def _copy_one_way(src: socket.socket, dst: socket.socket, t: Traffic,

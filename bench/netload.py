@@ -1,0 +1,52 @@
+"""Tiny load tools for the proxy benchmark: an accept/echo/close server and a client that
+counts completed connections per second. Run as separate processes inside a netns."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+
+import uvloop
+
+
+async def serve(port: int) -> None:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = await r.read(1024)
+        w.write(data)
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+async def connect_rate(ip: str, port: int, seconds: float, workers: int = 8) -> float:
+    loop = asyncio.get_running_loop()
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, (ip, port))
+            await loop.sock_sendall(s, b"x")
+            await loop.sock_recv(s, 16)
+            s.close()
+            done += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done / (time.monotonic() - t0)
+
+
+if __name__ == "__main__":
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        if sys.argv[1] == "serve":
+            r.run(serve(int(sys.argv[2])))
+        else:
+            print(r.run(connect_rate(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
