@@ -25,22 +25,33 @@ async def serve(port: int) -> None:
 
 async def connect_rate(ip: str, port: int, seconds: float, workers: int = 8) -> float:
     loop = asyncio.get_running_loop()
-    done = 0
+    done = failed = 0
     deadline = time.monotonic() + seconds
 
-    async def worker() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            s = socket.socket()
-            s.setblocking(False)
+    async def one() -> None:
+        s = socket.socket()
+        s.setblocking(False)
+        try:
             await loop.sock_connect(s, (ip, port))
             await loop.sock_sendall(s, b"x")
-            await loop.sock_recv(s, 16)
+            if await loop.sock_recv(s, 16) != b"x":
+                raise ConnectionError("no echo")
+        finally:
             s.close()
-            done += 1
+
+    async def worker() -> None:
+        nonlocal done, failed
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(one(), 5)
+                done += 1
+            except (OSError, TimeoutError):
+                failed += 1
 
     t0 = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(workers)))
+    if failed:
+        print(f"failed {failed}", file=sys.stderr)
     return done / (time.monotonic() - t0)
 
 

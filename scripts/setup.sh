@@ -7,7 +7,7 @@ APT_PACKAGES=(
   iptables nftables python3-nftables iproute2 ipset conntrack
   python3-bpfcc bpfcc-tools bpftool clang llvm linux-headers-amd64
   containerd runc containernetworking-plugins busybox-static
-  haproxy iperf3 socat python3-venv python3-dev
+  haproxy iperf3 sockperf socat python3-venv python3-dev
 )
 
 if [ "$(id -u)" != 0 ]; then

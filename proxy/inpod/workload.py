@@ -175,9 +175,22 @@ class PodProxy:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(handler(sock))
+            task = asyncio.create_task(self._serve(handler, sock))
             self._handlers.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._handlers.discard)
+
+    async def _serve(self, handler: Callable[[socket.socket], Any],
+                     sock: socket.socket) -> None:
+        """Run one connection's handler; whatever goes wrong, the client is never left
+        hanging on a socket nobody serves (e.g. original_dst after the client vanished)."""
+        try:
+            await handler(sock)
+        except asyncio.CancelledError:
+            reset(sock)
+            raise
+        except Exception as exc:
+            log.warning("connection_failed", uid=self.uid, error=f"{type(exc).__name__}: {exc}")
+            reset(sock)
 
     async def _outbound(self, client: socket.socket) -> None:
         dst = original_dst(client)

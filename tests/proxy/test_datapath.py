@@ -205,3 +205,58 @@ def test_1000_add_delete_cycles_leak_nothing(trio: tuple[Node, Node, Node]) -> N
     fds0, rss0, fds1, rss1 = run(main())  # type: ignore[misc]
     assert fds1 == fds0, f"fd leak: {fds0} -> {fds1}"
     assert rss1 - rss0 < 8 * 1024, f"RSS grew {rss1 - rss0} KiB over 1000 cycles"
+
+
+def test_idle_connections_are_ended(trio: tuple[Node, Node, Node]) -> None:
+    a, _, plain = trio
+
+    async def main() -> bool:
+        mgr = WorkloadManager(cfg(idle_timeout_seconds=0.3))
+        await enroll(mgr, a, "a")
+        app = server_in(plain, 8082)
+        loop = asyncio.get_running_loop()
+        c = client_in(a)
+        await loop.sock_connect(c, ("198.18.2.2", 8082))
+        srv, _ = await loop.sock_accept(app)
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(c, 10), 5)
+            ended = data == b""
+        except ConnectionResetError:
+            ended = True
+        for s in (c, srv, app):
+            s.close()
+        await mgr.drain(0)
+        return ended
+
+    assert run(main()) is True
+
+
+def test_a_reset_is_forwarded_as_a_reset(trio: tuple[Node, Node, Node]) -> None:
+    a, _, plain = trio
+
+    async def main() -> str:
+        import socket as _s
+        import struct
+
+        mgr = WorkloadManager(cfg())
+        await enroll(mgr, a, "a")
+        app = server_in(plain, 8083)
+        loop = asyncio.get_running_loop()
+        c = client_in(a)
+        await loop.sock_connect(c, ("198.18.2.2", 8083))
+        srv, _ = await loop.sock_accept(app)
+        await loop.sock_sendall(c, b"hello")
+        assert await loop.sock_recv(srv, 5) == b"hello"
+        srv.setsockopt(_s.SOL_SOCKET, _s.SO_LINGER, struct.pack("ii", 1, 0))
+        srv.close()  # the server aborts: RST
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(c, 10), 5)
+            outcome = "eof" if data == b"" else "data"
+        except ConnectionResetError:
+            outcome = "reset"
+        c.close()
+        app.close()
+        await mgr.drain(0)
+        return outcome
+
+    assert run(main()) == "reset"

@@ -17,6 +17,8 @@ from agent.redirect import backend as engine
 from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
 from tests.agent.harness import AgentProc, cni
+from tests.dns.resolver import Resolver, answer_ip, build_query, tcp_ask, udp_ask
+from tests.kernel.netutil import udp_socket
 from tests.proxy.procs import ProxyProc
 
 NFT = engine.make_backend("nftables")
@@ -177,3 +179,28 @@ def test_proxy_replacement_fails_no_connection(tmp_path: Path, agent: AgentProc,
     new.stop()
     assert failures == [], f"{len(failures)} of {count + len(failures)} failed: {failures[:3]}"
     assert count > 20
+
+
+def test_dns_from_an_enrolled_pod_goes_through_15053_and_gets_answers(
+        tmp_path: Path, agent: AgentProc, pods: tuple[Node, Node]) -> None:
+    """The full stack: plugin ADD → agent rules (DNS capture on) → proxy's 15053 → the
+    resolver the pod asked, over UDP and TCP."""
+    a, b = pods
+    proxy = ProxyProc(tmp_path / "dnsproxy", str(agent.workdir / "zds.sock"), name="dns").start()
+    try:
+        assert cni("ADD", agent.socket, a.path, "c-a", [a.ip4], name="a").code == 0
+        with Resolver(b.path) as resolver:
+            with udp_socket(a.path) as q:
+                got = udp_ask(q, (b.ip4, 53), build_query("web.mesh.local", 7), timeout=5)
+            assert got is not None, "no UDP answer"
+            answer, peer = got
+            assert answer_ip(7, answer) == resolver.ip and peer == (b.ip4, 53)
+            with entered(a.path):
+                t = socket.create_connection((b.ip4, 53), timeout=5)
+            with t:
+                assert answer_ip(8, tcp_ask(t, build_query("db.mesh.local", 8))) == resolver.ip
+            assert resolver.udp_queries == 1 and resolver.tcp_queries == 1
+        [pod] = proxy.workloads()
+        assert pod["dns"]["udp"]["answered"] >= 1 and pod["dns"]["tcp"]["queries"] >= 1, pod["dns"]
+    finally:
+        proxy.stop()
