@@ -23,6 +23,8 @@ from typing import Any
 
 import structlog
 
+from agent.nodeagent.netnsfind import addresses
+from agent.redirect.netns import entered
 from proxy import metrics
 from proxy.config import ProxyConfig
 from proxy.forward import Traffic, relay, reset
@@ -84,8 +86,6 @@ class PodProxy:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        from agent.nodeagent.netnsfind import addresses
-
         self.ips = await loop.run_in_executor(None, addresses, self.netns_fd)
         await loop.run_in_executor(None, self._allow_listener_handover)
         try:
@@ -112,8 +112,6 @@ class PodProxy:
         """tcp_migrate_req: when a proxy closes its listener during an upgrade, connections
         waiting in its accept queue move to the new proxy's SO_REUSEPORT listener instead
         of being reset. It is per netns, so it is set in the pod's."""
-        from agent.redirect.netns import entered
-
         with entered(self.netns_fd), contextlib.suppress(OSError), \
                 open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
             f.write("1")
