@@ -1,99 +1,202 @@
-"""`meshnode demo`, stage 1: the redirect engine end to end in two namespaces.
+"""`meshnode demo`: the whole path that exists today, on this machine, then cleaned up.
 
-A client netns is captured; its connection to the server lands on a stand-in for the node
-proxy at 15001, which reads the original destination and forwards with the proxy mark, so
-the rules let it through. Then the rules are shown with their counters, and all is removed.
-Later issues replace the stand-in with the real proxy, agent and CNI path.
+A real node agent and a real node proxy run as child processes; pods are network namespaces
+enrolled through the real CNI plugin (as a runtime would call it); traffic goes pod to pod
+(two proxy hops) and pod to a non-mesh host (one hop); then the report: pods, the
+connections the proxy saw, and one pod's rules with their counters. Control plane, mTLS and
+containerd pods join with later issues.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
-from agent.lab import Lab
+import yaml
+
+from agent.lab import Lab, Node
 from agent.redirect import backend as engine
 from agent.redirect.netns import entered
-from agent.redirect.spec import PROXY_MARK, RedirectSpec
-from proxy.origdst import original_dst
+from agent.redirect.spec import RedirectSpec
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "cni" / "meshnode-cni"
 
 
 def _step(n: int, total: int, text: str) -> None:
     print(f"[{n}/{total}] {text}", flush=True)
 
 
-def _echo_server(sock: socket.socket) -> None:
-    conn, _ = sock.accept()
-    with conn:
-        data = conn.recv(1024)
-        conn.sendall(b"echo: " + data)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def _standin_proxy(sock: socket.socket, client_ns: str, seen: list[tuple[str, int]]) -> None:
-    conn, _ = sock.accept()
-    with conn:
-        dst = original_dst(conn)
-        seen.append(dst)
-        with entered(client_ns):  # connect from the pod's netns so the source stays the pod's
-            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with up:
-            up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, PROXY_MARK)
-            up.settimeout(5)
-            up.connect(dst)
-            up.sendall(conn.recv(1024))
-            conn.sendall(up.recv(1024))
+def _ready(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{log.read_text()[-1500:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready:\n{log.read_text()[-1500:]}")
+
+
+def _spawn(kind: str, cfg: dict[str, Any], work: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    conf, log = work / f"{kind}.yaml", work / f"{kind}.log"
+    conf.write_text(yaml.safe_dump(cfg))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli.main", kind, "--config",
+                                 str(conf)], stdout=out, stderr=out, cwd=REPO)
+    return proc, log
+
+
+def _cni(cmd: str, sock: str, node: Node, name: str) -> dict[str, Any]:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": node.path}],
+            "ips": [{"address": f"{node.ip4}/24", "interface": 0}]}
+    conf = {"cniVersion": "1.0.0", "name": "demo", "type": "meshnode-cni",
+            "agent_socket": sock, "prevResult": prev}
+    env = {"CNI_COMMAND": cmd, "CNI_CONTAINERID": f"demo-{name}", "CNI_NETNS": node.path,
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"],
+           "CNI_ARGS": f"K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"}
+    p = subprocess.run([str(PLUGIN)], input=json.dumps(conf), capture_output=True, text=True,
+                       env=env, timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError(f"CNI {cmd} for {name} failed: {p.stdout.strip()}")
+    return json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+def _echo_server(node: Node, port: int) -> socket.socket:
+    with entered(node.path):
+        srv = socket.create_server(("0.0.0.0", port))
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                while data := c.recv(65536):
+                    c.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def _talk(node: Node, ip: str, port: int, payload: bytes) -> bool:
+    with entered(node.path):
+        s = socket.socket()
+    with s:
+        s.settimeout(5)
+        s.connect((ip, port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while data := s.recv(65536):
+            got += data
+    return got == payload
 
 
 def run_demo(backend: str, flavour: str) -> int:
     total = 6
-    impl = engine.make_backend(backend, flavour)
-    spec = RedirectSpec()
-    print(f"meshnode demo — redirect engine ({impl.name})\n")
-    with Lab("demo") as lab:
-        client, server = lab.node("client"), lab.node("server")
-        lab.link(client, server)
-        _step(1, total, f"namespaces: {client.name} ({client.ip4}) <-veth-> "
-                        f"{server.name} ({server.ip4})")
-        with entered(server.path):
-            srv = socket.create_server(("0.0.0.0", 80))
-        threading.Thread(target=_echo_server, args=(srv,), daemon=True).start()
-        _step(2, total, f"server: echo listener on {server.ip4}:80")
+    procs: list[subprocess.Popen[bytes]] = []
+    ok = False
+    print(f"meshnode demo — agent + node proxy + CNI plugin ({backend})\n")
+    with tempfile.TemporaryDirectory(prefix="meshnode-demo-") as tmp, Lab("demo") as lab:
+        work = Path(tmp)
+        try:
+            web, client, outside = lab.node("web"), lab.node("client"), lab.node("outside")
+            lab.link(client, web, subnet=1)
+            lab.link(client, outside, subnet=2)
+            _step(1, total, f"pods: client {client.ip4}, web {web.ip4} (mesh); outside "
+                            f"{outside.ip4} (no mesh)")
 
-        engine.apply(client.path, spec, impl)
-        _step(3, total, f"applied {impl.name} redirection in the client netns")
+            agent_port, proxy_port = _free_port(), _free_port()
+            zds, cni_sock = str(work / "zds.sock"), str(work / "cni.sock")
+            agent, alog = _spawn("agent", {
+                "cni_socket": cni_sock, "zds_socket": zds, "state_dir": str(work / "state"),
+                "http_address": f"127.0.0.1:{agent_port}",
+                "capture": {"backend": backend, "iptables_flavour": flavour}}, work)
+            procs.append(agent)
+            _ready(f"http://127.0.0.1:{agent_port}/readyz", agent, alog, "agent")
+            proxy, plog = _spawn("proxy", {"zds_socket": zds, "dns_capture": False,
+                                           "admin_address": f"127.0.0.1:{proxy_port}"}, work)
+            procs.append(proxy)
+            _ready(f"http://127.0.0.1:{proxy_port}/healthz/ready", proxy, plog, "proxy")
+            _step(2, total, f"node agent and node proxy running (proxy admin "
+                            f"127.0.0.1:{proxy_port})")
 
-        with entered(client.path):
-            lsn = socket.create_server(("0.0.0.0", spec.outbound_port))
-        seen: list[tuple[str, int]] = []
-        threading.Thread(target=_standin_proxy, args=(lsn, client.path, seen),
-                         daemon=True).start()
-        _step(4, total, f"stand-in proxy on :{spec.outbound_port} inside the client netns")
+            for node, name in ((client, "client"), (web, "web")):
+                _cni("ADD", cni_sock, node, name)
+            _step(3, total, "CNI ADD for client and web: rules installed, proxy acked")
 
-        with entered(client.path):
-            c = socket.create_connection((server.ip4, 80), timeout=5)
-        with c:
-            c.sendall(b"hello")
-            reply = c.recv(1024)
-        ok = bool(seen) and seen[0] == (server.ip4, 80) and reply == b"echo: hello"
-        orig = f"{seen[0][0]}:{seen[0][1]}" if seen else "none (not captured)"
-        _step(5, total, f"client -> {server.ip4}:80 was captured at :{spec.outbound_port}; "
-                        f"original destination {orig}; reply {reply.decode(errors='replace')!r}")
+            servers = [_echo_server(web, 8080), _echo_server(outside, 9090)]
+            mesh_ok = _talk(client, web.ip4, 8080, b"x" * 100_000)
+            ext_ok = _talk(client, outside.ip4, 9090, b"y" * 20_000)
+            time.sleep(0.3)
+            _step(4, total, f"client -> web:8080 (mesh, two hops): "
+                            f"{'intact' if mesh_ok else 'FAILED'}; client -> outside:9090 "
+                            f"(non-mesh, one hop): {'intact' if ext_ok else 'FAILED'}")
 
-        state = engine.read(client.path, spec, impl)
-        _step(6, total, "rules with counters (meshnode redirect show):")
-        for key, rules in state.rules.chains.items():
-            for r in rules:
-                if r.packets:
-                    print(f"    {r.packets:>4} pkts {r.bytes:>6} B  {key}: {r.text}")
-        removed = engine.remove(client.path, spec, impl)
-        print(f"\ncleanup: removed {len(removed)} objects of ours; namespaces deleted")
-        srv.close()
-        lsn.close()
-    print(f"\nverdict: {'PASS' if ok else 'FAIL'} — connection "
-          f"{'captured and delivered' if ok else 'not captured as expected'}")
+            pods = subprocess.run([sys.executable, "-m", "agent.cli.main", "pods", "--config",
+                                   str(work / "agent.yaml")], capture_output=True, text=True,
+                                  cwd=REPO).stdout
+            _step(5, total, "what the node saw:\n")
+            print("  pods (meshnode pods):")
+            print("".join(f"    {line}\n" for line in pods.splitlines()))
+            print("  connections (proxy access log):")
+            conns = [json.loads(line) for line in plog.read_text().splitlines()
+                     if '"event": "connection"' in line]
+            for c in conns:
+                dst = (f"{c['dst_workload']}/{c['dst_namespace']}"
+                       if c["dst_workload"] != "unknown" else "(not in the mesh)")
+                print(f"    {c['direction']:<8} {c['src_workload']}/{c['src_namespace']} -> "
+                      f"{dst} ({c['dst']}): "
+                      f"{c['bytes_sent']} B sent, {c['bytes_received']} B received")
+            print("\n  client's redirect rules that matched (meshnode redirect show):")
+            state = engine.read(client.path, RedirectSpec(),
+                                engine.make_backend(backend, flavour))
+            for key, rules in state.rules.chains.items():
+                for r in rules:
+                    if r.packets:
+                        print(f"    {r.packets:>4} pkts {r.bytes:>7} B  {key}: {r.text}")
+            for s in servers:
+                s.close()
+            for node, name in ((client, "client"), (web, "web")):
+                _cni("DEL", cni_sock, node, name)
+            _step(6, total, "CNI DEL for both pods: rules removed, proxy released them")
+            ok = mesh_ok and ext_ok and {c["direction"] for c in conns} == {"outbound",
+                                                                             "inbound"}
+        except KeyboardInterrupt:
+            print("\ninterrupted: cleaning up")
+        finally:
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(15)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+    print("\ncleanup: agent and proxy stopped, namespaces deleted")
+    verdict = ("PASS — pod traffic captured, carried by the node proxy, delivered intact"
+               if ok else "FAIL — see above")
+    print(f"\nverdict: {verdict}")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(run_demo("nftables", "auto"))
