@@ -11,11 +11,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from agent.redirect.spec import Backend, Profile, RedirectSpec
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -133,17 +135,22 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
-def load(path: str | None) -> AgentConfig:
+def load_yaml(cls: type[T], path: str | None) -> T:
+    """`cls` from a YAML file (every key optional), or its defaults when `path` is None."""
     if path is None:
-        cfg = AgentConfig()
-    else:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        cfg = build_dataclass(AgentConfig, data, "")
+        return cls()
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    cfg: T = build_dataclass(cls, data, "")
+    return cfg
+
+
+def load(path: str | None) -> AgentConfig:
+    cfg = load_yaml(AgentConfig, path)
     cfg.validate()
     return cfg

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import yaml
-
-from agent.config import ConfigError, build_dataclass
+from agent.config import load_yaml
 from agent.redirect.spec import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK, TUNNEL_PORT
 
 
@@ -41,14 +39,4 @@ class ProxyConfig:
 
 
 def load(path: str | None) -> ProxyConfig:
-    if path is None:
-        return ProxyConfig()
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    cfg: ProxyConfig = build_dataclass(ProxyConfig, data, "")
-    return cfg
+    return load_yaml(ProxyConfig, path)

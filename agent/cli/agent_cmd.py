@@ -22,20 +22,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_agent(a: argparse.Namespace) -> int:
-    import asyncio
-
-    import uvloop
-
-    from agent import config, logs
+    from agent import config
+    from agent.cli import daemon
     from agent.nodeagent.server import Agent
 
-    logs.configure(a.log_level)
-    cfg = config.load(a.config)
-    # uvloop for our loop only, not as the global policy: pyroute2 runs its own asyncio loop
-    # on the worker threads, and uvloop cannot open its AF_NETLINK sockets.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(Agent(cfg).run())
-    return 0
+    return daemon.run(Agent(config.load(a.config)).run(), a.log_level)
 
 
 def cmd_pods(a: argparse.Namespace) -> int:

@@ -14,17 +14,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_proxy(a: argparse.Namespace) -> int:
-    import asyncio
-
-    import uvloop
-
-    from agent import logs
+    from agent.cli import daemon
     from proxy import config
     from proxy.server import ProxyServer
 
-    logs.configure(a.log_level)
-    cfg = config.load(a.config)
-    # uvloop for the proxy's loop only (pyroute2 runs its own loop on worker threads).
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(ProxyServer(cfg).run())
-    return 0
+    return daemon.run(ProxyServer(config.load(a.config)).run(), a.log_level)

@@ -20,6 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "cni" / "meshnode-cni"
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a GET on localhost; (0, "") when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,13 +93,7 @@ class AgentProc:
         self.proc = None
 
     def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        return http_get(self.port, path)
 
     def metric(self, name: str) -> float:
         total = 0.0

@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.agent.harness import REPO, free_port
+from tests.agent.harness import REPO, free_port, http_get
 
 
 @dataclass
@@ -61,13 +60,7 @@ class ProxyProc:
         self.proc = None
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        return http_get(self.port, path)
 
     def workloads(self) -> list[dict[str, Any]]:
         status, body = self.get("/config_dump")
