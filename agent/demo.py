@@ -156,7 +156,8 @@ def run_demo(backend: str, flavour: str) -> int:
                             f"(non-mesh, one hop): {'intact' if ext_ok else 'FAILED'}")
 
             pods = subprocess.run([sys.executable, "-m", "agent.cli.main", "pods", "--config",
-                                   str(work / "agent.yaml")], capture_output=True, text=True,
+                                   str(work / "agent.yaml"), "--proxy-admin",
+                                   f"127.0.0.1:{proxy_port}"], capture_output=True, text=True,
                                   cwd=REPO).stdout
             _step(5, total, "what the node saw:\n")
             print("  pods (meshnode pods):")

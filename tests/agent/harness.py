@@ -102,10 +102,10 @@ class AgentProc:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def pods(self) -> list[dict[str, Any]]:
+    def pods(self, proxy_admin: str = "127.0.0.1:1") -> list[dict[str, Any]]:
         out = subprocess.run([sys.executable, "-m", "agent.cli.main", "pods", "--config",
-                              str(self.config), "-o", "json"], capture_output=True, text=True,
-                             check=True, cwd=REPO).stdout
+                              str(self.config), "--proxy-admin", proxy_admin, "-o", "json"],
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
         result: list[dict[str, Any]] = json.loads(out)
         return result
 

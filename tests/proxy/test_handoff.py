@@ -91,6 +91,8 @@ def test_enrollment_completes_on_the_proxys_ack_and_traffic_flows(
         assert r.code == 0, r.stdout
     states = {p["name"]: p["state"] for p in agent.pods()}
     assert states == {"a": "enrolled", "b": "enrolled"}
+    views = {p["name"]: p["proxy"] for p in agent.pods(f"127.0.0.1:{proxy.port}")}
+    assert views["a"]["listeners"]["outbound"] == 15001 and views["b"]["connections"] == 0
     assert {w["name"] for w in proxy.workloads()} == {"a", "b"}
     srv = echo_server(b, 8080)
     assert roundtrip(a, b.ip4, 8080) == b"ping"
