@@ -10,16 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.cli import agent_cmd, demo_cmd, install_cmd, proxy_cmd, redirect_cmd
+from agent.cli import agent_cmd, bpf_cmd, demo_cmd, install_cmd, proxy_cmd, redirect_cmd
+from agent.cli.errors import UserError
 
 # Each module exposes `register(subparsers)`; handlers return the process exit code.
-COMMAND_MODULES = [agent_cmd, proxy_cmd, redirect_cmd, install_cmd, demo_cmd]
+COMMAND_MODULES = [agent_cmd, proxy_cmd, redirect_cmd, bpf_cmd, install_cmd, demo_cmd]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UserError(Exception):
-    """An error whose message is the whole story: print it, exit 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,7 +87,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_render(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     payloads: dict[str, str] = {}
-    if Backend(a.backend) is Backend.NFTABLES:
+    if Backend(a.backend) is Backend.EBPF:
+        from agent.ebpf.loader import PodOpts
+
+        payloads["ebpf pods map entry"] = PodOpts.from_spec(spec).describe() + "\n"
+    elif Backend(a.backend) is Backend.NFTABLES:
         script = (nftables_rules.render_host_probe(spec) if a.host
                   else nftables_rules.render_pod(spec))
         payloads["nft"] = script.text()

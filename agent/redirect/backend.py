@@ -31,10 +31,21 @@ class RuleBackend(Protocol):
     def expected(self, spec: RedirectSpec) -> OwnRules: ...
 
 
+def bpf_pin_dir() -> str:
+    """Where eBPF links and maps are pinned (a bpffs mount); tests point it elsewhere."""
+    return os.environ.get("MESHNODE_BPF_PIN_DIR", "/sys/fs/bpf/meshnode")
+
+
 def make_backend(backend: Backend | str, iptables_flavour: str = "auto") -> RuleBackend:
     backend = Backend(backend)
     if backend is Backend.NFTABLES:
         return NftablesBackend()
+    if backend is Backend.EBPF:
+        # Imported here: bcc is heavy and only this backend needs it.
+        from agent.ebpf.backend import EbpfBackend
+        from agent.ebpf.loader import Loader
+
+        return EbpfBackend(Loader(pin_dir=bpf_pin_dir()))
     flavour = detect_flavour() if iptables_flavour == "auto" else iptables_flavour
     return IptablesBackend(flavour)
 

@@ -28,6 +28,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 class Backend(enum.StrEnum):
     IPTABLES = "iptables"
     NFTABLES = "nftables"
+    EBPF = "ebpf"
 
 
 class Profile(enum.StrEnum):
