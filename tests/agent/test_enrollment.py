@@ -196,9 +196,13 @@ def test_socket_is_root_only() -> None:
 def _socket_is_root_only(agent: AgentProc) -> None:
     assert os.stat(agent.socket).st_mode & 0o777 == 0o600
     os.chmod(agent.socket, 0o666)  # even if someone loosens the mode, the peer is checked
-    child = ("import socket,os,sys;os.setgid(65534);os.setuid(65534);"
-             "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
-             "s.sendall(b'{\"v\":1,\"cmd\":\"STATUS\"}\\n');print(s.recv(4096).decode())")
+    # The agent answers a non-root peer at once and hangs up, so the child's send may hit
+    # EPIPE; the answer is already in the socket either way.
+    child = ("import socket,os,sys,contextlib;os.setgid(65534);os.setuid(65534)\n"
+             "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n"
+             "with contextlib.suppress(BrokenPipeError):\n"
+             "    s.sendall(b'{\"v\":1,\"cmd\":\"STATUS\"}\\n')\n"
+             "print(s.recv(4096).decode())")
     res = subprocess.run(["/usr/bin/python3", "-c", child, agent.socket], capture_output=True,
                          text=True, cwd="/", timeout=30)
     assert res.returncode == 0, res.stderr[-1000:]

@@ -203,7 +203,9 @@ def test_1000_add_delete_cycles_leak_nothing(trio: tuple[Node, Node, Node]) -> N
         return fds, rss, open_fds(), rss_kib()
 
     fds0, rss0, fds1, rss1 = run(main())  # type: ignore[misc]
-    assert fds1 == fds0, f"fd leak: {fds0} -> {fds1}"
+    # No growth. It can shrink: spent nftables contexts from earlier tests are freed by a
+    # background thread. A leak over 1000 cycles would add hundreds.
+    assert fds1 <= fds0, f"fd leak: {fds0} -> {fds1}"
     assert rss1 - rss0 < 8 * 1024, f"RSS grew {rss1 - rss0} KiB over 1000 cycles"
 
 
