@@ -78,7 +78,6 @@ class Enroller:
                                    for k, v in capture.items()}
         return dataclasses.replace(base, **changes)
 
-
     # -- plugin commands ------------------------------------------------------------------
 
     def add(self, req: dict[str, Any]) -> Reply:
