@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+from typing import Any
 
 import pytest
 
@@ -95,15 +96,21 @@ def test_recv_waits_for_data() -> None:
 
 # -- errors, and fds closed on every error path ------------------------------------------------
 
-def test_truncated_datagram_detected_and_fd_closed() -> None:
+@pytest.mark.parametrize(("payload", "msg_type", "max_fds", "error"), [
+    (b"\x0a" * (wire.MAX_DATAGRAM + 1), zds_pb2.WorkloadRequest, 1, wire.Truncated),
+    (b"\x0a\x00", zds_pb2.WorkloadResponse, 0, wire.Truncated),  # an fd where none may be
+    (b"\xff\xff\xff\xff", zds_pb2.WorkloadRequest, 1, wire.ProtocolError),  # garbage
+], ids=["truncated", "fd-where-none-expected", "garbage"])
+def test_bad_datagram_with_fd_is_refused_and_the_fd_closed(
+        payload: bytes, msg_type: Any, max_fds: int, error: type[Exception]) -> None:
     async def main() -> None:
         a, b = seqpair()
         r, w = os.pipe()
         try:
-            a.sendmsg([b"\x0a" * (wire.MAX_DATAGRAM + 1)], _rights(w))
+            a.sendmsg([payload], _rights(w))
             os.close(w)
-            with pytest.raises(wire.Truncated):
-                await wire.recv(b, zds_pb2.WorkloadRequest)
+            with pytest.raises(error):
+                await wire.recv(b, msg_type, max_fds=max_fds)
             assert write_end_closed_everywhere(r)
         finally:
             os.close(r)
@@ -128,40 +135,6 @@ def test_too_many_fds_refused_and_all_closed() -> None:
         finally:
             for fd in (r1, r2):
                 os.close(fd)
-            a.close()
-            b.close()
-    run(main())
-
-
-def test_fd_where_none_expected_is_ctrunc() -> None:
-    async def main() -> None:
-        a, b = seqpair()
-        r, w = os.pipe()
-        try:
-            a.sendmsg([b"\x0a\x00"], _rights(w))
-            os.close(w)
-            with pytest.raises(wire.Truncated):
-                await wire.recv(b, zds_pb2.WorkloadResponse, max_fds=0)
-            assert write_end_closed_everywhere(r)
-        finally:
-            os.close(r)
-            a.close()
-            b.close()
-    run(main())
-
-
-def test_garbage_with_fd_is_protocol_error_and_fd_closed() -> None:
-    async def main() -> None:
-        a, b = seqpair()
-        r, w = os.pipe()
-        try:
-            a.sendmsg([b"\xff\xff\xff\xff"], _rights(w))
-            os.close(w)
-            with pytest.raises(wire.ProtocolError):
-                await wire.recv(b, zds_pb2.WorkloadRequest)
-            assert write_end_closed_everywhere(r)
-        finally:
-            os.close(r)
             a.close()
             b.close()
     run(main())
