@@ -1,4 +1,5 @@
-// meshnode eBPF redirection, milestone 1: outbound TCP over IPv4 with original destination.
+// meshnode eBPF redirection, milestone 2: outbound TCP over IPv4 and IPv6 with original
+// destination.
 //
 // Compiled by bcc at load time (agent/ebpf/loader.py). The loader replaces @PIN@ with the
 // pin directory, so the maps below survive an agent restart and keep the enrolled pods.
@@ -7,11 +8,19 @@
 //   mn_connect4   cgroup/connect4   rewrite an enrolled pod's outbound TCP connect() to
 //                                   127.0.0.1:<outbound port>; remember the original dst
 //                                   by socket cookie.
+//   mn_connect6   cgroup/connect6   the same for AF_INET6 sockets: IPv6 destinations go to
+//                                   [::1]:<outbound port> (pods with ipv6 on); v4-mapped ones
+//                                   (::ffff:a.b.c.d, a dual-stack app's IPv4 traffic) go to
+//                                   ::ffff:127.0.0.1:<outbound port> and count as IPv4.
 //   mn_sockops    sockops           ACTIVE_ESTABLISHED: move cookie->origin to a map keyed by
 //                                   (netns, 4-tuple), so the proxy's *accepted* socket can
 //                                   find it; PASSIVE_ESTABLISHED: ask for a state callback;
 //                                   STATE_CB(CLOSE) of the accepted socket: delete it.
-//   mn_getsockopt cgroup/getsockopt answer getsockopt(SOL_IP, SO_ORIGINAL_DST) from that map.
+//   mn_getsockopt cgroup/getsockopt answer getsockopt(SOL_IP, SO_ORIGINAL_DST) and
+//                                   getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) from that map.
+//
+// Addresses in the hand-over maps are always 16 bytes: IPv4 ones stored v4-mapped, so an
+// AF_INET socket and a dual-stack listener's v4-mapped socket build the same key.
 //
 // Only sockets whose netns cookie is a key of `pods` are ever touched.
 #include <uapi/linux/bpf.h>
@@ -21,6 +30,7 @@
 #define MN_MAX_CIDRS 8
 #define MN_SO_ORIGINAL_DST 80
 #define MN_SOL_IP 0
+#define MN_SOL_IPV6 41
 #define MN_AF_INET 2
 #define MN_AF_INET6 10
 #define MN_SOCK_STREAM 1
@@ -39,25 +49,30 @@ struct pod_opts {
     u16 outbound_port;    // host order
     u16 n_ports;
     u16 n_cidrs;
-    u16 pad;
+    u16 ipv6;             // 1: redirect native IPv6 destinations too
     u16 ports[MN_MAX_PORTS];        // host order, excluded destination ports
     u32 cidr_addr[MN_MAX_CIDRS];    // network order, already masked
     u32 cidr_mask[MN_MAX_CIDRS];    // network order
+    u32 skip_ip6[4];                // network order; the IPv6 probe source (:: = none)
+    u16 n_cidrs6;
+    u16 pad6;
+    u32 cidr6_addr[MN_MAX_CIDRS * 4];  // network order, already masked, 4 words each
+    u32 cidr6_mask[MN_MAX_CIDRS * 4];
 };
 
 struct origin {
     u64 netns;
-    u32 ip;      // network order
+    u32 ip[4];   // network order; IPv4 v4-mapped (::ffff:a.b.c.d)
     u16 port;    // network order
-    u16 pad;
+    u16 family;  // MN_AF_INET or MN_AF_INET6: what the app connected to
 };
 
 struct pair_key {
     u64 netns;
-    u32 client_ip;    // network order
-    u32 proxy_ip;     // network order
-    u32 client_port;  // host order
-    u32 proxy_port;   // host order
+    u32 client_ip[4];  // network order; IPv4 v4-mapped
+    u32 proxy_ip[4];   // network order; IPv4 v4-mapped
+    u32 client_port;   // host order
+    u32 proxy_port;    // host order
 };
 
 BPF_TABLE_PINNED("hash", u64, struct pod_opts, pods, 1024, "@PIN@/pods");
@@ -89,6 +104,13 @@ static __always_inline int cidr_excluded(struct pod_opts *o, u32 ip)
     return 0;
 }
 
+// A v4-mapped IPv6 address (::ffff:a.b.c.d): IPv4 seen
+// through an AF_INET6 socket.
+static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2)
+{
+    return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+}
+
 int mn_connect4(struct bpf_sock_addr *ctx)
 {
     if (ctx->type != MN_SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
@@ -112,7 +134,8 @@ int mn_connect4(struct bpf_sock_addr *ctx)
     if (port_excluded(o, port) || cidr_excluded(o, ip))
         return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
-    struct origin orig = {.netns = ns, .ip = ip, .port = bpf_htons(port)};
+    struct origin orig = {.netns = ns, .ip = {0, 0, bpf_htonl(0xffff), ip},
+                          .port = bpf_htons(port), .family = MN_AF_INET};
     if (cookie_origin.update(&cookie, &orig) != 0)
         return 1;  // cannot remember the original destination: leave the socket alone
     ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -120,69 +143,144 @@ int mn_connect4(struct bpf_sock_addr *ctx)
     return 1;
 }
 
-// A v4-mapped IPv6 address (::ffff:a.b.c.d): a dual-stack listener's accepted socket.
-static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2)
+static __always_inline int cidr6_excluded(struct pod_opts *o, u32 a, u32 b, u32 c, u32 d)
 {
-    return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+#pragma unroll
+    for (int i = 0; i < MN_MAX_CIDRS; i++) {
+        if (i >= o->n_cidrs6)
+            break;
+        if ((a & o->cidr6_mask[4 * i]) == o->cidr6_addr[4 * i] &&
+            (b & o->cidr6_mask[4 * i + 1]) == o->cidr6_addr[4 * i + 1] &&
+            (c & o->cidr6_mask[4 * i + 2]) == o->cidr6_addr[4 * i + 2] &&
+            (d & o->cidr6_mask[4 * i + 3]) == o->cidr6_addr[4 * i + 3])
+            return 1;
+    }
+    return 0;
+}
+
+int mn_connect6(struct bpf_sock_addr *ctx)
+{
+    if (ctx->type != MN_SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+        return 1;
+    u64 ns = bpf_get_netns_cookie(ctx);
+    struct pod_opts *o = pods.lookup(&ns);
+    if (!o)
+        return 1;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    if ((sk->mark & o->mark_mask) == o->proxy_mark)
+        return 1;
+    // Load every address word up front, unconditionally: see MN_CTX.
+    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
+    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    if (port_excluded(o, port))
+        return 1;
+    struct origin orig = {.netns = ns, .ip = {a, b, c, d}, .port = bpf_htons(port)};
+    u32 na = 0, nb = 0, nc = 0, nd = bpf_htonl(1);  // [::1]
+    if (v4_mapped(a, b, c)) {
+        // a dual-stack app's IPv4 connect: the IPv4 rules apply
+        if ((bpf_ntohl(d) >> 24) == 127)
+            return 1;
+        if (o->skip_ip4 && d == o->skip_ip4)
+            return 1;
+        if (cidr_excluded(o, d))
+            return 1;
+        orig.family = MN_AF_INET;
+        nc = bpf_htonl(0xffff);
+        nd = bpf_htonl(0x7f000001);
+    } else {
+        if (!o->ipv6)
+            return 1;
+        if (a == 0 && b == 0 && c == 0 && (d == 0 || d == bpf_htonl(1)))
+            return 1;  // ::1, or :: (which means loopback too)
+        if (a == o->skip_ip6[0] && b == o->skip_ip6[1] && c == o->skip_ip6[2] &&
+            d == o->skip_ip6[3])
+            return 1;
+        if (cidr6_excluded(o, a, b, c, d))
+            return 1;
+        orig.family = MN_AF_INET6;
+    }
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    if (cookie_origin.update(&cookie, &orig) != 0)
+        return 1;
+    ctx->user_ip6[0] = na;
+    ctx->user_ip6[1] = nb;
+    ctx->user_ip6[2] = nc;
+    ctx->user_ip6[3] = nd;
+    ctx->user_port = bpf_htons(o->outbound_port);
+    return 1;
+}
+
+// An endpoint address as the hand-over maps keep it: 16 bytes, IPv4 v4-mapped.
+static __always_inline int mn_addr(u32 family, u32 ip4, u32 a, u32 b, u32 c, u32 d,
+                                   u32 out[4])
+{
+    if (family == MN_AF_INET) {
+        out[0] = 0;
+        out[1] = 0;
+        out[2] = bpf_htonl(0xffff);
+        out[3] = ip4;
+        return 1;
+    }
+    if (family == MN_AF_INET6) {
+        out[0] = a;
+        out[1] = b;
+        out[2] = c;
+        out[3] = d;
+        return 1;
+    }
+    return 0;
 }
 
 int mn_sockops(struct bpf_sock_ops *skops)
 {
     u32 op = skops->op;
     u32 family = skops->family;
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+        op != BPF_SOCK_OPS_STATE_CB)
+        return 1;
+    if (family != MN_AF_INET && family != MN_AF_INET6)
+        return 1;
+    u64 ns = bpf_get_netns_cookie(skops);
+    // Load every address field up front, unconditionally: see MN_CTX.
+    u32 r4 = MN_CTX(skops->remote_ip4), l4 = MN_CTX(skops->local_ip4);
+    u32 r6a = MN_CTX(skops->remote_ip6[0]), r6b = MN_CTX(skops->remote_ip6[1]);
+    u32 r6c = MN_CTX(skops->remote_ip6[2]), r6d = MN_CTX(skops->remote_ip6[3]);
+    u32 l6a = MN_CTX(skops->local_ip6[0]), l6b = MN_CTX(skops->local_ip6[1]);
+    u32 l6c = MN_CTX(skops->local_ip6[2]), l6d = MN_CTX(skops->local_ip6[3]);
+    u32 rport = bpf_ntohl(MN_CTX(skops->remote_port));
+    u32 lport = MN_CTX(skops->local_port);
+    struct pair_key k = {.netns = ns};
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
-        if (family != MN_AF_INET)
-            return 1;
         u64 cookie = bpf_get_socket_cookie(skops);
         struct origin *orig = cookie_origin.lookup(&cookie);
         if (!orig)
             return 1;
         struct origin copy = *orig;
-        struct pair_key k = {
-            .netns = copy.netns,
-            .client_ip = skops->local_ip4,
-            .proxy_ip = skops->remote_ip4,
-            .client_port = skops->local_port,
-            .proxy_port = bpf_ntohl(skops->remote_port),
-        };
+        k.netns = copy.netns;
+        mn_addr(family, l4, l6a, l6b, l6c, l6d, k.client_ip);
+        mn_addr(family, r4, r6a, r6b, r6c, r6d, k.proxy_ip);
+        k.client_port = lport;
+        k.proxy_port = rport;
         pair_origin.update(&k, &copy);
         cookie_origin.delete(&cookie);
         return 1;
     }
-    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_STATE_CB) {
-        u64 ns = bpf_get_netns_cookie(skops);
-        if (!pods.lookup(&ns) && op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-            return 1;
-        // Load every address field up front, unconditionally: see MN_CTX.
-        u32 r4 = MN_CTX(skops->remote_ip4), l4 = MN_CTX(skops->local_ip4);
-        u32 r6a = MN_CTX(skops->remote_ip6[0]), r6b = MN_CTX(skops->remote_ip6[1]);
-        u32 r6c = MN_CTX(skops->remote_ip6[2]), r6d = MN_CTX(skops->remote_ip6[3]);
-        u32 l6d = MN_CTX(skops->local_ip6[3]);
-        u32 client_ip, proxy_ip;
-        if (family == MN_AF_INET) {
-            client_ip = r4;
-            proxy_ip = l4;
-        } else if (family == MN_AF_INET6 && v4_mapped(r6a, r6b, r6c)) {
-            client_ip = r6d;
-            proxy_ip = l6d;
-        } else {
-            return 1;
-        }
-        struct pair_key k = {
-            .netns = ns,
-            .client_ip = client_ip,
-            .proxy_ip = proxy_ip,
-            .client_port = bpf_ntohl(skops->remote_port),
-            .proxy_port = skops->local_port,
-        };
-        if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
-            // The proxy accepted a redirected connection: clean its entry when it closes.
-            if (pair_origin.lookup(&k))
-                bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-                                          BPF_SOCK_OPS_STATE_CB_FLAG);
-        } else if (skops->args[1] == MN_TCP_CLOSE) {
-            pair_origin.delete(&k);
-        }
+    if (!pods.lookup(&ns) && op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+        return 1;
+    mn_addr(family, r4, r6a, r6b, r6c, r6d, k.client_ip);
+    mn_addr(family, l4, l6a, l6b, l6c, l6d, k.proxy_ip);
+    k.client_port = rport;
+    k.proxy_port = lport;
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        // The proxy accepted a redirected connection: clean its entry when it closes.
+        if (pair_origin.lookup(&k))
+            bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+                                      BPF_SOCK_OPS_STATE_CB_FLAG);
+    } else if (skops->args[1] == MN_TCP_CLOSE) {
+        pair_origin.delete(&k);
     }
     return 1;
 }
@@ -194,9 +292,18 @@ struct mn_sockaddr_in {
     u64 zero;
 };
 
+struct mn_sockaddr_in6 {
+    u16 family;
+    u16 port;
+    u32 flowinfo;
+    u32 addr[4];
+    u32 scope_id;
+};
+
 int mn_getsockopt(struct bpf_sockopt *ctx)
 {
-    if (ctx->level != MN_SOL_IP || ctx->optname != MN_SO_ORIGINAL_DST)
+    u32 level = ctx->level;
+    if (ctx->optname != MN_SO_ORIGINAL_DST || (level != MN_SOL_IP && level != MN_SOL_IPV6))
         return 1;
     struct bpf_sock *sk = ctx->sk;
     if (!sk || sk->protocol != IPPROTO_TCP)
@@ -206,38 +313,55 @@ int mn_getsockopt(struct bpf_sockopt *ctx)
     u32 d4 = MN_CTX(sk->dst_ip4), s4 = MN_CTX(sk->src_ip4);
     u32 d6a = MN_CTX(sk->dst_ip6[0]), d6b = MN_CTX(sk->dst_ip6[1]);
     u32 d6c = MN_CTX(sk->dst_ip6[2]), d6d = MN_CTX(sk->dst_ip6[3]);
-    u32 s6d = MN_CTX(sk->src_ip6[3]);
-    u32 client_ip, proxy_ip;
-    if (family == MN_AF_INET) {
-        client_ip = d4;
-        proxy_ip = s4;
-    } else if (family == MN_AF_INET6 && v4_mapped(d6a, d6b, d6c)) {
-        // accepted on a dual-stack listener; origdst.py asks SOL_IP for these too
-        client_ip = d6d;
-        proxy_ip = s6d;
-    } else {
+    u32 s6a = MN_CTX(sk->src_ip6[0]), s6b = MN_CTX(sk->src_ip6[1]);
+    u32 s6c = MN_CTX(sk->src_ip6[2]), s6d = MN_CTX(sk->src_ip6[3]);
+    u32 dport = bpf_ntohs(MN_CTX(sk->dst_port));
+    u32 sport = MN_CTX(sk->src_port);
+    // SOL_IP: AF_INET sockets and a dual-stack listener's v4-mapped ones (like conntrack);
+    // SOL_IPV6: AF_INET6 sockets only.
+    if (level == MN_SOL_IP &&
+        !(family == MN_AF_INET || (family == MN_AF_INET6 && v4_mapped(d6a, d6b, d6c))))
         return 1;
-    }
-    struct pair_key k = {
-        .netns = bpf_get_netns_cookie(ctx),
-        .client_ip = client_ip,
-        .proxy_ip = proxy_ip,
-        .client_port = bpf_ntohs(sk->dst_port),
-        .proxy_port = sk->src_port,
-    };
+    if (level == MN_SOL_IPV6 && family != MN_AF_INET6)
+        return 1;
+    struct pair_key k = {.netns = bpf_get_netns_cookie(ctx)};
+    if (!mn_addr(family, d4, d6a, d6b, d6c, d6d, k.client_ip))
+        return 1;
+    mn_addr(family, s4, s6a, s6b, s6c, s6d, k.proxy_ip);
+    k.client_port = dport;
+    k.proxy_port = sport;
     struct origin *orig = pair_origin.lookup(&k);
     if (!orig)
         return 1;  // not ours: keep the kernel's (conntrack's) answer
-    struct mn_sockaddr_in *sa = ctx->optval;
-    if ((void *)(sa + 1) > ctx->optval_end)
+    if (level == MN_SOL_IP) {
+        if (orig->family != MN_AF_INET)
+            return 1;
+        struct mn_sockaddr_in *sa = ctx->optval;
+        if ((void *)(sa + 1) > ctx->optval_end)
+            return 1;
+        sa->family = MN_AF_INET;
+        sa->port = orig->port;
+        sa->addr = orig->ip[3];
+        sa->zero = 0;
+        // Two separate 4-byte stores: clang would merge them into one 8-byte store, which
+        // the verifier rejects for this context.
+        *(volatile s32 *)&ctx->optlen = sizeof(*sa);
+        *(volatile s32 *)&ctx->retval = 0;
         return 1;
-    sa->family = MN_AF_INET;
-    sa->port = orig->port;
-    sa->addr = orig->ip;
-    sa->zero = 0;
-    // Two separate 4-byte stores: clang would merge them into one 8-byte store, which the
-    // verifier rejects for this context.
-    *(volatile s32 *)&ctx->optlen = sizeof(*sa);
+    }
+    // IPv6: an IPv4 original is answered v4-mapped (origdst.py unmaps it).
+    struct mn_sockaddr_in6 *sa6 = ctx->optval;
+    if ((void *)(sa6 + 1) > ctx->optval_end)
+        return 1;
+    sa6->family = MN_AF_INET6;
+    sa6->port = orig->port;
+    sa6->flowinfo = 0;
+    sa6->addr[0] = orig->ip[0];
+    sa6->addr[1] = orig->ip[1];
+    sa6->addr[2] = orig->ip[2];
+    sa6->addr[3] = orig->ip[3];
+    sa6->scope_id = 0;
+    *(volatile s32 *)&ctx->optlen = sizeof(*sa6);
     *(volatile s32 *)&ctx->retval = 0;
     return 1;
 }

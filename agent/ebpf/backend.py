@@ -4,8 +4,9 @@ The engine (`agent.redirect.backend`) calls every method from inside the pod's n
 pod is identified by the netns cookie of the calling thread. "Rules" here are the pod's entry
 in the `pods` map, shown as one line, so read/expected/diff work unchanged.
 
-Milestone 1 covers outbound TCP over IPv4 only (with SO_ORIGINAL_DST); DNS and inbound
-capture are not implemented by this backend yet, whatever the spec says about them.
+Milestone 2 covers outbound TCP over IPv4 and, with `ipv6=True`, IPv6 (answering
+SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST); DNS and inbound capture are not implemented by
+this backend yet, whatever the spec says about them.
 """
 
 from __future__ import annotations

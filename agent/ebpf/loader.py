@@ -45,7 +45,8 @@ _BPF_OBJ_PIN, _BPF_OBJ_GET, _BPF_OBJ_GET_INFO_BY_FD = 6, 7, 15
 _BPF_LINK_CREATE, _BPF_LINK_UPDATE, _BPF_LINK_DETACH = 28, 29, 34
 # prog types / attach types (uapi/linux/bpf.h)
 _PROG_SOCK_OPS, _PROG_CGROUP_SOCK_ADDR, _PROG_CGROUP_SOCKOPT = 13, 18, 25
-_ATTACH_SOCK_OPS, _ATTACH_INET4_CONNECT, _ATTACH_GETSOCKOPT = 3, 10, 21
+_ATTACH_SOCK_OPS, _ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT = 3, 10, 11
+_ATTACH_GETSOCKOPT = 21
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Program:
 
 PROGRAMS = (
     Program("mn_connect4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_INET4_CONNECT, "cgroup/connect4"),
+    Program("mn_connect6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_INET6_CONNECT, "cgroup/connect6"),
     Program("mn_sockops", _PROG_SOCK_OPS, _ATTACH_SOCK_OPS, "sockops"),
     Program("mn_getsockopt", _PROG_CGROUP_SOCKOPT, _ATTACH_GETSOCKOPT, "cgroup/getsockopt"),
 )
@@ -77,26 +79,37 @@ class PodOpts:
     mark_mask: int
     skip_ip4: str = ""
     ports: tuple[int, ...] = ()
-    cidrs: tuple[str, ...] = ()  # IPv4 only, normalised ("10.0.0.0/8")
+    cidrs: tuple[str, ...] = ()  # IPv4, normalised ("10.0.0.0/8")
+    ipv6: bool = False  # redirect native IPv6 destinations too (v4-mapped ones always)
+    skip_ip6: str = ""
+    cidrs6: tuple[str, ...] = ()  # IPv6, normalised ("fd00::/8")
 
     @classmethod
     def from_spec(cls, spec: RedirectSpec) -> PodOpts:
-        if spec.ipv6:
-            raise ValueError("the ebpf backend redirects IPv4 only so far (ipv6=True)")
         ports = tuple(sorted(set(spec.exclude_outbound_ports)))
-        cidrs = tuple(spec.cidrs(4))
+        cidrs = tuple(str(ipaddress.IPv4Network(c, strict=False)) for c in spec.cidrs(4))
+        cidrs6 = tuple(str(ipaddress.IPv6Network(c, strict=False)) for c in spec.cidrs(6)
+                       ) if spec.ipv6 else ()
         if len(ports) > MAX_PORTS:
             raise ValueError(f"exclude_outbound_ports: at most {MAX_PORTS} with ebpf")
         if len(cidrs) > MAX_CIDRS:
             raise ValueError(f"exclude_outbound_cidrs: at most {MAX_CIDRS} IPv4 with ebpf")
+        if len(cidrs6) > MAX_CIDRS:
+            raise ValueError(f"exclude_outbound_cidrs: at most {MAX_CIDRS} IPv6 with ebpf")
         return cls(spec.outbound_port, spec.proxy_mark, spec.mark_mask,
-                   spec.probe_source_v4, ports, cidrs)
+                   spec.probe_source_v4, ports, cidrs, spec.ipv6,
+                   str(ipaddress.IPv6Address(spec.probe_source_v6)) if spec.ipv6 else "",
+                   cidrs6)
 
     def describe(self) -> str:
-        return (f"outbound_port={self.outbound_port} proxy_mark={self.proxy_mark:#x}"
+        text = (f"outbound_port={self.outbound_port} proxy_mark={self.proxy_mark:#x}"
                 f"/{self.mark_mask:#x} skip={self.skip_ip4 or '-'}"
                 f" exclude_ports={','.join(map(str, self.ports)) or '-'}"
                 f" exclude_cidrs={','.join(self.cidrs) or '-'}")
+        if self.ipv6:
+            text += (f" ipv6=on skip6={self.skip_ip6 or '-'}"
+                     f" exclude_cidrs6={','.join(self.cidrs6) or '-'}")
+        return text
 
 
 def _ip_be(ip: str) -> int:
@@ -106,6 +119,16 @@ def _ip_be(ip: str) -> int:
 
 def _ip_str(v: int) -> str:
     return socket.inet_ntoa(struct.pack("=I", v))
+
+
+def _ip6_words(ip: str) -> tuple[int, int, int, int]:
+    """An IPv6 address as the four u32 words the kernel keeps (network order) read natively."""
+    a, b, c, d = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, ip))
+    return int(a), int(b), int(c), int(d)
+
+
+def _ip6_str(words: Any) -> str:
+    return socket.inet_ntop(socket.AF_INET6, struct.pack("=4I", *(int(w) for w in words)))
 
 
 # --- bpf(2) -----------------------------------------------------------------------------
@@ -339,6 +362,17 @@ class Loader:
             net = ipaddress.IPv4Network(c)
             v.cidr_addr[i] = _ip_be(str(net.network_address))
             v.cidr_mask[i] = _ip_be(str(net.netmask))
+        v.ipv6 = int(opts.ipv6)
+        for j, w in enumerate(_ip6_words(opts.skip_ip6 or "::")):
+            v.skip_ip6[j] = w
+        v.n_cidrs6 = len(opts.cidrs6)
+        for i, c in enumerate(opts.cidrs6):
+            net6 = ipaddress.IPv6Network(c)
+            addr = _ip6_words(str(net6.network_address))
+            mask = _ip6_words(str(net6.netmask))
+            for j in range(4):
+                v.cidr6_addr[4 * i + j] = addr[j]
+                v.cidr6_mask[4 * i + j] = mask[j]
         t[t.Key(cookie)] = v
 
     def unenroll_cookie(self, cookie: int) -> bool:
@@ -361,7 +395,13 @@ class Loader:
             ports=tuple(int(v.ports[i]) for i in range(min(v.n_ports, MAX_PORTS))),
             cidrs=tuple(str(ipaddress.IPv4Network(
                 f"{_ip_str(v.cidr_addr[i])}/{_ip_str(v.cidr_mask[i])}"))
-                for i in range(min(v.n_cidrs, MAX_CIDRS))))
+                for i in range(min(v.n_cidrs, MAX_CIDRS))),
+            ipv6=bool(v.ipv6),
+            skip_ip6=_ip6_str(v.skip_ip6) if any(v.skip_ip6) else "",
+            cidrs6=tuple(str(ipaddress.IPv6Network(
+                f"{_ip6_str(v.cidr6_addr[4 * i:4 * i + 4])}/"
+                f"{sum(bin(int(w)).count('1') for w in v.cidr6_mask[4 * i:4 * i + 4])}"))
+                for i in range(min(v.n_cidrs6, MAX_CIDRS))))
 
     def enroll(self, netns_path: str, spec: RedirectSpec) -> int:
         """Redirect the pod in `netns_path` as `spec` says; returns its netns cookie."""

@@ -42,7 +42,7 @@ def test_apply_status_maps_diff_remove(pods: tuple[Node, Node], pin_dir: str) ->
     assert r.returncode == 0, r.stderr
     status = json.loads(cli(pin_dir, "bpf", "status", "-o", "json").stdout)
     links = [o for o in status["objects"] if o["kind"] == "link"]
-    assert len(links) == 3 and all(o["cgroup_id"] for o in links), status
+    assert len(links) == 4 and all(o["cgroup_id"] for o in links), status
     maps = json.loads(cli(pin_dir, "bpf", "maps", "-o", "json").stdout)
     assert len(maps["pods"]) == 1
     assert cli(pin_dir, "redirect", "diff", *flags).returncode == 0
