@@ -111,27 +111,39 @@ static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2)
     return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
 }
 
-int mn_connect4(struct bpf_sock_addr *ctx)
+// The options of the pod this TCP socket belongs to, or NULL when connect() must be left
+// alone: not TCP, not an enrolled netns, or one of the proxy's own sockets (they carry the
+// proxy mark, set with SO_MARK before connect()).
+static __always_inline struct pod_opts *enrolled_pod(struct bpf_sock_addr *ctx, u64 *ns)
 {
     if (ctx->type != MN_SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-        return 1;
-    u64 ns = bpf_get_netns_cookie(ctx);
-    struct pod_opts *o = pods.lookup(&ns);
+        return NULL;
+    *ns = bpf_get_netns_cookie(ctx);
+    struct pod_opts *o = pods.lookup(ns);
+    if (!o)
+        return NULL;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || (sk->mark & o->mark_mask) == o->proxy_mark)
+        return NULL;
+    return o;
+}
+
+// IPv4 destinations never redirected: loopback, the kubelet probe source, excluded CIDRs.
+static __always_inline int ip4_excluded(struct pod_opts *o, u32 ip)
+{
+    return (bpf_ntohl(ip) >> 24) == 127 || (o->skip_ip4 && ip == o->skip_ip4) ||
+           cidr_excluded(o, ip);
+}
+
+int mn_connect4(struct bpf_sock_addr *ctx)
+{
+    u64 ns;
+    struct pod_opts *o = enrolled_pod(ctx, &ns);
     if (!o)
         return 1;
-    struct bpf_sock *sk = ctx->sk;
-    if (!sk)
-        return 1;
-    // The proxy's own sockets carry the proxy mark (SO_MARK is set before connect()).
-    if ((sk->mark & o->mark_mask) == o->proxy_mark)
-        return 1;
     u32 ip = ctx->user_ip4;
-    if ((bpf_ntohl(ip) >> 24) == 127)
-        return 1;
-    if (o->skip_ip4 && ip == o->skip_ip4)
-        return 1;
     u16 port = bpf_ntohs((u16)ctx->user_port);
-    if (port_excluded(o, port) || cidr_excluded(o, ip))
+    if (port_excluded(o, port) || ip4_excluded(o, ip))
         return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct origin orig = {.netns = ns, .ip = {0, 0, bpf_htonl(0xffff), ip},
@@ -160,16 +172,9 @@ static __always_inline int cidr6_excluded(struct pod_opts *o, u32 a, u32 b, u32 
 
 int mn_connect6(struct bpf_sock_addr *ctx)
 {
-    if (ctx->type != MN_SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-        return 1;
-    u64 ns = bpf_get_netns_cookie(ctx);
-    struct pod_opts *o = pods.lookup(&ns);
+    u64 ns;
+    struct pod_opts *o = enrolled_pod(ctx, &ns);
     if (!o)
-        return 1;
-    struct bpf_sock *sk = ctx->sk;
-    if (!sk)
-        return 1;
-    if ((sk->mark & o->mark_mask) == o->proxy_mark)
         return 1;
     // Load every address word up front, unconditionally: see MN_CTX.
     u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
@@ -181,11 +186,7 @@ int mn_connect6(struct bpf_sock_addr *ctx)
     u32 na = 0, nb = 0, nc = 0, nd = bpf_htonl(1);  // [::1]
     if (v4_mapped(a, b, c)) {
         // a dual-stack app's IPv4 connect: the IPv4 rules apply
-        if ((bpf_ntohl(d) >> 24) == 127)
-            return 1;
-        if (o->skip_ip4 && d == o->skip_ip4)
-            return 1;
-        if (cidr_excluded(o, d))
+        if (ip4_excluded(o, d))
             return 1;
         orig.family = MN_AF_INET;
         nc = bpf_htonl(0xffff);

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -214,7 +213,6 @@ def test_health_and_readiness(agent: AgentProc) -> None:
     assert agent.http("/healthz")[0] == 200
     assert agent.http("/readyz")[0] == 200
     assert "meshnode_agent_ready 1.0" in agent.http("/metrics")[1]
-    assert socket.gethostname()  # the agent answers on loopback only
 
 
 def test_ready_only_with_a_valid_install_and_repaired_after_a_rewrite(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ Uses the module-scoped private bpffs and loader of conftest.py.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from agent.lab import Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import PROXY_MARK, RedirectSpec
 from proxy.origdst import original_dst
+from tests.ebpf.netcheck import redirected
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 pytestmark = pytest.mark.kernel
@@ -36,20 +38,8 @@ def enrolled6(pods: tuple[Node, Node], loader: Loader) -> Iterator[tuple[Node, N
         loader.unenroll(client.path)
 
 
-def _redirected6(client: Node, server: Node, ip: str, port: int,
-                 mark: int | None = None, proxy_host: str = "::1") -> bool:
-    """Connect from client to [ip]:port with a proxy on [proxy_host]:15001 and the app on
-    server:port; say which one accepted, and insist exactly one did."""
-    proxy = tcp_listener(client.path, 15001, proxy_host)
-    app = tcp_listener(server.path, port, "::")
-    with proxy, app, tcp_connect(client.path, ip, port, mark=mark):
-        via_proxy = accepted_by(proxy, 0.5)
-        direct = accepted_by(app, 0.5 if via_proxy is None else 0.2)
-        assert (via_proxy is None) != (direct is None), "exactly one listener must accept"
-        for s in (via_proxy, direct):
-            if s is not None:
-                s.close()
-        return via_proxy is not None
+# The proxy listens on [::1] for IPv6 (a call may still pass its own proxy_host).
+redirected6 = functools.partial(redirected, proxy_host="::1")
 
 
 def test_ipv6_outbound_lands_on_loopback_15001_with_original_dst(
@@ -115,9 +105,9 @@ def test_v4_mapped_connect_is_captured_as_ipv4(pods: tuple[Node, Node],
 
 def test_ipv6_proxy_marked_socket_goes_direct(enrolled6: tuple[Node, Node]) -> None:
     client, server = enrolled6
-    assert not _redirected6(client, server, server.ip6, 80, mark=PROXY_MARK)
-    assert not _redirected6(client, server, server.ip6, 80, mark=0x7000 | PROXY_MARK)
-    assert _redirected6(client, server, server.ip6, 80, mark=0x538)
+    assert not redirected6(client, server, server.ip6, 80, mark=PROXY_MARK)
+    assert not redirected6(client, server, server.ip6, 80, mark=0x7000 | PROXY_MARK)
+    assert redirected6(client, server, server.ip6, 80, mark=0x538)
 
 
 def test_ipv6_loopback_is_not_redirected(enrolled6: tuple[Node, Node]) -> None:
@@ -136,8 +126,8 @@ def test_ipv6_needs_ipv6_in_the_spec(pods: tuple[Node, Node], loader: Loader) ->
     client, server = pods
     loader.enroll(client.path, RedirectSpec())
     try:
-        assert not _redirected6(client, server, server.ip6, 80, proxy_host="::")
-        assert _redirected6(client, server, f"::ffff:{server.ip4}", 80, proxy_host="::")
+        assert not redirected6(client, server, server.ip6, 80, proxy_host="::")
+        assert redirected6(client, server, f"::ffff:{server.ip4}", 80, proxy_host="::")
     finally:
         loader.unenroll(client.path)
 
@@ -146,14 +136,14 @@ def test_ipv6_excluded_port_and_cidr(pods: tuple[Node, Node], loader: Loader) ->
     client, server = pods
     loader.enroll(client.path, V6.with_(exclude_outbound_ports=(81,)))
     try:
-        assert not _redirected6(client, server, server.ip6, 81)
-        assert _redirected6(client, server, server.ip6, 80)
+        assert not redirected6(client, server, server.ip6, 81)
+        assert redirected6(client, server, server.ip6, 80)
         loader.enroll(client.path, V6.with_(exclude_outbound_cidrs=(f"{server.ip6}/128",)))
-        assert not _redirected6(client, server, server.ip6, 80)
+        assert not redirected6(client, server, server.ip6, 80)
         loader.enroll(client.path, V6.with_(exclude_outbound_cidrs=("fd00:6d6e::/32",)))
-        assert not _redirected6(client, server, server.ip6, 80)
+        assert not redirected6(client, server, server.ip6, 80)
         loader.enroll(client.path, V6.with_(exclude_outbound_cidrs=("fd01::/16", "10.0.0.0/8")))
-        assert _redirected6(client, server, server.ip6, 80)
+        assert redirected6(client, server, server.ip6, 80)
     finally:
         loader.unenroll(client.path)
 
@@ -171,10 +161,10 @@ def test_ipv6_spec_round_trips_and_engine_diff(pods: tuple[Node, Node],
         assert loader.read_cookie(netns_cookie(client.path)) == opts
         assert engine.diff(client.path, spec, impl).in_sync
         assert not engine.diff(client.path, spec.with_(ipv6=False), impl).in_sync
-        assert _redirected6(client, server, server.ip6, 80)
+        assert redirected6(client, server, server.ip6, 80)
     finally:
         engine.remove(client.path, spec, impl)
-    assert not _redirected6(client, server, server.ip6, 80)
+    assert not redirected6(client, server, server.ip6, 80)
 
 
 def test_too_many_ipv6_cidrs_are_refused() -> None:

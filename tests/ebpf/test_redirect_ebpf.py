@@ -22,6 +22,7 @@ from agent.lab import Lab, Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import PROXY_MARK, RedirectSpec
 from proxy.origdst import original_dst
+from tests.ebpf.netcheck import redirected
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 pytestmark = pytest.mark.kernel
@@ -35,22 +36,6 @@ def enrolled(pods: tuple[Node, Node], loader: Loader) -> Iterator[tuple[Node, No
         yield pods
     finally:
         loader.unenroll(client.path)
-
-
-def _redirected(client: Node, server: Node, ip: str, port: int,
-                mark: int | None = None) -> bool:
-    """Connect from client to ip:port with a proxy on 15001 and the app on server:port; say
-    which one accepted, and insist exactly one did."""
-    proxy = tcp_listener(client.path, 15001, "127.0.0.1")
-    app = tcp_listener(server.path, port)
-    with proxy, app, tcp_connect(client.path, ip, port, mark=mark):
-        via_proxy = accepted_by(proxy, 0.5)
-        direct = accepted_by(app, 0.5 if via_proxy is None else 0.2)
-        assert (via_proxy is None) != (direct is None), "exactly one listener must accept"
-        for s in (via_proxy, direct):
-            if s is not None:
-                s.close()
-        return via_proxy is not None
 
 
 def test_outbound_tcp_lands_on_15001_with_original_dst(enrolled: tuple[Node, Node],
@@ -89,13 +74,13 @@ def test_dual_stack_proxy_listener_gets_original_dst(enrolled: tuple[Node, Node]
 
 def test_proxy_marked_socket_goes_direct(enrolled: tuple[Node, Node]) -> None:
     client, server = enrolled
-    assert not _redirected(client, server, server.ip4, 80, mark=PROXY_MARK)
+    assert not redirected(client, server, server.ip4, 80, mark=PROXY_MARK)
     # only the masked bits count, like `-m mark ! --mark 0x539/0xfff`
-    assert not _redirected(client, server, server.ip4, 80, mark=0x7000 | PROXY_MARK)
-    assert _redirected(client, server, server.ip4, 80, mark=0x538)
+    assert not redirected(client, server, server.ip4, 80, mark=0x7000 | PROXY_MARK)
+    assert redirected(client, server, server.ip4, 80, mark=0x538)
 
 
-def test_loopback_is_not_redirected(enrolled: tuple[Node, Node]) -> None:
+def test_loopback_is_notredirected(enrolled: tuple[Node, Node]) -> None:
     client, _ = enrolled
     proxy = tcp_listener(client.path, 15001, "127.0.0.1")
     local = tcp_listener(client.path, 8080, "127.0.0.1")
@@ -108,17 +93,17 @@ def test_loopback_is_not_redirected(enrolled: tuple[Node, Node]) -> None:
         assert accepted_by(proxy, 0.2) is None
 
 
-def test_excluded_port_and_cidr_are_not_redirected(pods: tuple[Node, Node],
+def test_excluded_port_and_cidr_are_notredirected(pods: tuple[Node, Node],
                                                    loader: Loader) -> None:
     client, server = pods
     loader.enroll(client.path, RedirectSpec(exclude_outbound_ports=(81, 9000)))
     try:
-        assert not _redirected(client, server, server.ip4, 81)
-        assert _redirected(client, server, server.ip4, 80)
+        assert not redirected(client, server, server.ip4, 81)
+        assert redirected(client, server, server.ip4, 80)
         loader.enroll(client.path, RedirectSpec(exclude_outbound_cidrs=(f"{server.ip4}/32",)))
-        assert not _redirected(client, server, server.ip4, 80)
+        assert not redirected(client, server, server.ip4, 80)
         loader.enroll(client.path, RedirectSpec(exclude_outbound_cidrs=("198.19.0.0/16",)))
-        assert _redirected(client, server, server.ip4, 80)
+        assert redirected(client, server, server.ip4, 80)
     finally:
         loader.unenroll(client.path)
 
@@ -127,16 +112,16 @@ def test_non_enrolled_netns_is_not_affected(enrolled: tuple[Node, Node]) -> None
     client, server = enrolled
     # the server netns is not enrolled: it connects to the client directly, even with a
     # listener on its own 127.0.0.1:15001
-    assert not _redirected(server, client, client.ip4, 80)
+    assert not redirected(server, client, client.ip4, 80)
 
 
 def test_unenroll_restores_direct_connectivity(pods: tuple[Node, Node],
                                                loader: Loader) -> None:
     client, server = pods
     loader.enroll(client.path, RedirectSpec())
-    assert _redirected(client, server, server.ip4, 80)
+    assert redirected(client, server, server.ip4, 80)
     assert loader.unenroll(client.path)
-    assert not _redirected(client, server, server.ip4, 80)
+    assert not redirected(client, server, server.ip4, 80)
     assert not loader.unenroll(client.path)
 
 
@@ -150,7 +135,7 @@ def test_200_enroll_cycles_leave_map_counts(pods: tuple[Node, Node], loader: Loa
         assert loader.read_cookie(cookie) == opts
         assert loader.unenroll_cookie(cookie)
     assert loader.map_counts() == before
-    assert not _redirected(client, server, server.ip4, 80)
+    assert not redirected(client, server, server.ip4, 80)
 
 
 def test_engine_apply_diff_remove(pods: tuple[Node, Node], loader: Loader) -> None:
@@ -160,7 +145,7 @@ def test_engine_apply_diff_remove(pods: tuple[Node, Node], loader: Loader) -> No
     engine.apply(client.path, spec, impl)
     try:
         assert engine.diff(client.path, spec, impl).in_sync
-        assert _redirected(client, server, server.ip4, 80)
+        assert redirected(client, server, server.ip4, 80)
         drift = engine.diff(client.path, spec.with_(exclude_outbound_ports=(82,)), impl)
         assert not drift.in_sync
         live = engine.read(client.path, spec, impl).rules.texts(POD_KEY)
@@ -169,7 +154,7 @@ def test_engine_apply_diff_remove(pods: tuple[Node, Node], loader: Loader) -> No
         removed = engine.remove(client.path, spec, impl)
     assert any("pods map entry" in r for r in removed)
     assert not engine.read(client.path, spec, impl).rules
-    assert not _redirected(client, server, server.ip4, 80)
+    assert not redirected(client, server, server.ip4, 80)
 
 
 def test_spec_beyond_map_capacity_is_refused(pods: tuple[Node, Node], loader: Loader) -> None:
@@ -193,10 +178,10 @@ def test_restart_reuses_pinned_links_and_maps(enrolled: tuple[Node, Node],
         assert [m["id"] for m in second["maps"]] == [m["id"] for m in first["maps"]]
         assert all(p["attached"] for p in second["programs"])
         assert again.read_cookie(netns_cookie(client.path)) is not None
-        assert _redirected(client, server, server.ip4, 80)
+        assert redirected(client, server, server.ip4, 80)
     finally:
         again.close()  # drop fds only: the pinned links stay attached
-    assert _redirected(client, server, server.ip4, 80)
+    assert redirected(client, server, server.ip4, 80)
 
 
 def test_destroy_detaches_from_the_cgroup(bpffs: str) -> None:
@@ -207,11 +192,11 @@ def test_destroy_detaches_from_the_cgroup(bpffs: str) -> None:
         try:
             own.load()
             own.enroll(client.path, RedirectSpec(outbound_port=15001))
-            assert _redirected(client, server, server.ip4, 80)
+            assert redirected(client, server, server.ip4, 80)
         finally:
             own.destroy()
         assert not os.path.exists(own.pin_dir)
-        assert not _redirected(client, server, server.ip4, 80)
+        assert not redirected(client, server, server.ip4, 80)
 
 
 def test_load_error_names_the_cause(tmp_path: object) -> None:
