@@ -46,5 +46,12 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
+  # xds-protos ships google.rpc/google.api modules; googleapis-common-protos (pulled in by
+  # grpcio-status) would overwrite them with other versions (grpc/grpc#42830).
+  if .venv/bin/pip show -q googleapis-common-protos >/dev/null 2>&1; then
+    echo "setup: googleapis-common-protos clashes with xds-protos' google.* modules" >&2
+    exit 1
+  fi
+  .venv/bin/python -c 'import google.rpc.status_pb2, envoy.service.discovery.v3.ads_pb2_grpc'
   echo "$want" > "$stamp"
 fi
