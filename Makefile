@@ -30,6 +30,13 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Regenerate the Python protobuf modules (committed) from proto/*.proto.
+# Regenerate the Python protobuf modules (committed) from proto/*.proto and proto/istio/*.proto.
+# protoc writes `from istio import x_pb2` for imports between our files; they live in the
+# meshpb package, so the sed makes those imports `from meshpb.istio import x_pb2`.
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=meshpb --pyi_out=meshpb proto/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=meshpb --pyi_out=meshpb \
+		--grpc_python_out=meshpb proto/istio/*.proto
+	sed -i -E 's/^from istio import /from meshpb.istio import /' \
+		meshpb/istio/*_pb2.py meshpb/istio/*_pb2.pyi meshpb/istio/*_pb2_grpc.py
+	rm -f meshpb/istio/workload_pb2_grpc.py meshpb/istio/authorization_pb2_grpc.py

@@ -1,0 +1,1 @@
+"""Generated from proto/istio/*.proto by `make proto`; Istio-compatible messages."""
