@@ -1,0 +1,1 @@
+"""Workload identities for the pods on this node: keys, CSRs, certificates from the CA."""
