@@ -1,0 +1,213 @@
+"""L4 authorization, as ztunnel evaluates istio.security.Authorization (pure logic).
+
+Which policies apply to a workload: GLOBAL ones (istiod sends root-namespace policies this
+way), NAMESPACE ones of the workload's namespace, and WORKLOAD_SELECTOR ones the workload
+names in `authorization_policies` (keys "namespace/name").
+
+Decision, in this order: any applicable DENY policy that matches → deny; no applicable ALLOW
+policy → allow; an ALLOW policy that matches → allow; otherwise deny. Dry-run policies are
+evaluated and reported but never enforced.
+
+Matching (ztunnel's rbac.rs): a policy matches if ANY group matches; a group if ALL its
+rules match (a rule with no matches counts as matching); a rule if ANY of its matches does;
+a match if every field it sets matches (each field: ANY value for the positive list, NONE
+for the `not_` list). A match that sets no field never matches, and a policy with no groups
+matches nothing: an ALLOW policy with no rules denies everything, as in Istio. Principals are
+compared without the "spiffe://" prefix (Istio writes "cluster.local/ns/x/sa/y"), and a
+connection with no peer identity fails every identity-based field.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+from proxy.identity.spiffe import SpiffeId
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Scope(enum.IntEnum):  # proto values
+    GLOBAL = 0
+    NAMESPACE = 1
+    WORKLOAD_SELECTOR = 2
+
+
+class Action(enum.IntEnum):
+    ALLOW = 0
+    DENY = 1
+
+
+class StringKind(enum.Enum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    PRESENCE = "presence"
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    kind: StringKind
+    value: str = ""
+
+    def matches(self, s: str) -> bool:
+        if self.kind is StringKind.EXACT:
+            return s == self.value
+        if self.kind is StringKind.PREFIX:
+            return s.startswith(self.value)
+        if self.kind is StringKind.SUFFIX:
+            return s.endswith(self.value)
+        return s != ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountMatch:
+    namespace: str
+    service_account: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    namespaces: tuple[StringMatch, ...] = ()
+    not_namespaces: tuple[StringMatch, ...] = ()
+    service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    principals: tuple[StringMatch, ...] = ()
+    not_principals: tuple[StringMatch, ...] = ()
+    source_ips: tuple[IPNetwork, ...] = ()
+    not_source_ips: tuple[IPNetwork, ...] = ()
+    destination_ips: tuple[IPNetwork, ...] = ()
+    not_destination_ips: tuple[IPNetwork, ...] = ()
+    destination_ports: tuple[int, ...] = ()
+    not_destination_ports: tuple[int, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    matches: tuple[Match, ...] = ()  # OR-ed
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    rules: tuple[Rule, ...] = ()  # AND-ed
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    namespace: str
+    scope: Scope
+    action: Action
+    groups: tuple[Group, ...] = ()  # OR-ed
+    dry_run: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The destination, as far as policy selection goes."""
+
+    namespace: str
+    policies: tuple[str, ...] = ()  # selector-based policy keys "namespace/name"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    src_identity: SpiffeId | None
+    src_ip: IPAddress
+    dst_ip: IPAddress
+    dst_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str  # "allowed", "no_allow_policies", "denied_by_policy", "not_allowed"
+    policy: str | None = None  # the policy that decided, "namespace/name"
+    dry_run_denied: tuple[str, ...] = ()  # dry-run policies that would have denied
+
+
+def _in(ip: IPAddress, nets: Iterable[IPNetwork]) -> bool:
+    # An IPv4 client reaching a dual-stack listener shows up v4-mapped; policies say v4.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+def match_matches(m: Match, c: Connection) -> bool:
+    if m.is_empty():
+        return False
+    ident = c.src_identity
+    if m.destination_ports or m.not_destination_ports:
+        if m.destination_ports and c.dst_port not in m.destination_ports:
+            return False
+        if c.dst_port in m.not_destination_ports:
+            return False
+    if m.destination_ips and not _in(c.dst_ip, m.destination_ips):
+        return False
+    if m.not_destination_ips and _in(c.dst_ip, m.not_destination_ips):
+        return False
+    if m.source_ips and not _in(c.src_ip, m.source_ips):
+        return False
+    if m.not_source_ips and _in(c.src_ip, m.not_source_ips):
+        return False
+    principal = ident.principal if ident is not None else None
+    if m.principals and (principal is None or
+                         not any(s.matches(principal) for s in m.principals)):
+        return False
+    if m.not_principals and principal is not None and \
+            any(s.matches(principal) for s in m.not_principals):
+        return False
+    ns = ident.namespace if ident is not None else ""
+    if m.namespaces and not any(s.matches(ns) for s in m.namespaces):
+        return False
+    if m.not_namespaces and any(s.matches(ns) for s in m.not_namespaces):
+        return False
+
+    def sa_hit(sas: tuple[ServiceAccountMatch, ...]) -> bool:
+        return ident is not None and any(
+            s.namespace == ident.namespace and s.service_account == ident.service_account
+            for s in sas)
+    if m.service_accounts and not sa_hit(m.service_accounts):
+        return False
+    return not (m.not_service_accounts and sa_hit(m.not_service_accounts))
+
+
+def policy_matches(p: Policy, c: Connection) -> bool:
+    return any(all(not r.matches or any(match_matches(m, c) for m in r.matches)
+                   for r in g.rules)
+               for g in p.groups)
+
+
+def applicable(policies: Iterable[Policy], workload: Workload) -> list[Policy]:
+    selected = set(workload.policies)
+    return [p for p in policies
+            if p.scope is Scope.GLOBAL
+            or (p.scope is Scope.NAMESPACE and p.namespace == workload.namespace)
+            or (p.scope is Scope.WORKLOAD_SELECTOR and p.key in selected)]
+
+
+def evaluate(policies: Iterable[Policy], workload: Workload, conn: Connection) -> Decision:
+    mine = applicable(policies, workload)
+    dry = tuple(p.key for p in mine if p.dry_run and p.action is Action.DENY
+                and policy_matches(p, conn))
+    enforced = [p for p in mine if not p.dry_run]
+    for p in enforced:
+        if p.action is Action.DENY and policy_matches(p, conn):
+            return Decision(False, "denied_by_policy", p.key, dry)
+    allows = [p for p in enforced if p.action is Action.ALLOW]
+    if not allows:
+        return Decision(True, "no_allow_policies", None, dry)
+    for p in allows:
+        if policy_matches(p, conn):
+            return Decision(True, "allowed", p.key, dry)
+    return Decision(False, "not_allowed", None, dry)

@@ -1,0 +1,204 @@
+"""The inbound side of HBONE: mTLS on 15008, one HTTP/2 CONNECT stream per tunnelled TCP
+connection, L4 authorization before the application is ever dialled.
+
+Per stream: method must be CONNECT and `:authority` an `ip:port` (else 400); the caller's
+`authorize(peer, src_ip, dst_ip, dst_port)` decides (deny → 401, logged and counted, as
+ztunnel answers policy denials); then the caller's `dial(src, dst)` connects to the app
+(refused or timed out → 503); 200 once connected, then bytes flow.
+
+The caller owns sockets: it hands over each accepted TCP connection (`serve`) and supplies
+`dial`, so netns, SO_MARK and IP_TRANSPARENT stay in proxy/inpod/workload.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from h2.errors import ErrorCodes
+
+from proxy.authz import Decision
+from proxy.forward import Traffic, reset
+from proxy.hbone import metrics, peer
+from proxy.hbone.h2link import H2Link, Headers, Stream
+from proxy.hbone.relay import relay
+from proxy.identity.certs import CertStore, NoCertificate
+from proxy.identity.spiffe import SpiffeId
+
+log = structlog.get_logger("hbone")
+
+Addr = tuple[str, int]
+Authorize = Callable[[SpiffeId, str, str, int], Decision]
+DialApp = Callable[[Addr, Addr], Awaitable[socket.socket]]  # (src, dst) -> connected socket
+
+
+@dataclass
+class InboundStream:
+    """One tunnelled connection, for the caller's bookkeeping (conns table, idle sweep:
+    cancelling `task` resets both sides) and access log."""
+
+    peer: SpiffeId
+    local: SpiffeId
+    src: Addr  # the TLS connection's peer address: the source pod
+    dst: Addr  # from :authority
+    traffic: Traffic = field(default_factory=Traffic)
+    started: float = field(default_factory=time.time)
+    task: asyncio.Task[None] | None = None
+    status: int = 0
+    decision: Decision | None = None
+    error: str = ""
+
+
+def parse_authority(value: str) -> Addr | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return None
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and not value.startswith("["):
+        return None
+    return str(ip), int(port)
+
+
+def _plain(ip: str) -> str:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped or addr)
+
+
+class HboneServer:
+    """Serves HBONE for one local identity (a pod's service account)."""
+
+    def __init__(self, certs: CertStore, identity: SpiffeId, authorize: Authorize,
+                 dial: DialApp, *, handshake_timeout: float = 10.0,
+                 connect_timeout: float = 5.0,
+                 on_open: Callable[[InboundStream], None] | None = None,
+                 on_close: Callable[[InboundStream], None] | None = None) -> None:
+        self.certs, self.identity = certs, identity
+        self.authorize, self.dial = authorize, dial
+        self.handshake_timeout, self.connect_timeout = handshake_timeout, connect_timeout
+        self.on_open, self.on_close = on_open, on_close
+        self.links: set[H2Link] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Handle one accepted TCP connection until it closes. The socket is owned from here."""
+        try:
+            ctx = self.certs.server_context(self.identity)  # looked up per connection: rotation
+            src = sock.getpeername()[:2]
+        except (NoCertificate, OSError) as exc:
+            self._refused("no_certificate" if isinstance(exc, NoCertificate) else "socket",
+                          str(exc))
+            reset(sock)
+            return
+        src = (_plain(src[0]), src[1])
+        link = H2Link(False, on_ready=peer.check,
+                      on_request=lambda s, h: self._spawn(link, s, h, src))
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: link, sock, ssl=ctx,
+                                               ssl_handshake_timeout=self.handshake_timeout)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            # The transport, which owns the socket now, has closed it.
+            self._refused("handshake", f"{type(exc).__name__}: {exc}", src)
+            return
+        if link.refused is not None:
+            self._refused("peer", link.refused, src)
+            return
+        self.links.add(link)
+        metrics.TLS_CONNECTIONS.labels("inbound").inc()
+        try:
+            await link.closed
+        finally:
+            self.links.discard(link)
+            metrics.TLS_CONNECTIONS.labels("inbound").dec()
+
+    def _refused(self, reason: str, error: str, src: Addr | None = None) -> None:
+        metrics.HANDSHAKE_FAILURES.labels("inbound", reason).inc()
+        log.warning("hbone_handshake_refused", local=str(self.identity), reason=reason,
+                    error=error, src=f"{src[0]}:{src[1]}" if src else None)
+
+    def _spawn(self, link: H2Link, stream: Stream, headers: Headers, src: Addr) -> None:
+        task = asyncio.create_task(self._handle(link, stream, dict(headers), src))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, link: H2Link, stream: Stream, headers: dict[str, str],
+                      src: Addr) -> None:
+        assert link.peer is not None
+        info = InboundStream(link.peer, self.identity, src, ("", 0),
+                             task=asyncio.current_task())
+        if headers.get(":method") != "CONNECT":
+            return self._answer(link, stream, info, 400, "expected method CONNECT")
+        dst = parse_authority(headers.get(":authority", ""))
+        if dst is None:
+            return self._answer(link, stream, info, 400, "invalid CONNECT address")
+        info.dst = dst
+        info.decision = decision = self.authorize(info.peer, src[0], dst[0], dst[1])
+        if not decision.allowed:
+            metrics.AUTHZ_DENIED.labels(str(info.peer), str(self.identity), decision.reason,
+                                        decision.policy or "").inc()
+            return self._answer(link, stream, info, 401, f"denied: {decision.reason}")
+        try:
+            app = await asyncio.wait_for(self.dial(src, dst), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            return self._answer(link, stream, info, 503,
+                                f"connect {dst[0]}:{dst[1]}: {exc or 'timeout'}")
+        except BaseException:
+            stream.reset()
+            raise
+        if stream.error is not None:  # the client gave up while we were dialling
+            reset(app)
+            return None
+        link.respond(stream, 200, end=False)
+        labels = ("inbound", str(info.peer), str(self.identity))
+        metrics.STREAMS_OPENED.labels(*labels, "200").inc()
+        info.status = 200
+        if self.on_open is not None:
+            self.on_open(info)
+        try:
+            await relay(app, stream, info.traffic, sock_is_a=False)
+        finally:
+            metrics.STREAMS_CLOSED.labels(*labels, str(info.traffic.reset).lower()).inc()
+            metrics.RECEIVED.labels(*labels).inc(info.traffic.a_to_b)
+            metrics.SENT.labels(*labels).inc(info.traffic.b_to_a)
+            if self.on_close is not None:
+                self.on_close(info)
+        return None
+
+    def _answer(self, link: H2Link, stream: Stream, info: InboundStream, status: int,
+                error: str) -> None:
+        link.respond(stream, status, end=True)
+        stream.reset(ErrorCodes.NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
+        info.status, info.error = status, error
+        metrics.STREAMS_OPENED.labels("inbound", str(info.peer), str(self.identity),
+                                      str(status)).inc()
+        d = info.decision
+        log.warning("hbone_denied" if status == 401 else "hbone_refused",
+                    status=status, error=error, src=f"{info.src[0]}:{info.src[1]}",
+                    dst=f"{info.dst[0]}:{info.dst[1]}", source_principal=str(info.peer),
+                    destination_principal=str(self.identity),
+                    policy=d.policy if d else None, reason=d.reason if d else None)
+        if self.on_close is not None:
+            self.on_close(info)
+
+    async def close(self) -> None:
+        """Stop: GOAWAY on every connection, then reset whatever is still relaying."""
+        for link in list(self.links):
+            link.close()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Workload identities held by the node proxy: SPIFFE IDs and their certificates, in memory."""
