@@ -1,26 +1,38 @@
-// meshnode eBPF redirection, milestone 2: outbound TCP over IPv4 and IPv6 with original
-// destination.
+// meshnode eBPF redirection: outbound TCP, DNS and inbound TCP, over IPv4 and IPv6, with
+// the original destination answered to the proxy.
 //
 // Compiled by bcc at load time (agent/ebpf/loader.py). The loader replaces @PIN@ with the
 // pin directory, so the maps below survive an agent restart and keep the enrolled pods.
 //
-// Programs (all attached to the root cgroup v2 through pinned bpf links):
-//   mn_connect4   cgroup/connect4   rewrite an enrolled pod's outbound TCP connect() to
-//                                   127.0.0.1:<outbound port>; remember the original dst
-//                                   by socket cookie.
-//   mn_connect6   cgroup/connect6   the same for AF_INET6 sockets: IPv6 destinations go to
-//                                   [::1]:<outbound port> (pods with ipv6 on); v4-mapped ones
-//                                   (::ffff:a.b.c.d, a dual-stack app's IPv4 traffic) go to
-//                                   ::ffff:127.0.0.1:<outbound port> and count as IPv4.
-//   mn_sockops    sockops           ACTIVE_ESTABLISHED: move cookie->origin to a map keyed by
-//                                   (netns, 4-tuple), so the proxy's *accepted* socket can
-//                                   find it; PASSIVE_ESTABLISHED: ask for a state callback;
-//                                   STATE_CB(CLOSE) of the accepted socket: delete it.
-//   mn_getsockopt cgroup/getsockopt answer getsockopt(SOL_IP, SO_ORIGINAL_DST) and
-//                                   getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) from that map.
+// Programs. All but mn_sk_lookup are attached to the root cgroup v2 through pinned bpf
+// links; mn_sk_lookup is attached to each enrolled pod's netns (one pinned link per pod).
+//   mn_connect4/6     cgroup/connect4|6  an enrolled pod's outbound TCP connect() goes to the
+//                                        proxy's outbound port on loopback, TCP and connected
+//                                        UDP to port 53 to its DNS port; the original
+//                                        destination is remembered by socket cookie. An
+//                                        AF_INET6 socket's v4-mapped destinations
+//                                        (::ffff:a.b.c.d) go to ::ffff:127.0.0.1 and count as
+//                                        IPv4; native IPv6 ones to [::1] (pods with ipv6 on).
+//   mn_sendmsg4/6     cgroup/sendmsg4|6  the same for unconnected UDP to port 53.
+//   mn_recvmsg4/6     cgroup/recvmsg4|6  a DNS answer from the proxy shows the resolver the
+//                                        app asked as its source.
+//   mn_sockops        sockops            ACTIVE_ESTABLISHED: move cookie->origin to a map
+//                                        keyed by (netns, 4-tuple), so the proxy's *accepted*
+//                                        socket can find it; PASSIVE_ESTABLISHED: ask for a
+//                                        state callback; STATE_CB(CLOSE): delete it.
+//   mn_getsockopt     cgroup/getsockopt  answer getsockopt(SOL_IP, SO_ORIGINAL_DST) and
+//                                        getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) from that
+//                                        map; for a socket sk_lookup delivered (no NAT), with
+//                                        the socket's own local address.
+//   mn_sock_release   cgroup/sock_release  forget the origin of a socket that closes without
+//                                        ever being established (refused connects, UDP).
+//   mn_sk_lookup      sk_lookup (netns)  inbound TCP to a pod IP is given to the proxy's
+//                                        inbound listener (registered by the proxy in
+//                                        `listeners`) with no NAT: the proxy's accepted socket
+//                                        has the true local address.
 //
-// Addresses in the hand-over maps are always 16 bytes: IPv4 ones stored v4-mapped, so an
-// AF_INET socket and a dual-stack listener's v4-mapped socket build the same key.
+// Addresses in the maps are always 16 bytes: IPv4 ones stored v4-mapped, so an AF_INET
+// socket and a dual-stack listener's v4-mapped socket build the same key.
 //
 // Only sockets whose netns cookie is a key of `pods` are ever touched.
 #include <uapi/linux/bpf.h>
@@ -34,7 +46,17 @@
 #define MN_AF_INET 2
 #define MN_AF_INET6 10
 #define MN_SOCK_STREAM 1
+#define MN_SOCK_DGRAM 2
 #define MN_TCP_CLOSE 7
+#define MN_DNS 53
+#define MN_LOOPBACK_IFINDEX 1
+// `stats` slots (keep in sync with STATS in agent/ebpf/loader.py)
+#define MN_STAT_OUTBOUND 0   // TCP connects sent to the outbound port
+#define MN_STAT_DNS 1        // UDP/TCP DNS connects and datagrams sent to the DNS port
+#define MN_STAT_INBOUND 2    // inbound connections given to the proxy's listener
+#define MN_STAT_NO_LISTENER 3  // inbound connections refused: the proxy has no listener
+#define MN_STAT_ORIGDST 4    // SO_ORIGINAL_DST answers
+#define MN_NSTATS 8
 // Context fields must be loaded at a constant offset from the ctx pointer. When two branches
 // load different fields, clang tail-merges them into one load through a computed pointer,
 // which the verifier rejects ("dereference of modified ctx ptr"), volatile or not; so the
@@ -58,6 +80,15 @@ struct pod_opts {
     u16 pad6;
     u32 cidr6_addr[MN_MAX_CIDRS * 4];  // network order, already masked, 4 words each
     u32 cidr6_mask[MN_MAX_CIDRS * 4];
+    u16 dns_port;         // host order; 0: DNS is not captured
+    u16 inbound_port;     // host order; 0: inbound is not captured
+    u16 tunnel_port;      // host order; inbound to it passes (HBONE)
+    u16 n_in_ports;
+    u16 in_ports[MN_MAX_PORTS];     // host order, excluded inbound ports
+};
+
+struct addr_key {
+    u32 ip[4];  // network order; IPv4 v4-mapped
 };
 
 struct origin {
@@ -79,6 +110,22 @@ BPF_TABLE_PINNED("hash", u64, struct pod_opts, pods, 1024, "@PIN@/pods");
 BPF_TABLE_PINNED("lru_hash", u64, struct origin, cookie_origin, 65536, "@PIN@/cookie_origin");
 BPF_TABLE_PINNED("lru_hash", struct pair_key, struct origin, pair_origin, 65536,
                  "@PIN@/pair_origin");
+// Every address of every enrolled pod -> its netns cookie: sk_lookup has no netns cookie
+// helper, so inbound finds the pod by the address the packet is for; outbound uses it to
+// leave a pod's connections to its own addresses alone (they go over lo, like iptables'
+// `-o lo` exemption).
+BPF_TABLE_PINNED("hash", struct addr_key, u64, pod_ips, 4096, "@PIN@/pod_ips");
+// netns cookie -> the proxy's inbound listener in that netns. The proxy writes it (only
+// it holds the socket); the kernel drops the entry when the socket closes.
+BPF_TABLE_PINNED("sockhash", u64, u64, listeners, 1024, "@PIN@/listeners");
+BPF_TABLE_PINNED("percpu_array", u32, u64, stats, MN_NSTATS, "@PIN@/stats");
+
+static __always_inline void count(u32 slot)
+{
+    u64 *v = stats.lookup(&slot);
+    if (v)
+        (*v)++;
+}
 
 static __always_inline int port_excluded(struct pod_opts *o, u16 port)
 {
@@ -111,13 +158,11 @@ static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2)
     return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
 }
 
-// The options of the pod this TCP socket belongs to, or NULL when connect() must be left
-// alone: not TCP, not an enrolled netns, or one of the proxy's own sockets (they carry the
-// proxy mark, set with SO_MARK before connect()).
+// The options of the pod this socket belongs to, or NULL when it must be left alone: not
+// an enrolled netns, or one of the proxy's own sockets (they carry the proxy mark, set with
+// SO_MARK before connect()).
 static __always_inline struct pod_opts *enrolled_pod(struct bpf_sock_addr *ctx, u64 *ns)
 {
-    if (ctx->type != MN_SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-        return NULL;
     *ns = bpf_get_netns_cookie(ctx);
     struct pod_opts *o = pods.lookup(ns);
     if (!o)
@@ -128,6 +173,14 @@ static __always_inline struct pod_opts *enrolled_pod(struct bpf_sock_addr *ctx, 
     return o;
 }
 
+// One of the pod's own addresses: the kernel routes it over lo, and it is never captured.
+static __always_inline int own_addr(u64 ns, u32 a, u32 b, u32 c, u32 d)
+{
+    struct addr_key k = {.ip = {a, b, c, d}};
+    u64 *owner = pod_ips.lookup(&k);
+    return owner && *owner == ns;
+}
+
 // IPv4 destinations never redirected: loopback, the kubelet probe source, excluded CIDRs.
 static __always_inline int ip4_excluded(struct pod_opts *o, u32 ip)
 {
@@ -135,24 +188,62 @@ static __always_inline int ip4_excluded(struct pod_opts *o, u32 ip)
            cidr_excluded(o, ip);
 }
 
-int mn_connect4(struct bpf_sock_addr *ctx)
+// Where a connect()/sendmsg() to `port` goes, or 0 to leave it alone. DNS (UDP and TCP to
+// port 53, when captured) goes to the DNS port ahead of the exclusions, as the iptables and
+// nftables rules order it; other TCP to the outbound port unless its port is excluded.
+static __always_inline u16 target_port(struct pod_opts *o, u32 type, u32 proto, u16 port)
 {
+    if (port == MN_DNS && o->dns_port &&
+        ((type == MN_SOCK_DGRAM && proto == IPPROTO_UDP) ||
+         (type == MN_SOCK_STREAM && proto == IPPROTO_TCP)))
+        return o->dns_port;
+    if (type != MN_SOCK_STREAM || proto != IPPROTO_TCP || port_excluded(o, port))
+        return 0;
+    return o->outbound_port;
+}
+
+static __always_inline int remember(struct bpf_sock_addr *ctx, struct origin *orig, u32 slot)
+{
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    if (cookie_origin.update(&cookie, orig) != 0)
+        return 0;  // cannot remember the original destination: leave the socket alone
+    count(slot);
+    return 1;
+}
+
+static __always_inline int redirect4(struct bpf_sock_addr *ctx, int dns_only)
+{
+    // Load every field up front, unconditionally: see MN_CTX.
+    u32 type = MN_CTX(ctx->type), proto = MN_CTX(ctx->protocol);
+    u32 ip = MN_CTX(ctx->user_ip4);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    if (dns_only && port != MN_DNS)
+        return 1;  // sendmsg: the fast path for every other datagram on the node
     u64 ns;
     struct pod_opts *o = enrolled_pod(ctx, &ns);
     if (!o)
         return 1;
-    u32 ip = ctx->user_ip4;
-    u16 port = bpf_ntohs((u16)ctx->user_port);
-    if (port_excluded(o, port) || ip4_excluded(o, ip))
+    u16 to = target_port(o, type, proto, port);
+    if (!to || ip4_excluded(o, ip) || own_addr(ns, 0, 0, bpf_htonl(0xffff), ip))
         return 1;
-    u64 cookie = bpf_get_socket_cookie(ctx);
     struct origin orig = {.netns = ns, .ip = {0, 0, bpf_htonl(0xffff), ip},
                           .port = bpf_htons(port), .family = MN_AF_INET};
-    if (cookie_origin.update(&cookie, &orig) != 0)
-        return 1;  // cannot remember the original destination: leave the socket alone
+    if (!remember(ctx, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
+                                                                   : MN_STAT_OUTBOUND))
+        return 1;
     ctx->user_ip4 = bpf_htonl(0x7f000001);
-    ctx->user_port = bpf_htons(o->outbound_port);
+    ctx->user_port = bpf_htons(to);
     return 1;
+}
+
+int mn_connect4(struct bpf_sock_addr *ctx)
+{
+    return redirect4(ctx, 0);
+}
+
+int mn_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    return redirect4(ctx, 1);
 }
 
 static __always_inline int cidr6_excluded(struct pod_opts *o, u32 a, u32 b, u32 c, u32 d)
@@ -170,17 +261,21 @@ static __always_inline int cidr6_excluded(struct pod_opts *o, u32 a, u32 b, u32 
     return 0;
 }
 
-int mn_connect6(struct bpf_sock_addr *ctx)
+static __always_inline int redirect6(struct bpf_sock_addr *ctx, int dns_only)
 {
+    // Load every field up front, unconditionally: see MN_CTX.
+    u32 type = MN_CTX(ctx->type), proto = MN_CTX(ctx->protocol);
+    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
+    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    if (dns_only && port != MN_DNS)
+        return 1;
     u64 ns;
     struct pod_opts *o = enrolled_pod(ctx, &ns);
     if (!o)
         return 1;
-    // Load every address word up front, unconditionally: see MN_CTX.
-    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
-    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
-    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
-    if (port_excluded(o, port))
+    u16 to = target_port(o, type, proto, port);
+    if (!to || own_addr(ns, a, b, c, d))
         return 1;
     struct origin orig = {.netns = ns, .ip = {a, b, c, d}, .port = bpf_htons(port)};
     u32 na = 0, nb = 0, nc = 0, nd = bpf_htonl(1);  // [::1]
@@ -203,14 +298,79 @@ int mn_connect6(struct bpf_sock_addr *ctx)
             return 1;
         orig.family = MN_AF_INET6;
     }
-    u64 cookie = bpf_get_socket_cookie(ctx);
-    if (cookie_origin.update(&cookie, &orig) != 0)
+    if (!remember(ctx, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
+                                                                   : MN_STAT_OUTBOUND))
         return 1;
     ctx->user_ip6[0] = na;
     ctx->user_ip6[1] = nb;
     ctx->user_ip6[2] = nc;
     ctx->user_ip6[3] = nd;
-    ctx->user_port = bpf_htons(o->outbound_port);
+    ctx->user_port = bpf_htons(to);
+    return 1;
+}
+
+int mn_connect6(struct bpf_sock_addr *ctx)
+{
+    return redirect6(ctx, 0);
+}
+
+int mn_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    return redirect6(ctx, 1);
+}
+
+// A DNS answer the proxy sends from its DNS port on loopback: the app sees it come from the
+// resolver it asked (connected UDP sockets need that to accept it at all).
+static __always_inline struct origin *dns_origin(void *ctx, u16 src_port)
+{
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct origin *orig = cookie_origin.lookup(&cookie);
+    if (!orig || orig->port != bpf_htons(MN_DNS))
+        return NULL;
+    struct pod_opts *o = pods.lookup(&orig->netns);
+    if (!o || !o->dns_port || src_port != o->dns_port)
+        return NULL;
+    return orig;
+}
+
+int mn_recvmsg4(struct bpf_sock_addr *ctx)
+{
+    u32 ip = MN_CTX(ctx->user_ip4);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    if (ip != bpf_htonl(0x7f000001))
+        return 1;
+    struct origin *orig = dns_origin(ctx, port);
+    if (!orig || orig->family != MN_AF_INET)
+        return 1;
+    ctx->user_ip4 = orig->ip[3];
+    ctx->user_port = orig->port;
+    return 1;
+}
+
+int mn_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
+    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    int lo6 = a == 0 && b == 0 && c == 0 && d == bpf_htonl(1);
+    int lo4 = v4_mapped(a, b, c) && d == bpf_htonl(0x7f000001);
+    if (!lo6 && !lo4)
+        return 1;
+    struct origin *orig = dns_origin(ctx, port);
+    if (!orig)
+        return 1;
+    ctx->user_ip6[0] = orig->ip[0];
+    ctx->user_ip6[1] = orig->ip[1];
+    ctx->user_ip6[2] = orig->ip[2];
+    ctx->user_ip6[3] = orig->ip[3];
+    ctx->user_port = orig->port;
+    return 1;
+}
+
+int mn_sock_release(struct bpf_sock *sk)
+{
+    u64 cookie = bpf_get_socket_cookie(sk);
+    cookie_origin.delete(&cookie);
     return 1;
 }
 
@@ -301,6 +461,16 @@ struct mn_sockaddr_in6 {
     u32 scope_id;
 };
 
+// A socket of an enrolled pod on a port the proxy does not listen on (its local address
+// must also be one of the pod's own, checked by the caller): inbound that sk_lookup handed
+// to the proxy's listener keeps the address and port the client asked for.
+static __always_inline int inbound_delivered(u64 ns, u32 port)
+{
+    struct pod_opts *o = pods.lookup(&ns);
+    return o && o->inbound_port && port != o->inbound_port && port != o->outbound_port &&
+           port != o->dns_port && port != o->tunnel_port;
+}
+
 int mn_getsockopt(struct bpf_sockopt *ctx)
 {
     u32 level = ctx->level;
@@ -318,6 +488,7 @@ int mn_getsockopt(struct bpf_sockopt *ctx)
     u32 s6c = MN_CTX(sk->src_ip6[2]), s6d = MN_CTX(sk->src_ip6[3]);
     u32 dport = bpf_ntohs(MN_CTX(sk->dst_port));
     u32 sport = MN_CTX(sk->src_port);
+    s32 retval = MN_CTX(ctx->retval);
     // SOL_IP: AF_INET sockets and a dual-stack listener's v4-mapped ones (like conntrack);
     // SOL_IPV6: AF_INET6 sockets only.
     if (level == MN_SOL_IP &&
@@ -331,9 +502,23 @@ int mn_getsockopt(struct bpf_sockopt *ctx)
     mn_addr(family, s4, s6a, s6b, s6c, s6d, k.proxy_ip);
     k.client_port = dport;
     k.proxy_port = sport;
+    struct origin own = {.netns = k.netns, .port = bpf_htons(sport)};
     struct origin *orig = pair_origin.lookup(&k);
-    if (!orig)
-        return 1;  // not ours: keep the kernel's (conntrack's) answer
+    if (!orig) {
+        // Delivered by sk_lookup (no NAT) and conntrack has no answer: the original
+        // destination is the socket's own local address. Anything else is not ours: keep
+        // the kernel's (conntrack's) answer.
+        if (retval == 0 || !inbound_delivered(k.netns, sport) ||
+            !own_addr(k.netns, k.proxy_ip[0], k.proxy_ip[1], k.proxy_ip[2], k.proxy_ip[3]))
+            return 1;
+        own.ip[0] = k.proxy_ip[0];
+        own.ip[1] = k.proxy_ip[1];
+        own.ip[2] = k.proxy_ip[2];
+        own.ip[3] = k.proxy_ip[3];
+        own.family = v4_mapped(own.ip[0], own.ip[1], own.ip[2]) ? MN_AF_INET : MN_AF_INET6;
+        orig = &own;
+    }
+    count(MN_STAT_ORIGDST);
     if (level == MN_SOL_IP) {
         if (orig->family != MN_AF_INET)
             return 1;
@@ -365,4 +550,66 @@ int mn_getsockopt(struct bpf_sockopt *ctx)
     *(volatile s32 *)&ctx->optlen = sizeof(*sa6);
     *(volatile s32 *)&ctx->retval = 0;
     return 1;
+}
+
+
+static __always_inline int in_port_excluded(struct pod_opts *o, u16 port)
+{
+#pragma unroll
+    for (int i = 0; i < MN_MAX_PORTS; i++) {
+        if (i >= o->n_in_ports)
+            break;
+        if (o->in_ports[i] == port)
+            return 1;
+    }
+    return 0;
+}
+
+int mn_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+    // Load every field up front, unconditionally: see MN_CTX.
+    u32 family = MN_CTX(ctx->family), proto = MN_CTX(ctx->protocol);
+    u32 ifindex = MN_CTX(ctx->ingress_ifindex);
+    u32 l4 = MN_CTX(ctx->local_ip4), r4 = MN_CTX(ctx->remote_ip4);
+    u32 l6a = MN_CTX(ctx->local_ip6[0]), l6b = MN_CTX(ctx->local_ip6[1]);
+    u32 l6c = MN_CTX(ctx->local_ip6[2]), l6d = MN_CTX(ctx->local_ip6[3]);
+    u32 r6a = MN_CTX(ctx->remote_ip6[0]), r6b = MN_CTX(ctx->remote_ip6[1]);
+    u32 r6c = MN_CTX(ctx->remote_ip6[2]), r6d = MN_CTX(ctx->remote_ip6[3]);
+    u32 port = MN_CTX(ctx->local_port);
+    // Over lo: the pod talking to itself, or the proxy connecting on to the app. Neither is
+    // inbound capture (the iptables rules tell the proxy by its mark, which sk_lookup
+    // cannot see; everything the proxy sends into its own pod goes over lo).
+    if (proto != IPPROTO_TCP || ifindex == MN_LOOPBACK_IFINDEX)
+        return SK_PASS;
+    struct addr_key k = {};
+    if (!mn_addr(family, l4, l6a, l6b, l6c, l6d, k.ip))
+        return SK_PASS;
+    u64 *owner = pod_ips.lookup(&k);
+    if (!owner)
+        return SK_PASS;
+    u64 ns = *owner;
+    struct pod_opts *o = pods.lookup(&ns);
+    if (!o || !o->inbound_port || port == o->tunnel_port || port == o->inbound_port ||
+        in_port_excluded(o, port))
+        return SK_PASS;
+    if (family == MN_AF_INET && o->skip_ip4 && r4 == o->skip_ip4)
+        return SK_PASS;  // the kubelet's probes reach the app directly
+    if (family == MN_AF_INET6 && r6a == o->skip_ip6[0] && r6b == o->skip_ip6[1] &&
+        r6c == o->skip_ip6[2] && r6d == o->skip_ip6[3])
+        return SK_PASS;
+    struct bpf_sock *sk = (struct bpf_sock *)listeners.lookup(&ns);
+    if (!sk) {
+        // Captured but the proxy is not serving this pod: refuse, as a REDIRECT to a port
+        // nobody listens on would, rather than let the connection bypass the proxy.
+        count(MN_STAT_NO_LISTENER);
+        return SK_DROP;
+    }
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        count(MN_STAT_NO_LISTENER);
+        return SK_DROP;
+    }
+    count(MN_STAT_INBOUND);
+    return SK_PASS;
 }

@@ -52,7 +52,15 @@ def cmd_status(a: argparse.Namespace) -> int:
     pin_dir = a.pin_dir or bpf_pin_dir()
     rows = []
     for name in _pins(pin_dir):
-        if name.startswith("link_"):
+        if name == "netns":
+            # mn_sk_lookup: one link per enrolled pod's netns, named by its netns cookie
+            for cookie in sorted(os.listdir(os.path.join(pin_dir, name))):
+                info = _bpftool("link", "show", "pinned", os.path.join(pin_dir, name, cookie))
+                rows.append({"kind": "link", "name": f"sk_lookup netns:{cookie}",
+                             "id": info.get("id"), "prog_id": info.get("prog_id"),
+                             "attach": info.get("attach_type"),
+                             "cgroup_id": f"netns_ino={info.get('netns_ino')}"})
+        elif name.startswith("link_"):
             info = _bpftool("link", "show", "pinned", os.path.join(pin_dir, name))
             rows.append({"kind": "link", "name": name[5:], "id": info.get("id"),
                          "prog_id": info.get("prog_id"), "attach": info.get("attach_type"),
@@ -73,7 +81,7 @@ def cmd_maps(a: argparse.Namespace) -> int:
     pin_dir = a.pin_dir or bpf_pin_dir()
     out: dict[str, Any] = {}
     for name in _pins(pin_dir):
-        if not name.startswith("link_"):
+        if not name.startswith("link_") and name != "netns":
             out[name] = _bpftool("map", "dump", "pinned", os.path.join(pin_dir, name)) or []
     text = "".join(f"{name}: {len(entries)} entries\n" +
                    "".join(f"  {json.dumps(e.get('formatted', e))}\n" for e in entries[:50])

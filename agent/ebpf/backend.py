@@ -1,22 +1,68 @@
 """The eBPF redirection backend, behind the same `RuleBackend` protocol as iptables/nftables.
 
 The engine (`agent.redirect.backend`) calls every method from inside the pod's netns, so the
-pod is identified by the netns cookie of the calling thread. "Rules" here are the pod's entry
-in the `pods` map, shown as one line, so read/expected/diff work unchanged.
+pod is identified by the netns cookie of the calling thread, and its own addresses and its
+netns fd are read from there too. "Rules" here are the pod's entry in the `pods` map, its
+sk_lookup link and the reply-routing rule, one line each, so read/expected/diff work
+unchanged.
 
-Milestone 2 covers outbound TCP over IPv4 and, with `ipv6=True`, IPv6 (answering
-SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST); DNS and inbound capture are not implemented by
-this backend yet, whatever the spec says about them.
+Besides the maps, inbound capture with the client's address preserved needs two things in
+the pod's netns that conntrack gives the iptables backends for free (see TRANSPARENT_MARK):
+`net.ipv4.tcp_fwmark_accept=1` and `ip rule fwmark 0x1000/0x1000 lookup <route_table>`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from agent.ebpf.loader import Loader, LoadError, PodOpts, netns_cookie
+from agent.redirect import routes
 from agent.redirect.errors import RedirectError
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
-from agent.redirect.spec import RedirectSpec
+from agent.redirect.spec import TRANSPARENT_MARK, RedirectSpec
 
 POD_KEY = ChainKey("ebpf", "maps", "pods")
+LINK_KEY = ChainKey("ebpf", "links", "sk_lookup")
+RULE_KEY = ChainKey("ebpf", "netns", "reply-routing")
+_FWMARK_ACCEPT = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def pod_addresses() -> tuple[str, ...]:
+    """This netns's own global addresses (the CNI has set them up before we run)."""
+    out = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            ip = msg.get_attr("IFA_ADDRESS")
+            if ip and msg["index"] != routes.LOOPBACK_IFINDEX:
+                a = ipaddress.ip_address(ip)
+                if not (a.is_link_local or a.is_loopback):
+                    out.append(str(a))
+    return tuple(sorted(out))
+
+
+def _rule_text(spec: RedirectSpec, fam: int) -> str:
+    return (f"ipv{fam} rule pref {spec.rule_priority} fwmark {TRANSPARENT_MARK:#x}"
+            f"/{TRANSPARENT_MARK:#x} lookup {spec.route_table}")
+
+
+def _rule(ipr: IPRoute, op: str, spec: RedirectSpec, fam: int) -> None:
+    ipr.rule(op, family=_AF[fam], table=spec.route_table, priority=spec.rule_priority,
+             fwmark=TRANSPARENT_MARK, fwmask=TRANSPARENT_MARK)
+
+
+def _has_rule(ipr: IPRoute, spec: RedirectSpec, fam: int) -> bool:
+    return any(r.get_attr("FRA_FWMARK") == TRANSPARENT_MARK
+               and r.get_attr("FRA_FWMASK") == TRANSPARENT_MARK
+               and r.get_attr("FRA_TABLE") == spec.route_table
+               for r in ipr.get_rules(family=_AF[fam]))
 
 
 class EbpfBackend:
@@ -40,22 +86,69 @@ class EbpfBackend:
 
     def apply(self, label: str, spec: RedirectSpec) -> None:
         opts = self._opts(label, spec)
-        self._loaded(label).enroll_cookie(netns_cookie(), opts)
+        loader = self._loaded(label)
+        try:
+            if opts.inbound_port:
+                self._reply_routing(spec, on=True)
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                loader.enroll_cookie(netns_cookie(), opts, pod_addresses(), fd)
+            finally:
+                os.close(fd)
+        except (OSError, NetlinkError, LoadError) as exc:
+            self._reply_routing(spec, on=False)
+            raise RedirectError(label, "ebpf enroll", str(exc)) from None
+
+    def _reply_routing(self, spec: RedirectSpec, on: bool) -> None:
+        with IPRoute() as ipr:
+            for fam in routes.families(ipr, spec):
+                try:
+                    _rule(ipr, "add" if on else "del", spec, fam)
+                except NetlinkError as exc:
+                    if exc.code not in (errno.EEXIST, errno.ENOENT):
+                        raise
+        if on or os.path.exists(_FWMARK_ACCEPT):
+            with open(_FWMARK_ACCEPT, "w") as f:
+                f.write("1" if on else "0")
 
     def read(self, label: str, spec: RedirectSpec) -> OwnRules:
         rules = OwnRules()
-        opts = self._loaded(label).read_cookie(netns_cookie())
+        loader = self._loaded(label)
+        cookie = netns_cookie()
+        opts = loader.read_cookie(cookie)
         if opts is not None:
             rules.add(POD_KEY, LiveRule(opts.describe()))
+        if loader.netns_linked(cookie):
+            rules.add(LINK_KEY, LiveRule("mn_sk_lookup attached to this netns"))
+        with IPRoute() as ipr:
+            for fam in routes.families(ipr, spec):
+                if _has_rule(ipr, spec, fam):
+                    rules.add(RULE_KEY, LiveRule(_rule_text(spec, fam)))
+        with contextlib.suppress(OSError), open(_FWMARK_ACCEPT) as f:
+            if f.read().strip() == "1":
+                rules.add(RULE_KEY, LiveRule("net.ipv4.tcp_fwmark_accept=1"))
         return rules
 
     def remove(self, label: str, spec: RedirectSpec) -> list[str]:
         cookie = netns_cookie()
+        removed = []
         if self._loaded(label).unenroll_cookie(cookie):
-            return [f"pods map entry for netns cookie {cookie}"]
-        return []
+            removed.append(f"pods map entry and sk_lookup link for netns cookie {cookie}")
+        try:
+            self._reply_routing(spec, on=False)
+        except (OSError, NetlinkError) as exc:
+            raise RedirectError(label, "ebpf remove", str(exc)) from None
+        return removed
 
     def expected(self, spec: RedirectSpec) -> OwnRules:
+        """What `read` shows for a captured pod. The pod's addresses in `pod_ips` are not
+        part of it (they are whatever the netns has): `meshnode bpf maps` lists them."""
         rules = OwnRules()
-        rules.add(POD_KEY, LiveRule(self._opts("-", spec).describe()))
+        opts = self._opts("-", spec)
+        rules.add(POD_KEY, LiveRule(opts.describe()))
+        if opts.inbound_port:
+            rules.add(LINK_KEY, LiveRule("mn_sk_lookup attached to this netns"))
+            for fam in spec.families:
+                rules.add(RULE_KEY, LiveRule(_rule_text(spec, fam)))
+            rules.add(RULE_KEY, LiveRule("net.ipv4.tcp_fwmark_accept=1"))
         return rules

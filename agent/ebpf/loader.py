@@ -11,8 +11,12 @@ Lifecycle:
 * `destroy()` detaches the links (BPF_LINK_DETACH, so even another holder of the link fd
   cannot keep the programs attached) and removes every pin it owns.
 
-bcc has no Python API for bpf links or for pinning, so those few commands go straight to
-bpf(2) through ctypes.
+Inbound capture uses sk_lookup, which attaches to a network namespace, not a cgroup: the
+one loaded `mn_sk_lookup` program gets one more pinned link per enrolled pod
+(`<pin_dir>/netns/<netns cookie>`), created at enroll and detached at removal. Attaching a
+loaded program is not a reload.
+
+bcc has no Python API for bpf links or for pinning: agent/ebpf/syscall.py does those.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.ebpf import syscall as sc
 from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
 
@@ -39,14 +44,13 @@ SO_NETNS_COOKIE = 71
 BPF_FS_MAGIC = 0xCAFE4A11
 CGROUP2_SUPER_MAGIC = 0x63677270
 
-# bpf(2)
-_NR_BPF = 321  # x86_64
-_BPF_OBJ_PIN, _BPF_OBJ_GET, _BPF_OBJ_GET_INFO_BY_FD = 6, 7, 15
-_BPF_LINK_CREATE, _BPF_LINK_UPDATE, _BPF_LINK_DETACH = 28, 29, 34
 # prog types / attach types (uapi/linux/bpf.h)
-_PROG_SOCK_OPS, _PROG_CGROUP_SOCK_ADDR, _PROG_CGROUP_SOCKOPT = 13, 18, 25
+_PROG_CGROUP_SOCK, _PROG_SOCK_OPS, _PROG_CGROUP_SOCK_ADDR = 9, 13, 18
+_PROG_CGROUP_SOCKOPT, _PROG_SK_LOOKUP = 25, 30
 _ATTACH_SOCK_OPS, _ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT = 3, 10, 11
-_ATTACH_GETSOCKOPT = 21
+_ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG = 14, 15
+_ATTACH_UDP4_RECVMSG, _ATTACH_UDP6_RECVMSG, _ATTACH_GETSOCKOPT = 19, 20, 21
+_ATTACH_SOCK_RELEASE, _ATTACH_SK_LOOKUP = 34, 36
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,23 @@ class Program:
     hook: str  # for humans
 
 
+# Attached to the cgroup v2 root.
 PROGRAMS = (
     Program("mn_connect4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_INET4_CONNECT, "cgroup/connect4"),
     Program("mn_connect6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_INET6_CONNECT, "cgroup/connect6"),
+    Program("mn_sendmsg4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP4_SENDMSG, "cgroup/sendmsg4"),
+    Program("mn_sendmsg6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP6_SENDMSG, "cgroup/sendmsg6"),
+    Program("mn_recvmsg4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP4_RECVMSG, "cgroup/recvmsg4"),
+    Program("mn_recvmsg6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP6_RECVMSG, "cgroup/recvmsg6"),
     Program("mn_sockops", _PROG_SOCK_OPS, _ATTACH_SOCK_OPS, "sockops"),
     Program("mn_getsockopt", _PROG_CGROUP_SOCKOPT, _ATTACH_GETSOCKOPT, "cgroup/getsockopt"),
+    Program("mn_sock_release", _PROG_CGROUP_SOCK, _ATTACH_SOCK_RELEASE, "cgroup/sock_release"),
 )
-MAPS = ("pods", "cookie_origin", "pair_origin")
+# Attached to each enrolled pod's netns.
+SK_LOOKUP = Program("mn_sk_lookup", _PROG_SK_LOOKUP, _ATTACH_SK_LOOKUP, "sk_lookup")
+MAPS = ("pods", "pod_ips", "cookie_origin", "pair_origin", "listeners", "stats")
+# `stats` slots (MN_STAT_* in redirect.c)
+STATS = ("outbound", "dns", "inbound", "inbound_no_listener", "original_dst")
 
 
 class LoadError(Exception):
@@ -83,6 +97,10 @@ class PodOpts:
     ipv6: bool = False  # redirect native IPv6 destinations too (v4-mapped ones always)
     skip_ip6: str = ""
     cidrs6: tuple[str, ...] = ()  # IPv6, normalised ("fd00::/8")
+    dns_port: int = 0  # 0: DNS not captured
+    inbound_port: int = 0  # 0: inbound not captured
+    tunnel_port: int = 0
+    in_ports: tuple[int, ...] = ()  # excluded inbound ports
 
     @classmethod
     def from_spec(cls, spec: RedirectSpec) -> PodOpts:
@@ -96,10 +114,17 @@ class PodOpts:
             raise ValueError(f"exclude_outbound_cidrs: at most {MAX_CIDRS} IPv4 with ebpf")
         if len(cidrs6) > MAX_CIDRS:
             raise ValueError(f"exclude_outbound_cidrs: at most {MAX_CIDRS} IPv6 with ebpf")
+        in_ports = tuple(sorted(set(spec.exclude_inbound_ports))
+                         ) if spec.inbound_capture else ()
+        if len(in_ports) > MAX_PORTS:
+            raise ValueError(f"exclude_inbound_ports: at most {MAX_PORTS} with ebpf")
         return cls(spec.outbound_port, spec.proxy_mark, spec.mark_mask,
                    spec.probe_source_v4, ports, cidrs, spec.ipv6,
                    str(ipaddress.IPv6Address(spec.probe_source_v6)) if spec.ipv6 else "",
-                   cidrs6)
+                   cidrs6,
+                   dns_port=spec.dns_port if spec.dns_capture else 0,
+                   inbound_port=spec.inbound_port if spec.inbound_capture else 0,
+                   tunnel_port=spec.tunnel_port, in_ports=in_ports)
 
     def describe(self) -> str:
         text = (f"outbound_port={self.outbound_port} proxy_mark={self.proxy_mark:#x}"
@@ -109,6 +134,12 @@ class PodOpts:
         if self.ipv6:
             text += (f" ipv6=on skip6={self.skip_ip6 or '-'}"
                      f" exclude_cidrs6={','.join(self.cidrs6) or '-'}")
+        text += f" dns_port={self.dns_port or 'off'}"
+        if self.inbound_port:
+            text += (f" inbound_port={self.inbound_port} tunnel_port={self.tunnel_port}"
+                     f" exclude_inbound_ports={','.join(map(str, self.in_ports)) or '-'}")
+        else:
+            text += " inbound=off"
         return text
 
 
@@ -131,67 +162,7 @@ def _ip6_str(words: Any) -> str:
     return socket.inet_ntop(socket.AF_INET6, struct.pack("=4I", *(int(w) for w in words)))
 
 
-# --- bpf(2) -----------------------------------------------------------------------------
-
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
-    ret = int(_libc.syscall(_NR_BPF, cmd, attr, ctypes.sizeof(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def _attr(*fields: tuple[str, int]) -> ctypes.Array[ctypes.c_char]:
-    fmt = "=" + "".join(f for f, _ in fields)
-    raw = struct.pack(fmt, *(v for _, v in fields))
-    return ctypes.create_string_buffer(raw, 128)
-
-
-def _obj_pin(fd: int, path: str) -> None:
-    p = ctypes.create_string_buffer(path.encode())
-    _bpf(_BPF_OBJ_PIN, _attr(("Q", ctypes.addressof(p)), ("I", fd)), f"pin {path}")
-
-
-def _obj_get(path: str) -> int:
-    p = ctypes.create_string_buffer(path.encode())
-    return _bpf(_BPF_OBJ_GET, _attr(("Q", ctypes.addressof(p))), f"open pinned {path}")
-
-
-def _link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
-    return _bpf(_BPF_LINK_CREATE, _attr(("I", prog_fd), ("I", target_fd), ("I", attach_type),
-                                        ("I", 0)), "link create")
-
-
-def _link_update(link_fd: int, prog_fd: int) -> None:
-    _bpf(_BPF_LINK_UPDATE, _attr(("I", link_fd), ("I", prog_fd), ("I", 0)), "link update")
-
-
-def _link_detach(link_fd: int) -> None:
-    _bpf(_BPF_LINK_DETACH, _attr(("I", link_fd)), "link detach")
-
-
-def _info(fd: int, size: int = 128) -> bytes:
-    buf = ctypes.create_string_buffer(size)
-    _bpf(_BPF_OBJ_GET_INFO_BY_FD, _attr(("I", fd), ("I", size), ("Q", ctypes.addressof(buf))),
-         "get info")
-    return buf.raw
-
-
-def link_info(fd: int) -> dict[str, int]:
-    """struct bpf_link_info: type, id, prog_id, then cgroup {cgroup_id, attach_type}."""
-    raw = _info(fd)
-    ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
-    cgroup_id, attach_type = struct.unpack_from("=QI", raw, 16)
-    return {"link_id": lid, "link_type": ltype, "prog_id": prog_id,
-            "cgroup_id": cgroup_id, "attach_type": attach_type}
-
-
-def map_id(fd: int) -> int:
-    return int(struct.unpack_from("=II", _info(fd), 0)[1])
 
 
 # --- environment checks -------------------------------------------------------------------
@@ -239,6 +210,14 @@ def _check_environment(pin_dir: str) -> None:
                         "(bcc compiles against them)")
 
 
+def addr_key(ip: str) -> bytes:
+    """A `struct addr_key`: 16 bytes, IPv4 v4-mapped."""
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + a.packed
+    return a.packed
+
+
 @dataclass
 class Loader:
     pin_dir: str = DEFAULT_PIN_DIR
@@ -246,6 +225,11 @@ class Loader:
     source: Path = SOURCE
     _bpf_obj: Any = field(default=None, repr=False)
     _links: dict[str, int] = field(default_factory=dict, repr=False)
+    _sk_lookup_fd: int = field(default=-1, repr=False)
+
+    @property
+    def netns_dir(self) -> str:
+        return os.path.join(self.pin_dir, "netns")
 
     # -- load / unload ------------------------------------------------------------------
 
@@ -262,7 +246,7 @@ class Loader:
         except ImportError as exc:
             raise LoadError(f"bcc python module missing (apt install python3-bpfcc): {exc}"
                             ) from None
-        os.makedirs(self.pin_dir, exist_ok=True)
+        os.makedirs(self.netns_dir, exist_ok=True)
         text = self.source.read_text().replace("@PIN@", self.pin_dir)
         try:
             b = BPF(text=text.encode())
@@ -271,7 +255,7 @@ class Loader:
                             f"another layout in {self.pin_dir}? headers?): {exc}") from None
         try:
             fns = {}
-            for p in PROGRAMS:
+            for p in (*PROGRAMS, SK_LOOKUP):
                 try:
                     fns[p.name] = b.load_func(p.name.encode(), p.prog_type,
                                               attach_type=p.attach_type)
@@ -284,10 +268,13 @@ class Loader:
                     self._links[p.name] = self._attach(p, fns[p.name].fd, cg)
             finally:
                 os.close(cg)
+            self._sk_lookup_fd = fns[SK_LOOKUP.name].fd
+            self._adopt_netns_links()
         except BaseException:
             for fd in self._links.values():
                 os.close(fd)
             self._links.clear()
+            self._sk_lookup_fd = -1
             b.cleanup()
             raise
         self._bpf_obj = b
@@ -295,30 +282,48 @@ class Loader:
     def _attach(self, p: Program, prog_fd: int, cgroup_fd: int) -> int:
         pin = os.path.join(self.pin_dir, f"link_{p.name}")
         if os.path.exists(pin):
-            fd = _obj_get(pin)
+            fd = sc.obj_get(pin)
             try:
-                _link_update(fd, prog_fd)
+                sc.link_update(fd, prog_fd)
             except OSError as exc:
                 os.close(fd)
                 raise LoadError(f"cannot replace the program of pinned link {pin}: "
                                 f"{exc.strerror}") from None
             return fd
         try:
-            fd = _link_create(prog_fd, cgroup_fd, p.attach_type)
+            fd = sc.link_create(prog_fd, cgroup_fd, p.attach_type)
         except OSError as exc:
             raise LoadError(f"attach {p.hook} to {self.cgroup}: {exc.strerror}") from None
         try:
-            _obj_pin(fd, pin)
+            sc.obj_pin(fd, pin)
         except OSError as exc:
             os.close(fd)  # the link dies with its last fd: nothing stays attached
             raise LoadError(f"pin {pin}: {exc.strerror}") from None
         return fd
+
+    def _adopt_netns_links(self) -> None:
+        """Agent restart: point every pod's sk_lookup link at the program just loaded, and
+        drop the pins of links whose netns is gone (the kernel detached those itself)."""
+        for name in os.listdir(self.netns_dir):
+            pin = os.path.join(self.netns_dir, name)
+            fd = sc.obj_get(pin)
+            try:
+                if sc.link_info(fd).get("netns_ino", 0) == 0:
+                    os.unlink(pin)
+                    continue
+                sc.link_update(fd, self._sk_lookup_fd)
+            except OSError as exc:
+                raise LoadError(f"cannot replace the program of pinned link {pin}: "
+                                f"{exc.strerror}") from None
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         """Drop this process's fds; pinned links and maps stay (the agent restarting)."""
         for fd in self._links.values():
             os.close(fd)
         self._links.clear()
+        self._sk_lookup_fd = -1
         if self._bpf_obj is not None:
             self._bpf_obj.cleanup()
             self._bpf_obj = None
@@ -326,12 +331,15 @@ class Loader:
     def destroy(self) -> None:
         """Detach everything and remove every pin under pin_dir that we own."""
         pins = [os.path.join(self.pin_dir, f"link_{p.name}") for p in PROGRAMS]
+        if os.path.isdir(self.netns_dir):
+            pins += [os.path.join(self.netns_dir, n) for n in os.listdir(self.netns_dir)]
         for pin in pins:
             if not os.path.exists(pin):
                 continue
-            fd = _obj_get(pin)
+            fd = sc.obj_get(pin)
             try:
-                _link_detach(fd)
+                with contextlib.suppress(OSError):  # a netns link whose netns is gone
+                    sc.link_detach(fd)
             finally:
                 os.close(fd)
             os.unlink(pin)
@@ -339,19 +347,37 @@ class Loader:
         for name in MAPS:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.pin_dir, name))
-        with contextlib.suppress(FileNotFoundError, OSError):
-            os.rmdir(self.pin_dir)
+        for d in (self.netns_dir, self.pin_dir):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(d)
 
-    # -- pods map ------------------------------------------------------------------------
+    # -- per-pod state -------------------------------------------------------------------
 
     def _table(self, name: str) -> Any:
         if self._bpf_obj is None:
             self.load()
         return self._bpf_obj[name.encode()]
 
-    def enroll_cookie(self, cookie: int, opts: PodOpts) -> None:
-        t = self._table("pods")
-        v = t.Leaf()
+    def enroll_cookie(self, cookie: int, opts: PodOpts, addrs: tuple[str, ...] = (),
+                      netns_fd: int = -1) -> None:
+        """Capture the pod whose netns has this cookie. `addrs` are the pod's own addresses
+        (inbound is found by them; outbound to them is left alone); `netns_fd` is needed for
+        inbound capture (the sk_lookup link). On failure nothing of it stays."""
+        self._set_addrs(cookie, addrs)
+        try:
+            self._table("pods")[self._table("pods").Key(cookie)] = self._leaf(opts)
+            if opts.inbound_port:
+                if netns_fd < 0:
+                    raise LoadError("inbound capture needs the pod's netns")
+                self._link_netns(cookie, netns_fd)
+            else:
+                self._unlink_netns(cookie)
+        except BaseException:
+            self.unenroll_cookie(cookie)
+            raise
+
+    def _leaf(self, opts: PodOpts) -> Any:
+        v = self._table("pods").Leaf()
         v.proxy_mark, v.mark_mask = opts.proxy_mark, opts.mark_mask
         v.skip_ip4 = _ip_be(opts.skip_ip4) if opts.skip_ip4 else 0
         v.outbound_port = opts.outbound_port
@@ -373,15 +399,58 @@ class Loader:
             for j in range(4):
                 v.cidr6_addr[4 * i + j] = addr[j]
                 v.cidr6_mask[4 * i + j] = mask[j]
-        t[t.Key(cookie)] = v
+        v.dns_port, v.inbound_port, v.tunnel_port = (opts.dns_port, opts.inbound_port,
+                                                     opts.tunnel_port)
+        v.n_in_ports = len(opts.in_ports)
+        for i, port in enumerate(opts.in_ports):
+            v.in_ports[i] = port
+        return v
+
+    def _set_addrs(self, cookie: int, addrs: tuple[str, ...]) -> None:
+        t = self._table("pod_ips")
+        want = {addr_key(a) for a in addrs}
+        for k, v in list(t.items()):
+            if int(v.value) == cookie and bytes(k) not in want:
+                del t[k]
+        for raw in want:
+            t[t.Key.from_buffer_copy(raw)] = t.Leaf(cookie)
+
+    def _link_netns(self, cookie: int, netns_fd: int) -> None:
+        pin = os.path.join(self.netns_dir, str(cookie))
+        if os.path.exists(pin):
+            return  # re-apply: already attached
+        fd = sc.link_create(self._sk_lookup_fd, netns_fd, SK_LOOKUP.attach_type)
+        try:
+            sc.obj_pin(fd, pin)
+        finally:
+            os.close(fd)  # the pin keeps the link
+
+    def _unlink_netns(self, cookie: int) -> bool:
+        pin = os.path.join(self.netns_dir, str(cookie))
+        if not os.path.exists(pin):
+            return False
+        fd = sc.obj_get(pin)
+        try:
+            with contextlib.suppress(OSError):  # netns already gone: nothing attached
+                sc.link_detach(fd)
+        finally:
+            os.close(fd)
+        os.unlink(pin)
+        return True
 
     def unenroll_cookie(self, cookie: int) -> bool:
+        """Inbound first, then outbound, then the addresses: every step on its own leaves
+        the pod either captured or not, never captured without its options."""
+        self._table("pods")  # loaded
+        found = self._unlink_netns(cookie)
         t = self._table("pods")
         try:
             del t[t.Key(cookie)]
+            found = True
         except KeyError:
-            return False
-        return True
+            pass
+        self._set_addrs(cookie, ())
+        return found
 
     def read_cookie(self, cookie: int) -> PodOpts | None:
         t = self._table("pods")
@@ -401,12 +470,30 @@ class Loader:
             cidrs6=tuple(str(ipaddress.IPv6Network(
                 f"{_ip6_str(v.cidr6_addr[4 * i:4 * i + 4])}/"
                 f"{sum(bin(int(w)).count('1') for w in v.cidr6_mask[4 * i:4 * i + 4])}"))
-                for i in range(min(v.n_cidrs6, MAX_CIDRS))))
+                for i in range(min(v.n_cidrs6, MAX_CIDRS))),
+            dns_port=int(v.dns_port), inbound_port=int(v.inbound_port),
+            tunnel_port=int(v.tunnel_port),
+            in_ports=tuple(int(v.in_ports[i]) for i in range(min(v.n_in_ports, MAX_PORTS))))
 
-    def enroll(self, netns_path: str, spec: RedirectSpec) -> int:
+    def addrs_of(self, cookie: int) -> list[str]:
+        out = []
+        for k, v in self._table("pod_ips").items():
+            if int(v.value) == cookie:
+                a = ipaddress.IPv6Address(bytes(k))
+                out.append(str(a.ipv4_mapped or a))
+        return sorted(out)
+
+    def netns_linked(self, cookie: int) -> bool:
+        return os.path.exists(os.path.join(self.netns_dir, str(cookie)))
+
+    def enroll(self, netns_path: str, spec: RedirectSpec, addrs: tuple[str, ...] = ()) -> int:
         """Redirect the pod in `netns_path` as `spec` says; returns its netns cookie."""
         cookie = netns_cookie(netns_path)
-        self.enroll_cookie(cookie, PodOpts.from_spec(spec))
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.enroll_cookie(cookie, PodOpts.from_spec(spec), addrs, fd)
+        finally:
+            os.close(fd)
         return cookie
 
     def unenroll(self, netns_path: str) -> bool:
@@ -414,8 +501,26 @@ class Loader:
 
     # -- status --------------------------------------------------------------------------
 
+    def _pinned_fd(self, name: str) -> int:
+        return sc.obj_get(os.path.join(self.pin_dir, name))
+
+    def listener_cookies(self) -> list[int]:
+        """The netns cookies the proxy has registered an inbound listener for."""
+        fd = self._pinned_fd("listeners")
+        try:
+            return sorted(int.from_bytes(k, "little") for k in sc.map_keys(fd, 8))
+        finally:
+            os.close(fd)
+
     def map_counts(self) -> dict[str, int]:
-        return {name: sum(1 for _ in self._table(name)) for name in MAPS}
+        counts = {name: sum(1 for _ in self._table(name)) for name in MAPS
+                  if name not in ("stats", "listeners")}
+        counts["listeners"] = len(self.listener_cookies())
+        return counts
+
+    def stats(self) -> dict[str, int]:
+        t = self._table("stats")
+        return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STATS)}
 
     def status(self) -> dict[str, Any]:
         """What the kernel says is attached (link/prog ids) and how full the maps are."""
@@ -425,18 +530,36 @@ class Loader:
             entry: dict[str, Any] = {"name": p.name, "hook": p.hook, "cgroup": self.cgroup,
                                      "pin": pin, "attached": False}
             if os.path.exists(pin):
-                fd = _obj_get(pin)
+                fd = sc.obj_get(pin)
                 try:
-                    entry.update(link_info(fd))
+                    entry.update(sc.link_info(fd))
                 finally:
                     os.close(fd)
                 entry["attached"] = entry["cgroup_id"] != 0
             progs.append(entry)
+        netns_links = []
+        for name in sorted(os.listdir(self.netns_dir)) if os.path.isdir(self.netns_dir) else []:
+            fd = sc.obj_get(os.path.join(self.netns_dir, name))
+            try:
+                info = sc.link_info(fd)
+            finally:
+                os.close(fd)
+            netns_links.append({"netns_cookie": int(name), **info,
+                                "attached": info.get("netns_ino", 0) != 0})
+        progs.append({"name": SK_LOOKUP.name, "hook": SK_LOOKUP.hook,
+                      "cgroup": "-", "pin": self.netns_dir,
+                      "attached": any(n["attached"] for n in netns_links),
+                      "netns_links": len(netns_links)})
         maps = []
         counts = self.map_counts()
         for name in MAPS:
-            t = self._table(name)
-            maps.append({"name": name, "id": map_id(t.map_fd), "entries": counts[name],
-                         "max_entries": int(t.max_entries),
-                         "pin": os.path.join(self.pin_dir, name)})
-        return {"pin_dir": self.pin_dir, "programs": progs, "maps": maps}
+            fd = self._pinned_fd(name)
+            try:
+                mid = sc.map_id(fd)
+                max_entries = int.from_bytes(sc.info(fd)[16:20], "little")
+            finally:
+                os.close(fd)
+            maps.append({"name": name, "id": mid, "entries": counts.get(name, len(STATS)),
+                         "max_entries": max_entries, "pin": os.path.join(self.pin_dir, name)})
+        return {"pin_dir": self.pin_dir, "programs": progs, "netns_links": netns_links,
+                "maps": maps, "stats": self.stats()}

@@ -125,16 +125,21 @@ def test_unenroll_restores_direct_connectivity(pods: tuple[Node, Node],
     assert not loader.unenroll(client.path)
 
 
-def test_200_enroll_cycles_leave_map_counts(pods: tuple[Node, Node], loader: Loader) -> None:
+def test_1000_enroll_cycles_leave_map_counts(pods: tuple[Node, Node], loader: Loader) -> None:
+    """Every enroll writes the pod's options and addresses and attaches its sk_lookup link;
+    every removal takes all of it back: after 1000 cycles the maps and pins are as before."""
     client, server = pods
     before = loader.map_counts()
     cookie = netns_cookie(client.path)
-    opts = PodOpts.from_spec(RedirectSpec(exclude_outbound_ports=(1, 2, 3)))
-    for _ in range(200):
-        loader.enroll_cookie(cookie, opts)
+    spec = RedirectSpec(exclude_outbound_ports=(1, 2, 3), exclude_inbound_ports=(22,))
+    opts = PodOpts.from_spec(spec)
+    for _ in range(1000):
+        loader.enroll(client.path, spec, addrs=(client.ip4, client.ip6))
         assert loader.read_cookie(cookie) == opts
+        assert loader.netns_linked(cookie)
         assert loader.unenroll_cookie(cookie)
     assert loader.map_counts() == before
+    assert os.listdir(loader.netns_dir) == []
     assert not redirected(client, server, server.ip4, 80)
 
 
@@ -173,8 +178,14 @@ def test_restart_reuses_pinned_links_and_maps(enrolled: tuple[Node, Node],
     try:
         again.load()  # a restarted agent: same links (program swapped in place), same maps
         second = again.status()
-        assert [p["link_id"] for p in second["programs"]] == \
-               [p["link_id"] for p in first["programs"]]
+        assert [p.get("link_id") for p in second["programs"]] == \
+               [p.get("link_id") for p in first["programs"]]
+        # the pod's sk_lookup link too: same link, same netns, the new program swapped in
+        same = ("link_id", "netns_ino", "attached")
+        assert [{k: n[k] for k in same} for n in second["netns_links"]] == \
+               [{k: n[k] for k in same} for n in first["netns_links"]] != []
+        assert {n["prog_id"] for n in second["netns_links"]}.isdisjoint(
+            {n["prog_id"] for n in first["netns_links"]})
         assert [m["id"] for m in second["maps"]] == [m["id"] for m in first["maps"]]
         assert all(p["attached"] for p in second["programs"])
         assert again.read_cookie(netns_cookie(client.path)) is not None
