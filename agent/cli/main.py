@@ -10,11 +10,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.cli import agent_cmd, bpf_cmd, demo_cmd, install_cmd, proxy_cmd, redirect_cmd
+from agent.cli import (
+    agent_cmd,
+    bpf_cmd,
+    controlplane_cmd,
+    demo_cmd,
+    install_cmd,
+    proxy_cmd,
+    redirect_cmd,
+)
 from agent.cli.errors import UserError
 
 # Each module exposes `register(subparsers)`; handlers return the process exit code.
-COMMAND_MODULES = [agent_cmd, proxy_cmd, redirect_cmd, bpf_cmd, install_cmd, demo_cmd]
+COMMAND_MODULES = [agent_cmd, proxy_cmd, controlplane_cmd, redirect_cmd, bpf_cmd, install_cmd,
+                   demo_cmd]
 
 Handler = Callable[[argparse.Namespace], int]
 

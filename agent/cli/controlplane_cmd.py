@@ -1,0 +1,61 @@
+"""`meshnode controlplane --mesh FILE`: run the standalone control plane (ADS + CA over TLS)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("controlplane", help="run the standalone control plane (ADS + CA)")
+    p.add_argument("--mesh", metavar="FILE", required=True,
+                   help="mesh file (YAML): services, workloads, policies; watched for edits")
+    p.add_argument("--address", default="0.0.0.0:15012",
+                   help="listen address for ADS and the CA, TLS (default 0.0.0.0:15012)")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--root-cert", metavar="PEM", help="CA root certificate (with --root-key)")
+    p.add_argument("--root-key", metavar="PEM", help="CA root private key (with --root-cert)")
+    p.add_argument("--state-dir", default="/var/lib/meshnode/controlplane",
+                   help="where a generated root and the node token key are kept")
+    p.add_argument("--token-key", metavar="FILE",
+                   help="node token key (default <state-dir>/node-token.key; made if absent)")
+    p.add_argument("--server-name", action="append", metavar="NAME",
+                   help="DNS name or IP in the server certificate (repeatable)")
+    p.add_argument("--max-cert-ttl", type=int, default=7 * 86400, metavar="SECONDS")
+    p.add_argument("--print-node-token", metavar="NODE",
+                   help="print the node token for NODE and exit (nothing is served)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the mesh file and exit (0: good)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_controlplane)
+
+
+def cmd_controlplane(a: argparse.Namespace) -> int:
+    from agent.cli import daemon
+    from agent.cli.errors import UserError
+    from controlplane import mesh, nodeauth, pki
+    from controlplane.server import DEFAULT_SERVER_NAMES, ControlPlane, ControlPlaneConfig
+
+    cfg = ControlPlaneConfig(
+        mesh=Path(a.mesh), address=a.address, trust_domain=a.trust_domain,
+        root_cert=Path(a.root_cert) if a.root_cert else None,
+        root_key=Path(a.root_key) if a.root_key else None,
+        state_dir=Path(a.state_dir), token_key=Path(a.token_key) if a.token_key else None,
+        server_names=a.server_name or list(DEFAULT_SERVER_NAMES),
+        max_cert_ttl=datetime.timedelta(seconds=a.max_cert_ttl))
+    try:
+        if a.print_node_token:
+            print(nodeauth.mint(nodeauth.load_or_create_key(cfg.token_key_path),
+                                a.print_node_token))
+            return 0
+        if a.check:
+            mesh.load(cfg.mesh)
+            return 0
+        cp = ControlPlane(cfg)
+    except (mesh.MeshError, pki.PkiError) as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:  # a malformed token key file
+        raise UserError(str(exc)) from None
+    return daemon.run(cp.run(), a.log_level)

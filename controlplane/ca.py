@@ -1,0 +1,151 @@
+"""`istio.v1.auth.IstioCertificateService/CreateCertificate`: sign workload certificates.
+
+Node authorization (what istiod's node_auth.go enforces for ztunnel): the caller is a node
+agent, authenticated by its node token (controlplane/nodeauth.py). It may obtain identity
+`spiffe://<td>/ns/<ns>/sa/<sa>` only if the mesh file has a workload with that namespace and
+service account on the caller's node. The identity asked for is the request's
+`metadata.ImpersonatedIdentity` (ztunnel's shared mode) or else the CSR's URI SAN; when both
+are present they must agree, and the CSR must carry exactly that one URI SAN.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from controlplane import nodeauth, pki
+from controlplane.store import MeshStore
+from meshpb.istio import ca_pb2
+
+log = structlog.get_logger("controlplane.ca")
+
+SERVICE = "istio.v1.auth.IstioCertificateService"
+IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
+# Same shape rules as SPIFFE-ID.md: lowercase trust domain, non-empty plain path segments.
+_SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([A-Za-z0-9._-]+)/sa/([A-Za-z0-9._-]+)$")
+
+
+@dataclass
+class CaConfig:
+    default_ttl: datetime.timedelta = datetime.timedelta(hours=24)
+    max_ttl: datetime.timedelta = datetime.timedelta(days=7)
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CertificateService:
+    def __init__(self, root: pki.RootCA, store: MeshStore, token_key: bytes,
+                 config: CaConfig | None = None) -> None:
+        self.root = root
+        self.store = store
+        self.token_key = token_key
+        self.config = config or CaConfig()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                self.create_certificate,
+                request_deserializer=ca_pb2.IstioCertificateRequest.FromString,
+                response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString),
+        })
+
+    async def create_certificate(self, request: ca_pb2.IstioCertificateRequest,
+                                 context: grpc.aio.ServicerContext[
+                                     ca_pb2.IstioCertificateRequest,
+                                     ca_pb2.IstioCertificateResponse],
+                                 ) -> ca_pb2.IstioCertificateResponse:
+        node = nodeauth.node_from_metadata(self.token_key, context.invocation_metadata())
+        if node is None:
+            log.warning("CSR refused", peer=context.peer(), reason="no valid node token")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
+        assert node is not None
+        try:
+            chain = self.sign(request, node)
+        except Refused as exc:
+            log.warning("CSR refused", peer=context.peer(), node=node, reason=str(exc))
+            await context.abort(exc.code, str(exc))
+        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+
+    def sign(self, request: ca_pb2.IstioCertificateRequest, node: str) -> list[str]:
+        """Checks and signs; raises Refused with the gRPC status to return."""
+        csr = _parse_csr(request.csr)
+        identity = _requested_identity(request, csr)
+        match = _SPIFFE.match(identity)
+        if match is None:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{identity!r} is not spiffe://<trust-domain>/ns/<ns>/sa/<sa>")
+        td, ns, sa = match.groups()
+        if td != self.store.trust_domain:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})")
+        if not self.store.mesh.has_identity_on_node(ns, sa, node):
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          f"no workload with identity {identity} on node {node!r}")
+        ttl = self._ttl(request.validity_duration)
+        public_key = csr.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        leaf = pki.sign_workload(self.root, public_key, identity, ttl)
+        log.info("certificate signed", node=node, identity=identity,
+                 serial=f"{leaf.serial_number:x}", not_after=leaf.not_valid_after_utc.isoformat())
+        # Leaf first, root last, one PEM per element each ending in a newline (what ztunnel
+        # expects from istiod).
+        return [pki.pem(leaf), self.root.cert_pem]
+
+    def _ttl(self, seconds: int) -> datetime.timedelta:
+        if seconds < 0:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "validity_duration is negative")
+        if seconds == 0:
+            return self.config.default_ttl
+        return min(datetime.timedelta(seconds=seconds), self.config.max_ttl)
+
+
+def _parse_csr(text: str) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(text.encode())
+    except ValueError:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                      "csr is not a PEM PKCS#10 certificate request") from None
+    if not csr.is_signature_valid:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr signature does not verify")
+    key = csr.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"csr key curve {key.curve.name} is not P-256 or P-384")
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr RSA key is under 2048 bits")
+    else:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr key must be ECDSA or RSA")
+    return csr
+
+
+def _requested_identity(request: ca_pb2.IstioCertificateRequest,
+                        csr: x509.CertificateSigningRequest) -> str:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if len(uris) > 1:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has more than one URI SAN")
+    fields = request.metadata.fields
+    impersonated = (fields[IMPERSONATED_IDENTITY].string_value
+                    if IMPERSONATED_IDENTITY in fields else "")
+    if impersonated and uris and uris[0] != impersonated:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"csr SAN {uris[0]} differs from ImpersonatedIdentity {impersonated}")
+    identity = impersonated or (uris[0] if uris else "")
+    if not identity:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has no URI SAN")
+    return identity

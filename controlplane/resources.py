@@ -1,0 +1,52 @@
+"""What the control plane serves: named, versioned resources per xDS type, and their deltas."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2
+
+ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
+AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
+SERVED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One resource as sent: its Any body, the version the client echoes, lookup aliases."""
+
+    version: str
+    body: any_pb2.Any
+    aliases: tuple[str, ...] = ()
+
+
+# type URL -> resource name -> entry
+Snapshot = dict[str, dict[str, Entry]]
+
+
+def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:
+    # The version is a content hash, not a counter: a restarted control plane serving the same
+    # file gives the same versions, so reconnecting clients are sent nothing they already have.
+    digest = hashlib.sha256(body.type_url.encode() + b"\0" + body.value).hexdigest()[:16]
+    return Entry(digest, body, aliases)
+
+
+@dataclass(frozen=True)
+class Delta:
+    updated: list[str]
+    removed: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.updated or self.removed)
+
+
+def diff(old: dict[str, Entry], new: dict[str, Entry]) -> Delta:
+    """Names whose content changed or appeared, and names that disappeared."""
+    updated = sorted(n for n, e in new.items() if n not in old or old[n].version != e.version)
+    removed = sorted(n for n in old if n not in new)
+    return Delta(updated, removed)
+
+
+def empty_snapshot() -> Snapshot:
+    return {t: {} for t in SERVED_TYPES}

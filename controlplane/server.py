@@ -1,0 +1,148 @@
+"""The control plane process: Delta ADS and the CA on one TLS gRPC port, plus the file watch.
+
+One port (Istio's 15012, "XDS and CA over TLS") carries both services, as istiod does; the
+server certificate is signed by the CA root, so node agents need only `root-cert.pem`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+
+from controlplane import nodeauth, pki
+from controlplane.ads import AdsService
+from controlplane.ca import CaConfig, CertificateService
+from controlplane.mesh import MeshError, parse
+from controlplane.store import MeshStore
+from controlplane.watch import MeshWatcher
+
+log = structlog.get_logger("controlplane")
+
+DEFAULT_PORT = 15012
+DEFAULT_SERVER_NAMES = ["meshnode-controlplane", "localhost", "127.0.0.1", "::1"]
+
+
+@dataclass
+class ControlPlaneConfig:
+    mesh: Path
+    address: str = f"0.0.0.0:{DEFAULT_PORT}"
+    trust_domain: str = "cluster.local"
+    # Both or neither: a given root. Neither: the root in state_dir, generated on first start.
+    root_cert: Path | None = None
+    root_key: Path | None = None
+    state_dir: Path = Path("/var/lib/meshnode/controlplane")
+    token_key: Path | None = None            # default: <state_dir>/node-token.key
+    # DNS names and IPs in the server certificate; clients verify one of them.
+    server_names: list[str] = field(default_factory=lambda: list(DEFAULT_SERVER_NAMES))
+    default_cert_ttl: datetime.timedelta = datetime.timedelta(hours=24)
+    max_cert_ttl: datetime.timedelta = datetime.timedelta(days=7)
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.root_cert or self.state_dir / "root-cert.pem"
+
+    @property
+    def root_key_path(self) -> Path:
+        return self.root_key or self.state_dir / "root-key.pem"
+
+    @property
+    def token_key_path(self) -> Path:
+        return self.token_key or self.state_dir / "node-token.key"
+
+
+class ControlPlane:
+    """Build with a config (raises MeshError / PkiError on bad input), then `start()`."""
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        try:
+            served = config.mesh.read_bytes()
+        except OSError as exc:
+            raise MeshError(f"{config.mesh}: cannot read: {exc.strerror}") from None
+        mesh = parse(served.decode(errors="replace"), str(config.mesh))
+        if (config.root_cert is None) != (config.root_key is None):
+            raise pki.PkiError("--root-cert and --root-key go together")
+        if config.root_cert is not None and config.root_key is not None:
+            self.root = pki.load_root(config.root_cert, config.root_key)
+        else:
+            self.root = pki.load_or_create_root(config.root_cert_path, config.root_key_path,
+                                                config.trust_domain)
+        self.token_key = nodeauth.load_or_create_key(config.token_key_path)
+        self.store = MeshStore(mesh, config.trust_domain)
+        self.watcher = MeshWatcher(config.mesh, self.store, served)
+        self.ads = AdsService(self.store, self.token_key)
+        self.ca = CertificateService(self.root, self.store, self.token_key,
+                                     CaConfig(config.default_cert_ttl, config.max_cert_ttl))
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def node_token(self, node: str) -> str:
+        return nodeauth.mint(self.token_key, node)
+
+    async def start(self) -> int:
+        """Listen and start watching; returns the bound port (useful with port 0)."""
+        server = grpc.aio.server(options=[
+            # Big snapshots: ztunnel accepts up to 200 MiB, so should we.
+            ("grpc.max_send_message_length", 200 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ])
+        server.add_generic_rpc_handlers([self.ads.handler(), self.ca.handler()])
+        key_pem, chain_pem = pki.server_cert(self.root, *_split_names(self.config.server_names))
+        creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
+        self.port = server.add_secure_port(self.config.address, creds)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.address}")
+        await server.start()
+        self._server = server
+        self._watch_task = asyncio.create_task(self.watcher.run(), name="mesh-watch")
+        self._watch_task.add_done_callback(_watch_ended)
+        log.info("control plane serving", address=self.config.address, port=self.port,
+                 trust_domain=self.config.trust_domain, root_cert=str(self.config.root_cert_path),
+                 workloads=len(self.store.mesh.workloads), services=len(self.store.mesh.services),
+                 policies=len(self.store.mesh.policies))
+        return self.port
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            assert self._server is not None
+            await self._server.wait_for_termination()
+        finally:
+            await self.stop()
+
+
+def _watch_ended(task: asyncio.Task[None]) -> None:
+    # Without the watch the file's edits are silently ignored: that must be loud.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("mesh file watch stopped; edits are no longer picked up",
+                  error=repr(task.exception()))
+
+
+def _split_names(names: list[str]) -> tuple[list[str], list[ipaddress.IPv4Address
+                                                             | ipaddress.IPv6Address]]:
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for n in names:
+        try:
+            ips.append(ipaddress.ip_address(n))
+        except ValueError:
+            dns.append(n)
+    return dns, ips

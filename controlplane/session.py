@@ -1,0 +1,178 @@
+"""The delta xDS state of one ADS stream: subscriptions, what the client holds, nonces.
+
+Pure logic (no gRPC), so every protocol rule is unit-testable. Rules followed (envoy
+xds_protocol.rst, and istiod's behaviour where the spec leaves room):
+
+* Wildcard: the first request of a type that subscribes to nothing (legacy), or any request
+  that subscribes to `*`; `*` in unsubscribe ends it (ztunnel's on-demand mode sends both).
+* `initial_resource_versions` on a stream's first request of a type says what the client
+  already holds: only resources whose version differs are sent, and names it holds that we do
+  not have are sent as removals.
+* An explicitly subscribed name is always (re)sent, even if we think the client has it; a
+  subscribed name that does not exist is answered with a removal.
+* ACK/NACK: a request carrying the last nonce we sent is the answer to that response; with
+  error_detail it is a NACK, which is logged and not answered (the same bytes would be
+  rejected again; the next change of those resources is sent as usual). Stale nonces are
+  ignored but their subscription changes are honoured.
+* Every request that changes subscriptions, and the first one of each type, gets a response,
+  even an empty one: the client's readiness waits for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.resources import SERVED_TYPES, Entry, Snapshot
+
+log = structlog.get_logger("controlplane.ads")
+
+WILDCARD = "*"
+
+
+@dataclass
+class TypeState:
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)     # explicit subscriptions (names or aliases)
+    known: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
+    force: set[str] = field(default_factory=set)     # (re)send these whatever the versions say
+    nonce: str = ""                                  # the last nonce sent for this type
+    acks: int = 0
+    nacks: int = 0
+
+
+@dataclass(eq=False)  # identity semantics: the server keeps live sessions in a set
+class Session:
+    peer: str
+    node_name: str
+    node_id: str = ""
+    types: dict[str, TypeState] = field(default_factory=dict)
+
+    def on_request(self, req: Any, snap: Snapshot, push_version: int) -> list[Any]:
+        """Handle one DeltaDiscoveryRequest; return the responses to send (0 or 1)."""
+        type_url = req.type_url
+        if req.HasField("node") and req.node.id:
+            self.node_id = req.node.id
+        if type_url not in SERVED_TYPES:
+            log.warning("unknown type", peer=self.peer, type_url=type_url)
+            return []
+        st = self.types.get(type_url)
+        first = st is None
+        if st is None:
+            st = self.types[type_url] = TypeState(wildcard=not req.resource_names_subscribe)
+            st.known = dict(req.initial_resource_versions)
+        self._answer(st, req, type_url)
+        changed = self._subscribe(st, req, first)
+        if not first and not changed:
+            return []
+        return [self._respond(st, type_url, snap, push_version)]
+
+    def on_snapshot(self, snap: Snapshot, push_version: int) -> list[Any]:
+        """After a mesh change: a response per type whose delta for this client is non-empty."""
+        out = []
+        for type_url, st in self.types.items():
+            resp = self._respond(st, type_url, snap, push_version, skip_empty=True)
+            if resp is not None:
+                out.append(resp)
+        return out
+
+    def _answer(self, st: TypeState, req: Any, type_url: str) -> None:
+        nonce = req.response_nonce
+        if not nonce:
+            return
+        if nonce != st.nonce:
+            log.debug("stale nonce", peer=self.peer, type_url=type_url, nonce=nonce,
+                      expected=st.nonce)
+            return
+        if req.HasField("error_detail"):
+            st.nacks += 1
+            log.warning("NACK", peer=self.peer, node=self.node_name, type_url=type_url,
+                        nonce=nonce, code=req.error_detail.code,
+                        error_detail=req.error_detail.message)
+        else:
+            st.acks += 1
+            log.debug("ACK", peer=self.peer, type_url=type_url, nonce=nonce)
+
+    def _subscribe(self, st: TypeState, req: Any, first: bool) -> bool:
+        subs = list(req.resource_names_subscribe)
+        unsubs = list(req.resource_names_unsubscribe)
+        for name in subs:
+            if name == WILDCARD:
+                st.wildcard = True
+            else:
+                st.names.add(name)
+                # A name subscribed on a reconnect with its version is not forced: that is
+                # exactly what initial_resource_versions is for.
+                if not (first and name in req.initial_resource_versions):
+                    st.force.add(name)
+        for name in unsubs:
+            if name == WILDCARD:
+                st.wildcard = False
+            else:
+                st.names.discard(name)
+                st.force.discard(name)
+                if st.wildcard:
+                    # Still covered by the wildcard: the spec wants it sent (or removed) again.
+                    st.force.add(name)
+        if first and not st.wildcard:
+            st.names.update(req.initial_resource_versions)
+        return bool(subs or unsubs)
+
+    def _respond(self, st: TypeState, type_url: str, snap: Snapshot, push_version: int,
+                 skip_empty: bool = False) -> Any:
+        entries = snap.get(type_url, {})
+        wanted, absent = _wanted(st, entries)
+        send = sorted(n for n in wanted
+                      if n in st.force or st.known.get(n) != entries[n].version)
+        removed = sorted(n for n in st.known
+                         if n not in entries and (st.wildcard or n in st.names))
+        removed += sorted(n for n in absent if n in st.force and n not in removed)
+        if not st.wildcard:
+            # Names the client no longer subscribes to are simply forgotten.
+            for n in [n for n in st.known if n not in wanted and n not in st.names]:
+                del st.known[n]
+        st.force.clear()
+        if skip_empty and not send and not removed:
+            return None
+        for n in send:
+            st.known[n] = entries[n].version
+            if not st.wildcard:
+                # A name reached through an alias is now a subscription of its own (istiod
+                # does the same), so its later changes and removal reach the client.
+                st.names.add(n)
+        for n in removed:
+            st.known.pop(n, None)
+        st.nonce = f"{push_version}-{uuid.uuid4().hex[:12]}"
+        return discovery_pb2.DeltaDiscoveryResponse(
+            type_url=type_url, system_version_info=str(push_version), nonce=st.nonce,
+            resources=[_resource(n, entries[n]) for n in send], removed_resources=removed)
+
+
+def _wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[set[str], set[str]]:
+    """Resource names this client should hold, and subscribed names that resolve to nothing."""
+    wanted: set[str] = set(entries) if st.wildcard else set()
+    absent: set[str] = set()
+    aliases: dict[str, str] | None = None
+    for name in st.names:
+        if name in entries:
+            wanted.add(name)
+            continue
+        if aliases is None:  # built only when someone subscribes by alias (on-demand lookups)
+            aliases = {a: n for n, e in entries.items() for a in e.aliases}
+        real = aliases.get(name)
+        if real is None:
+            absent.add(name)
+        else:
+            wanted.add(real)
+            if name in st.force:
+                st.force.add(real)
+    return wanted, absent
+
+
+def _resource(name: str, entry: Entry) -> Any:
+    return discovery_pb2.Resource(name=name, version=entry.version, resource=entry.body,
+                                  aliases=list(entry.aliases))

@@ -1,0 +1,44 @@
+"""The served state: the last good mesh, its resources, and who to wake when it changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from controlplane import convert
+from controlplane.mesh import Mesh
+from controlplane.resources import Delta, Snapshot, diff
+
+
+class MeshStore:
+    def __init__(self, mesh: Mesh, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+        self.mesh = mesh
+        self.snapshot: Snapshot = convert.snapshot(mesh, trust_domain)
+        # Starts at 1 so that every response carries a non-empty system_version_info.
+        self.version = 1
+        self._waiters: set[asyncio.Event] = set()
+
+    def update(self, mesh: Mesh) -> dict[str, Delta]:
+        """Swap in a new mesh; returns the per-type delta (empty: nothing to push)."""
+        new = convert.snapshot(mesh, self.trust_domain)
+        deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
+        self.mesh = mesh
+        if not any(deltas.values()):
+            return {}
+        self.snapshot = new
+        self.version += 1
+        for ev in self._waiters:
+            ev.set()
+        return {t: d for t, d in deltas.items() if d}
+
+    @contextmanager
+    def changes(self) -> Iterator[asyncio.Event]:
+        """An event set on every change; each ADS stream computes its own delta when woken."""
+        ev = asyncio.Event()
+        self._waiters.add(ev)
+        try:
+            yield ev
+        finally:
+            self._waiters.discard(ev)
