@@ -104,9 +104,8 @@ class CertificateService:
     def _ttl(self, seconds: int) -> datetime.timedelta:
         if seconds < 0:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "validity_duration is negative")
-        if seconds == 0:
-            return self.config.default_ttl
-        return min(datetime.timedelta(seconds=seconds), self.config.max_ttl)
+        wanted = datetime.timedelta(seconds=seconds) if seconds else self.config.default_ttl
+        return min(wanted, self.config.max_ttl)
 
 
 def _parse_csr(text: str) -> x509.CertificateSigningRequest:
