@@ -6,13 +6,18 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import structlog
+
 from controlplane import convert
 from controlplane.mesh import Mesh
 from controlplane.resources import Delta, Snapshot, diff
 
+log = structlog.get_logger("controlplane")
+
 
 class MeshStore:
     def __init__(self, mesh: Mesh, trust_domain: str) -> None:
+        _warn_test_hook(mesh)
         self.trust_domain = trust_domain
         self.mesh = mesh
         self.snapshot: Snapshot = convert.snapshot(mesh, trust_domain)
@@ -22,6 +27,7 @@ class MeshStore:
 
     def update(self, mesh: Mesh) -> dict[str, Delta]:
         """Swap in a new mesh; returns the per-type delta (empty: nothing to push)."""
+        _warn_test_hook(mesh)
         new = convert.snapshot(mesh, self.trust_domain)
         deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
         self.mesh = mesh
@@ -42,3 +48,9 @@ class MeshStore:
             yield ev
         finally:
             self._waiters.discard(ev)
+
+
+def _warn_test_hook(mesh: Mesh) -> None:
+    if mesh.malformed:
+        log.warning("test hook: serving malformed resources (debug.malformed_resources)",
+                    names=[m.name for m in mesh.malformed])
