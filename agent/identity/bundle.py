@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,11 +21,15 @@ class CertBundle:
     roots_pem: tuple[str, ...] # trust anchors for peers (the CA's root, last of its chain)
     not_before: float          # unix seconds
     not_after: float
+    received_at: float = 0.0   # when the CA answered (unix seconds)
 
     @property
     def refresh_at(self) -> float:
-        """Half-life, as ztunnel and istio's agent (SECRET_GRACE_PERIOD_RATIO=0.5)."""
-        return self.not_before + (self.not_after - self.not_before) / 2
+        """Half-life, as ztunnel and istio's agent (SECRET_GRACE_PERIOD_RATIO=0.5), counted
+        from when the certificate became usable to us: CAs backdate not_before for clock skew
+        (ours by 5 min), which would otherwise make a short-lived cert "due" on arrival."""
+        start = max(self.not_before, self.received_at)
+        return start + (self.not_after - start) / 2
 
     def valid(self, now: float) -> bool:
         return self.not_before <= now < self.not_after
@@ -67,4 +72,4 @@ def bundle_from_response(identity: str, key: ec.EllipticCurvePrivateKey, key_pem
     chain, roots = (pems[:-1], pems[-1:]) if len(pems) > 1 else (pems, [])
     return CertBundle(identity=identity, key_pem=key_pem, chain_pem=tuple(chain),
                       roots_pem=tuple(roots), not_before=_ts(leaf.not_valid_before_utc),
-                      not_after=_ts(leaf.not_valid_after_utc))
+                      not_after=_ts(leaf.not_valid_after_utc), received_at=time.time())

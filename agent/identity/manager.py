@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import grpc
 import structlog
 
 from agent.identity.bundle import CertBundle
@@ -169,7 +170,7 @@ class IdentityManager:
             except asyncio.CancelledError:
                 raise
             except Exception as ex:
-                e.error = str(ex) or repr(ex)
+                e.error = _describe(ex)
                 delay = backoff.next()
                 now = self.clock()
                 if e.bundle is not None and e.bundle.valid(now):
@@ -201,3 +202,9 @@ class IdentityManager:
                 fn(identity, bundle)
             except Exception:
                 log.exception("identity_subscriber_failed", identity=identity)
+
+
+def _describe(ex: Exception) -> str:
+    if isinstance(ex, grpc.aio.AioRpcError):
+        return f"{ex.code().name}: {ex.details()}"
+    return str(ex) or repr(ex)

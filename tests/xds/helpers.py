@@ -78,7 +78,7 @@ class Ca:
         return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()), _pem(cert))
 
-    def sign_csr(self, csr_pem: str, ttl_seconds: float) -> str:
+    def sign_csr(self, csr_pem: str, ttl_seconds: float, backdate: float = 0.0) -> str:
         """A workload leaf: the CSR's SAN, cA=false, digitalSignature, server+client auth."""
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         assert csr.is_signature_valid
@@ -87,7 +87,7 @@ class Ca:
         cert = (x509.CertificateBuilder().subject_name(x509.Name([]))
                 .issuer_name(self.cert.subject).public_key(csr.public_key())
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(now)
+                .not_valid_before(now - dt.timedelta(seconds=backdate))
                 .not_valid_after(now + dt.timedelta(seconds=ttl_seconds))
                 .add_extension(san.value, critical=True)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

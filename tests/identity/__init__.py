@@ -1,0 +1,1 @@
+"""Identity tests: CSRs, and CreateCertificate against a real TLS gRPC CA on localhost."""
