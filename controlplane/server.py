@@ -93,6 +93,10 @@ class ControlPlane:
             # Big snapshots: ztunnel accepts up to 200 MiB, so should we.
             ("grpc.max_send_message_length", 200 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Find streams whose node vanished (power loss, partition) instead of holding
+            # their session state forever.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ])
         server.add_generic_rpc_handlers([self.ads.handler(), self.ca.handler()])
         key_pem, chain_pem = pki.server_cert(self.root, *_split_names(self.config.server_names))
