@@ -177,6 +177,8 @@ class H2Link(asyncio.Protocol):
         if client_side:
             values[SettingCodes.ENABLE_PUSH] = 0
         self.h2.local_settings = Settings(client=client_side, initial_values=values)
+        # Read from local_settings only in H2Connection.__init__ (or on a settings ACK).
+        self.h2.max_inbound_frame_size = MAX_FRAME
         self.client_side = client_side
         self._on_ready, self._on_request = on_ready, on_request
         self.transport: asyncio.Transport | None = None

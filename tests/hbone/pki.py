@@ -46,6 +46,10 @@ class CA:
     def leaf(self, *uris: str, hours: float = 24, roots: bytes | None = None) -> CertBundle:
         """An X.509 SVID for `uris` (normally exactly one SPIFFE ID), as Istio's CA makes it:
         empty subject, critical URI SAN, both EKUs."""
+        key_pem, cert_pem = self.leaf_pems(*uris, hours=hours)
+        return CertBundle.from_pem(key_pem, cert_pem, roots or self.pem)
+
+    def leaf_pems(self, *uris: str, hours: float = 24) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         cert = (x509.CertificateBuilder().subject_name(x509.Name([]))
@@ -67,4 +71,4 @@ class CA:
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        return CertBundle.from_pem(key_pem, _pem(cert), roots or self.pem)
+        return key_pem, _pem(cert)
