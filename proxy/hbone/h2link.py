@@ -99,7 +99,10 @@ class Stream:
                 await self._window.wait()
                 continue
             n = min(window, len(view), conn.max_outbound_frame_size)
-            conn.send_data(self.id, view[:n])
+            try:
+                conn.send_data(self.id, view[:n])
+            except h2.exceptions.ProtocolError as exc:  # e.g. the connection got a GOAWAY
+                raise StreamReset(f"cannot send: {exc}") from None
             view = view[n:]
             self.link.flush()  # serializes into new bytes: the caller may reuse `data`
             await self.link.writable()
@@ -111,7 +114,7 @@ class Stream:
         self.local_ended = True
         try:
             self.link.h2.end_stream(self.id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return
         self.link.flush()
         self._maybe_done()
@@ -123,7 +126,7 @@ class Stream:
         self._fail(StreamReset("reset locally", code))
         try:
             self.link.h2.reset_stream(self.id, code)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return
         self.link.flush()
 
@@ -278,13 +281,12 @@ class H2Link(asyncio.Protocol):
                 code = int(ev.error_code or 0)
                 s._fail(StreamReset(f"reset by peer ({_code_name(code)})", code))
         elif isinstance(ev, h2.events.ConnectionTerminated):
+            # h2 moves the whole connection to CLOSED on a GOAWAY, so even streams the peer
+            # would let finish can no longer send: end them all now, as resets.
             self.goaway = True
-            last = ev.last_stream_id or 0
-            for sid, s in list(self.streams.items()):
-                if sid > last:
-                    s._fail(StreamReset("connection going away", ErrorCodes.REFUSED_STREAM))
-            if not self.streams:
-                self.close()
+            for s in list(self.streams.values()):
+                s._fail(StreamReset("connection going away", ErrorCodes.REFUSED_STREAM))
+            self.close()
 
     def _wake_writers(self) -> None:
         for s in self.streams.values():
@@ -303,7 +305,7 @@ class H2Link(asyncio.Protocol):
     def respond(self, s: Stream, status: int, end: bool) -> None:
         try:
             self.h2.send_headers(s.id, [(":status", str(status))], end_stream=end)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return
         if end:
             s.local_ended = True
@@ -312,7 +314,8 @@ class H2Link(asyncio.Protocol):
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         if n and self.lost is None:
-            self.h2.acknowledge_received_data(n, stream_id)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.acknowledge_received_data(n, stream_id)
             self.flush()
 
     def forget(self, s: Stream) -> None:

@@ -146,7 +146,12 @@ class HboneServer:
         if dst is None:
             return self._answer(link, stream, info, 400, "invalid CONNECT address")
         info.dst = dst
-        info.decision = decision = self.authorize(info.peer, src[0], dst[0], dst[1])
+        try:
+            decision = self.authorize(info.peer, src[0], dst[0], dst[1])
+        except Exception as exc:  # a policy bug must fail closed, and loudly
+            log.exception("hbone_authorize_failed")
+            decision = Decision(False, f"authorization_error: {type(exc).__name__}")
+        info.decision = decision
         if not decision.allowed:
             metrics.AUTHZ_DENIED.labels(str(info.peer), str(self.identity), decision.reason,
                                         decision.policy or "").inc()

@@ -252,3 +252,37 @@ def test_streams_share_one_connection_until_rotation(ca: CA, run: Any) -> None:
         finally:
             await mesh.stop()
     run(body())
+
+
+def test_authorizer_crash_fails_closed(ca: CA, run: Any) -> None:
+    app = CountingEcho()
+
+    async def body() -> None:
+        mesh = await Mesh(ca, app).start()
+
+        def broken(*_: Any) -> authz.Decision:
+            raise RuntimeError("policy bug")
+        mesh.server.authorize = broken
+        try:
+            await _refused(mesh)
+        finally:
+            await mesh.stop()
+        assert app.connections == 0
+        assert mesh.outbound_errors[-1].status == 401  # type: ignore[attr-defined]
+    run(body())
+
+
+def test_server_shutdown_resets_live_streams(ca: CA, run: Any) -> None:
+    async def body() -> None:
+        mesh = await Mesh(ca, echo).start()
+        try:
+            r, w = await mesh.connect()
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            await mesh.server.close()
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(r.read(), 5)
+            w.close()
+        finally:
+            await mesh.stop()
+    run(body())
