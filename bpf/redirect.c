@@ -16,7 +16,7 @@
 //   mn_sendmsg4/6     cgroup/sendmsg4|6  the same for unconnected UDP to port 53.
 //   mn_recvmsg4/6     cgroup/recvmsg4|6  a DNS answer from the proxy shows the resolver the
 //                                        app asked as its source.
-//   mn_sockops        sockops            ACTIVE_ESTABLISHED: move cookie->origin to a map
+//   mn_sockops        sockops            ACTIVE_ESTABLISHED: copy cookie->origin to a map
 //                                        keyed by (netns, 4-tuple), so the proxy's *accepted*
 //                                        socket can find it; PASSIVE_ESTABLISHED: ask for a
 //                                        state callback; STATE_CB(CLOSE): delete it.
@@ -24,8 +24,11 @@
 //                                        getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) from that
 //                                        map; for a socket sk_lookup delivered (no NAT), with
 //                                        the socket's own local address.
-//   mn_sock_release   cgroup/sock_release  forget the origin of a socket that closes without
-//                                        ever being established (refused connects, UDP).
+//   mn_getpeername4/6 cgroup/getpeername4|6  a redirected socket's peer is the original
+//                                        destination, as with iptables' REDIRECT.
+//   mn_sock_release   cgroup/sock_release  forget the socket's original destination: the
+//                                        cookie map holds each redirected socket's for its
+//                                        whole life (getpeername, DNS answers), no longer.
 //   mn_sk_lookup      sk_lookup (netns)  inbound TCP to a pod IP is given to the proxy's
 //                                        inbound listener (registered by the proxy in
 //                                        `listeners`) with no NAT: the proxy's accepted socket
@@ -50,6 +53,7 @@
 #define MN_TCP_CLOSE 7
 #define MN_DNS 53
 #define MN_LOOPBACK_IFINDEX 1
+#define MN_TRANSPARENT_MARK 0x1000  // TRANSPARENT_MARK in agent/redirect/spec.py
 // `stats` slots (keep in sync with STATS in agent/ebpf/loader.py)
 #define MN_STAT_OUTBOUND 0   // TCP connects sent to the outbound port
 #define MN_STAT_DNS 1        // UDP/TCP DNS connects and datagrams sent to the DNS port
@@ -85,6 +89,7 @@ struct pod_opts {
     u16 tunnel_port;      // host order; inbound to it passes (HBONE)
     u16 n_in_ports;
     u16 in_ports[MN_MAX_PORTS];     // host order, excluded inbound ports
+    u64 redirected;       // connections/datagrams this pod had redirected (all hooks)
 };
 
 struct addr_key {
@@ -119,6 +124,12 @@ BPF_TABLE_PINNED("hash", struct addr_key, u64, pod_ips, 4096, "@PIN@/pod_ips");
 // it holds the socket); the kernel drops the entry when the socket closes.
 BPF_TABLE_PINNED("sockhash", u64, u64, listeners, 1024, "@PIN@/listeners");
 BPF_TABLE_PINNED("percpu_array", u32, u64, stats, MN_NSTATS, "@PIN@/stats");
+// The proxy's own connections to an app in its pod from the client's address (inbound with
+// the source preserved), by 4-tuple (netns 0), from connect() until established: sk_lookup
+// must let their SYN reach the app. They look like inbound from outside (the kernel reports
+// the pod's interface as where a packet to a local address arrived), and sk_lookup cannot
+// see their mark.
+BPF_TABLE_PINNED("lru_hash", struct pair_key, u8, transparent, 65536, "@PIN@/transparent");
 
 static __always_inline void count(u32 slot)
 {
@@ -156,6 +167,27 @@ static __always_inline int cidr_excluded(struct pod_opts *o, u32 ip)
 static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2)
 {
     return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+}
+
+// An endpoint address as the hand-over maps keep it: 16 bytes, IPv4 v4-mapped.
+static __always_inline int mn_addr(u32 family, u32 ip4, u32 a, u32 b, u32 c, u32 d,
+                                   u32 out[4])
+{
+    if (family == MN_AF_INET) {
+        out[0] = 0;
+        out[1] = 0;
+        out[2] = bpf_htonl(0xffff);
+        out[3] = ip4;
+        return 1;
+    }
+    if (family == MN_AF_INET6) {
+        out[0] = a;
+        out[1] = b;
+        out[2] = c;
+        out[3] = d;
+        return 1;
+    }
+    return 0;
 }
 
 // The options of the pod this socket belongs to, or NULL when it must be left alone: not
@@ -202,13 +234,34 @@ static __always_inline u16 target_port(struct pod_opts *o, u32 type, u32 proto, 
     return o->outbound_port;
 }
 
-static __always_inline int remember(struct bpf_sock_addr *ctx, struct origin *orig, u32 slot)
+static __always_inline int remember(struct bpf_sock_addr *ctx, struct pod_opts *o,
+                                    struct origin *orig, u32 slot)
 {
     u64 cookie = bpf_get_socket_cookie(ctx);
     if (cookie_origin.update(&cookie, orig) != 0)
         return 0;  // cannot remember the original destination: leave the socket alone
     count(slot);
+    __sync_fetch_and_add(&o->redirected, 1);
     return 1;
+}
+
+// The proxy connecting to the app from the client's address (bound with IP_TRANSPARENT,
+// so its port is known already): remember the 4-tuple for sk_lookup.
+static __always_inline void note_transparent(struct bpf_sock_addr *ctx, u32 a, u32 b, u32 c,
+                                             u32 d, u16 port)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || !(sk->mark & MN_TRANSPARENT_MARK))
+        return;
+    u32 family = MN_CTX(sk->family), s4 = MN_CTX(sk->src_ip4);
+    u32 s6a = MN_CTX(sk->src_ip6[0]), s6b = MN_CTX(sk->src_ip6[1]);
+    u32 s6c = MN_CTX(sk->src_ip6[2]), s6d = MN_CTX(sk->src_ip6[3]);
+    u32 sport = MN_CTX(sk->src_port);
+    struct pair_key k = {.proxy_ip = {a, b, c, d}, .client_port = sport, .proxy_port = port};
+    if (!mn_addr(family, s4, s6a, s6b, s6c, s6d, k.client_ip))
+        return;
+    u8 one = 1;
+    transparent.update(&k, &one);
 }
 
 static __always_inline int redirect4(struct bpf_sock_addr *ctx, int dns_only)
@@ -221,14 +274,17 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx, int dns_only)
         return 1;  // sendmsg: the fast path for every other datagram on the node
     u64 ns;
     struct pod_opts *o = enrolled_pod(ctx, &ns);
-    if (!o)
+    if (!o) {
+        if (!dns_only)
+            note_transparent(ctx, 0, 0, bpf_htonl(0xffff), ip, port);
         return 1;
+    }
     u16 to = target_port(o, type, proto, port);
     if (!to || ip4_excluded(o, ip) || own_addr(ns, 0, 0, bpf_htonl(0xffff), ip))
         return 1;
     struct origin orig = {.netns = ns, .ip = {0, 0, bpf_htonl(0xffff), ip},
                           .port = bpf_htons(port), .family = MN_AF_INET};
-    if (!remember(ctx, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
+    if (!remember(ctx, o, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
                                                                    : MN_STAT_OUTBOUND))
         return 1;
     ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -272,8 +328,11 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, int dns_only)
         return 1;
     u64 ns;
     struct pod_opts *o = enrolled_pod(ctx, &ns);
-    if (!o)
+    if (!o) {
+        if (!dns_only)
+            note_transparent(ctx, a, b, c, d, port);
         return 1;
+    }
     u16 to = target_port(o, type, proto, port);
     if (!to || own_addr(ns, a, b, c, d))
         return 1;
@@ -298,7 +357,7 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, int dns_only)
             return 1;
         orig.family = MN_AF_INET6;
     }
-    if (!remember(ctx, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
+    if (!remember(ctx, o, &orig, port == MN_DNS && to == o->dns_port ? MN_STAT_DNS
                                                                    : MN_STAT_OUTBOUND))
         return 1;
     ctx->user_ip6[0] = na;
@@ -367,32 +426,47 @@ int mn_recvmsg6(struct bpf_sock_addr *ctx)
     return 1;
 }
 
+// getpeername() on a redirected socket names the original destination, not the proxy:
+// apps log it, and some check it.
+int mn_getpeername4(struct bpf_sock_addr *ctx)
+{
+    u32 ip = MN_CTX(ctx->user_ip4);
+    if (ip != bpf_htonl(0x7f000001))
+        return 1;
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct origin *orig = cookie_origin.lookup(&cookie);
+    if (!orig || orig->family != MN_AF_INET)
+        return 1;
+    ctx->user_ip4 = orig->ip[3];
+    ctx->user_port = orig->port;
+    return 1;
+}
+
+int mn_getpeername6(struct bpf_sock_addr *ctx)
+{
+    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
+    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
+    int lo6 = a == 0 && b == 0 && c == 0 && d == bpf_htonl(1);
+    int lo4 = v4_mapped(a, b, c) && d == bpf_htonl(0x7f000001);
+    if (!lo6 && !lo4)
+        return 1;
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct origin *orig = cookie_origin.lookup(&cookie);
+    if (!orig)
+        return 1;
+    ctx->user_ip6[0] = orig->ip[0];
+    ctx->user_ip6[1] = orig->ip[1];
+    ctx->user_ip6[2] = orig->ip[2];
+    ctx->user_ip6[3] = orig->ip[3];
+    ctx->user_port = orig->port;
+    return 1;
+}
+
 int mn_sock_release(struct bpf_sock *sk)
 {
     u64 cookie = bpf_get_socket_cookie(sk);
     cookie_origin.delete(&cookie);
     return 1;
-}
-
-// An endpoint address as the hand-over maps keep it: 16 bytes, IPv4 v4-mapped.
-static __always_inline int mn_addr(u32 family, u32 ip4, u32 a, u32 b, u32 c, u32 d,
-                                   u32 out[4])
-{
-    if (family == MN_AF_INET) {
-        out[0] = 0;
-        out[1] = 0;
-        out[2] = bpf_htonl(0xffff);
-        out[3] = ip4;
-        return 1;
-    }
-    if (family == MN_AF_INET6) {
-        out[0] = a;
-        out[1] = b;
-        out[2] = c;
-        out[3] = d;
-        return 1;
-    }
-    return 0;
 }
 
 int mn_sockops(struct bpf_sock_ops *skops)
@@ -415,6 +489,13 @@ int mn_sockops(struct bpf_sock_ops *skops)
     u32 lport = MN_CTX(skops->local_port);
     struct pair_key k = {.netns = ns};
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+        if (pods.lookup(&ns)) {
+            // The proxy's connection to the app is established: its SYN is past sk_lookup.
+            struct pair_key t = {.client_port = lport, .proxy_port = rport};
+            mn_addr(family, l4, l6a, l6b, l6c, l6d, t.client_ip);
+            mn_addr(family, r4, r6a, r6b, r6c, r6d, t.proxy_ip);
+            transparent.delete(&t);
+        }
         u64 cookie = bpf_get_socket_cookie(skops);
         struct origin *orig = cookie_origin.lookup(&cookie);
         if (!orig)
@@ -426,7 +507,7 @@ int mn_sockops(struct bpf_sock_ops *skops)
         k.client_port = lport;
         k.proxy_port = rport;
         pair_origin.update(&k, &copy);
-        cookie_origin.delete(&cookie);
+        // cookie_origin keeps it for getpeername() until the app closes the socket
         return 1;
     }
     if (!pods.lookup(&ns) && op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
@@ -576,9 +657,8 @@ int mn_sk_lookup(struct bpf_sk_lookup *ctx)
     u32 r6a = MN_CTX(ctx->remote_ip6[0]), r6b = MN_CTX(ctx->remote_ip6[1]);
     u32 r6c = MN_CTX(ctx->remote_ip6[2]), r6d = MN_CTX(ctx->remote_ip6[3]);
     u32 port = MN_CTX(ctx->local_port);
-    // Over lo: the pod talking to itself, or the proxy connecting on to the app. Neither is
-    // inbound capture (the iptables rules tell the proxy by its mark, which sk_lookup
-    // cannot see; everything the proxy sends into its own pod goes over lo).
+    u16 rport = MN_CTX(ctx->remote_port);
+    // Loopback addresses: the pod talking to itself.
     if (proto != IPPROTO_TCP || ifindex == MN_LOOPBACK_IFINDEX)
         return SK_PASS;
     struct addr_key k = {};
@@ -591,6 +671,14 @@ int mn_sk_lookup(struct bpf_sk_lookup *ctx)
     struct pod_opts *o = pods.lookup(&ns);
     if (!o || !o->inbound_port || port == o->tunnel_port || port == o->inbound_port ||
         in_port_excluded(o, port))
+        return SK_PASS;
+    struct pair_key t = {.proxy_ip = {k.ip[0], k.ip[1], k.ip[2], k.ip[3]},
+                         .client_port = bpf_ntohs(rport), .proxy_port = port};
+    mn_addr(family, r4, r6a, r6b, r6c, r6d, t.client_ip);
+    // From the pod itself (to its own address), or the proxy handing on an inbound
+    // connection: not inbound capture.
+    if (own_addr(ns, t.client_ip[0], t.client_ip[1], t.client_ip[2], t.client_ip[3]) ||
+        transparent.lookup(&t))
         return SK_PASS;
     if (family == MN_AF_INET && o->skip_ip4 && r4 == o->skip_ip4)
         return SK_PASS;  // the kubelet's probes reach the app directly
@@ -611,5 +699,6 @@ int mn_sk_lookup(struct bpf_sk_lookup *ctx)
         return SK_DROP;
     }
     count(MN_STAT_INBOUND);
+    __sync_fetch_and_add(&o->redirected, 1);
     return SK_PASS;
 }

@@ -24,6 +24,15 @@ class ProxyConfig:
     drain_seconds: float = 30.0  # on SIGTERM: stop accepting, let connections finish
     zero_copy: bool = True  # splice(2) for plaintext TCP; False copies through userspace
     preserve_source: bool = True  # inbound: connect to the app from the client's address
+    # Where the agent pins the eBPF backend's maps ("" = $MESHNODE_BPF_PIN_DIR or
+    # /sys/fs/bpf/meshnode). Used only if they exist there: pods captured by eBPF need the
+    # proxy to register its inbound listeners and to read DNS origins (proxy/inpod/bpf.py).
+    bpf_pin_dir: str = ""
+
+    def bpf_pins(self) -> str:
+        from proxy.inpod.bpf import default_pin_dir
+
+        return self.bpf_pin_dir or default_pin_dir()
     access_log: bool = True
 
     def dns_fallback_addresses(self) -> list[tuple[str, int]]:

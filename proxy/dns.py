@@ -11,6 +11,8 @@ Original destination:
 - UDP: SO_ORIGINAL_DST is refused for UDP (ENOPROTOOPT) and IP_RECVORIGDSTADDR reports the
   post-NAT address, so we ask conntrack inside the pod's netns: the REDIRECT is a DNAT,
   and the flow's original tuple (UDP, client addr, client port) names the resolver.
+  With the eBPF backend there is no NAT: its `cookie_origin` map names the resolver
+  (`proxy.inpod.bpf.dns_origin`), and its recvmsg hook shows the answer as coming from it.
 
 The answer to a UDP client must leave from the address the query was delivered to (the
 REDIRECT target, 127.0.0.1 or ::1), or conntrack will not match it to the client's flow
@@ -39,6 +41,7 @@ from prometheus_client import Counter
 
 from agent.redirect.netns import entered
 from agent.redirect.spec import PROXY_MARK
+from proxy.inpod import bpf
 from proxy.inpod.sockets import socket_in
 from proxy.origdst import original_dst
 
@@ -162,7 +165,7 @@ class DnsProxy:
 
     def __init__(self, netns_fd: int, udp_sock: socket.socket, tcp_listener: socket.socket,
                  mark: int = PROXY_MARK, fallback: Sequence[Upstream] = (),
-                 timeout: float = 5.0, name: str = "") -> None:
+                 timeout: float = 5.0, name: str = "", bpf_pin_dir: str = "") -> None:
         # Our own reference: the caller may close its fd while we still make sockets there.
         self._netns_fd = os.dup(netns_fd)
         self._udp = udp_sock
@@ -170,6 +173,7 @@ class DnsProxy:
         self._mark = mark
         self._fallback = tuple(fallback)
         self._timeout = timeout
+        self._bpf_pin_dir = bpf_pin_dir
         self.name = name or f"netns-inode:{os.fstat(self._netns_fd).st_ino}"
         self._local_port = int(udp_sock.getsockname()[1])
         self.udp = DnsCounters()
@@ -311,6 +315,19 @@ class DnsProxy:
 
     async def _udp_upstreams(self, client: str, port: int,
                              local: bytes | None) -> list[Upstream]:
+        if self._bpf_pin_dir:
+            # The eBPF backend: no NAT, no conntrack entry; its map names the resolver.
+            here = _addr_text(local) or ("::1" if ":" in client else "127.0.0.1")
+            try:
+                origin = await self._off_loop(bpf.dns_origin, self._bpf_pin_dir,
+                                              self._netns_fd, (client, port),
+                                              (here, self._local_port))
+            except OSError as exc:
+                self._log.warning("dns_bpf_origin_failed", client=client, port=port,
+                                  error=str(exc))
+                origin = None
+            if origin is not None:
+                return [origin]
         key = (client, port)
         now = time.monotonic()
         hit = self._cache.get(key)

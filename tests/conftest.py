@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,11 +42,67 @@ def pods() -> Iterator[tuple[Node, Node]]:
         yield client, server
 
 
+BPFFS_PREFIX = "meshnode-test-bpffs-"
+
+
+def _sweep_stale_bpffs() -> None:
+    """A run that was SIGKILLed leaves its bpffs mounted with links pinned (so still
+    attached): detach and unmount those of dead test processes."""
+    from agent.ebpf.loader import Loader
+
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        if not name.startswith(BPFFS_PREFIX):
+            continue
+        pid = int(name[len(BPFFS_PREFIX):].split("-", 1)[0] or 0)
+        if pid and os.path.exists(f"/proc/{pid}"):
+            continue
+        mnt = os.path.join(tmp, name)
+        if os.path.ismount(mnt):
+            for sub in os.listdir(mnt):
+                with contextlib.suppress(OSError):
+                    Loader(pin_dir=os.path.join(mnt, sub)).destroy()
+            subprocess.run(["umount", "-l", mnt], check=False)
+        with contextlib.suppress(OSError):
+            os.rmdir(mnt)
+
+
+@pytest.fixture(scope="session")
+def bpffs() -> Iterator[str]:
+    """A private bpffs mount, so nothing is pinned in the host's /sys/fs/bpf."""
+    _sweep_stale_bpffs()
+    mnt = tempfile.mkdtemp(prefix=f"{BPFFS_PREFIX}{os.getpid()}-")
+    subprocess.run(["mount", "-t", "bpf", "bpf", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
+        with contextlib.suppress(OSError):
+            os.rmdir(mnt)
+
+
+@pytest.fixture(scope="module")
+def ebpf_pin_dir(bpffs: str) -> Iterator[str]:
+    """The eBPF backend's pin dir for one test module; everything in it is detached and
+    removed at the end of the module."""
+    from agent.ebpf.loader import Loader
+
+    path = os.path.join(bpffs, f"impl-{os.getpid()}")
+    try:
+        yield path
+    finally:
+        Loader(pin_dir=path).destroy()
+
+
 # Tests that take `impl` run once per redirection backend.
-BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto")]
+BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto"), ("ebpf", "")]
 
 
 @pytest.fixture(params=BACKENDS, ids=[f"{b}-{f}" if b == "iptables" else b for b, f in BACKENDS])
-def impl(request: pytest.FixtureRequest) -> RuleBackend:
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> RuleBackend:
     b, f = request.param
+    if b == "ebpf":
+        # Everything that looks for the pins (the backend, a proxy in this process or a
+        # child, the CLI) finds this module's private ones.
+        monkeypatch.setenv("MESHNODE_BPF_PIN_DIR", request.getfixturevalue("ebpf_pin_dir"))
     return engine.make_backend(b, f)

@@ -117,7 +117,9 @@ class EbpfBackend:
         cookie = netns_cookie()
         opts = loader.read_cookie(cookie)
         if opts is not None:
-            rules.add(POD_KEY, LiveRule(opts.describe()))
+            # "packets": what the programs redirected for this pod (connections, DNS
+            # datagrams), the closest thing to a rule counter
+            rules.add(POD_KEY, LiveRule(opts.describe(), packets=loader.redirected(cookie)))
         if loader.netns_linked(cookie):
             rules.add(LINK_KEY, LiveRule("mn_sk_lookup attached to this netns"))
         with IPRoute() as ipr:

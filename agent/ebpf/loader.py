@@ -50,6 +50,7 @@ _PROG_CGROUP_SOCKOPT, _PROG_SK_LOOKUP = 25, 30
 _ATTACH_SOCK_OPS, _ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT = 3, 10, 11
 _ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG = 14, 15
 _ATTACH_UDP4_RECVMSG, _ATTACH_UDP6_RECVMSG, _ATTACH_GETSOCKOPT = 19, 20, 21
+_ATTACH_GETPEERNAME4, _ATTACH_GETPEERNAME6 = 29, 30
 _ATTACH_SOCK_RELEASE, _ATTACH_SK_LOOKUP = 34, 36
 
 
@@ -69,13 +70,17 @@ PROGRAMS = (
     Program("mn_sendmsg6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP6_SENDMSG, "cgroup/sendmsg6"),
     Program("mn_recvmsg4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP4_RECVMSG, "cgroup/recvmsg4"),
     Program("mn_recvmsg6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_UDP6_RECVMSG, "cgroup/recvmsg6"),
+    Program("mn_getpeername4", _PROG_CGROUP_SOCK_ADDR, _ATTACH_GETPEERNAME4,
+            "cgroup/getpeername4"),
+    Program("mn_getpeername6", _PROG_CGROUP_SOCK_ADDR, _ATTACH_GETPEERNAME6,
+            "cgroup/getpeername6"),
     Program("mn_sockops", _PROG_SOCK_OPS, _ATTACH_SOCK_OPS, "sockops"),
     Program("mn_getsockopt", _PROG_CGROUP_SOCKOPT, _ATTACH_GETSOCKOPT, "cgroup/getsockopt"),
     Program("mn_sock_release", _PROG_CGROUP_SOCK, _ATTACH_SOCK_RELEASE, "cgroup/sock_release"),
 )
 # Attached to each enrolled pod's netns.
 SK_LOOKUP = Program("mn_sk_lookup", _PROG_SK_LOOKUP, _ATTACH_SK_LOOKUP, "sk_lookup")
-MAPS = ("pods", "pod_ips", "cookie_origin", "pair_origin", "listeners", "stats")
+MAPS = ("pods", "pod_ips", "cookie_origin", "pair_origin", "transparent", "listeners", "stats")
 # `stats` slots (MN_STAT_* in redirect.c)
 STATS = ("outbound", "dns", "inbound", "inbound_no_listener", "original_dst")
 
@@ -269,7 +274,7 @@ class Loader:
             finally:
                 os.close(cg)
             self._sk_lookup_fd = fns[SK_LOOKUP.name].fd
-            self._adopt_netns_links()
+            dead = self._adopt_netns_links()
         except BaseException:
             for fd in self._links.values():
                 os.close(fd)
@@ -278,6 +283,18 @@ class Loader:
             b.cleanup()
             raise
         self._bpf_obj = b
+        for cookie in dead:
+            # Pods deleted while no agent ran (no CNI DEL reached us): forget them.
+            self.unenroll_cookie(cookie)
+
+    def prune(self) -> list[int]:
+        """Forget every pod whose netns is gone (its sk_lookup link was detached by the
+        kernel); the agent calls this when it reconciles. Returns their netns cookies."""
+        self.load()
+        dead = self._adopt_netns_links()
+        for cookie in dead:
+            self.unenroll_cookie(cookie)
+        return dead
 
     def _attach(self, p: Program, prog_fd: int, cgroup_fd: int) -> int:
         pin = os.path.join(self.pin_dir, f"link_{p.name}")
@@ -301,15 +318,16 @@ class Loader:
             raise LoadError(f"pin {pin}: {exc.strerror}") from None
         return fd
 
-    def _adopt_netns_links(self) -> None:
-        """Agent restart: point every pod's sk_lookup link at the program just loaded, and
-        drop the pins of links whose netns is gone (the kernel detached those itself)."""
+    def _adopt_netns_links(self) -> list[int]:
+        """Agent restart: point every pod's sk_lookup link at the program just loaded.
+        Returns the netns cookies whose link the kernel detached (the netns is gone)."""
+        dead: list[int] = []
         for name in os.listdir(self.netns_dir):
             pin = os.path.join(self.netns_dir, name)
             fd = sc.obj_get(pin)
             try:
                 if sc.link_info(fd).get("netns_ino", 0) == 0:
-                    os.unlink(pin)
+                    dead.append(int(name))
                     continue
                 sc.link_update(fd, self._sk_lookup_fd)
             except OSError as exc:
@@ -317,6 +335,7 @@ class Loader:
                                 f"{exc.strerror}") from None
             finally:
                 os.close(fd)
+        return dead
 
     def close(self) -> None:
         """Drop this process's fds; pinned links and maps stay (the agent restarting)."""
@@ -365,7 +384,11 @@ class Loader:
         inbound capture (the sk_lookup link). On failure nothing of it stays."""
         self._set_addrs(cookie, addrs)
         try:
-            self._table("pods")[self._table("pods").Key(cookie)] = self._leaf(opts)
+            t = self._table("pods")
+            leaf = self._leaf(opts)
+            with contextlib.suppress(KeyError):
+                leaf.redirected = t[t.Key(cookie)].redirected  # re-apply keeps the count
+            t[t.Key(cookie)] = leaf
             if opts.inbound_port:
                 if netns_fd < 0:
                     raise LoadError("inbound capture needs the pod's netns")
@@ -474,6 +497,14 @@ class Loader:
             dns_port=int(v.dns_port), inbound_port=int(v.inbound_port),
             tunnel_port=int(v.tunnel_port),
             in_ports=tuple(int(v.in_ports[i]) for i in range(min(v.n_in_ports, MAX_PORTS))))
+
+    def redirected(self, cookie: int) -> int:
+        """How many connections and DNS datagrams this pod has had redirected."""
+        t = self._table("pods")
+        try:
+            return int(t[t.Key(cookie)].redirected)
+        except KeyError:
+            return 0
 
     def addrs_of(self, cookie: int) -> list[str]:
         out = []

@@ -4,7 +4,8 @@ Outbound (15001): the app's connection, redirected; we read where it was going a
 there from inside the pod's netns, marked, so the source stays the pod's address.
 Inbound (15006): a connection to the pod, redirected; we connect to the app in the pod, from
 the client's own address (IP_TRANSPARENT; the connmark + table 100 rules bring the app's
-replies back to us), so the app sees the real client.
+replies back to us), so the app sees the real client. With the eBPF backend, inbound is not
+redirected but handed to our listener by sk_lookup, so we register it (proxy/inpod/bpf.py).
 Tunnel (15008): held for HBONE (the control-plane issue); connections are refused for now.
 """
 
@@ -25,9 +26,11 @@ import structlog
 
 from agent.nodeagent.netnsfind import addresses
 from agent.redirect.netns import entered
+from agent.redirect.spec import TRANSPARENT_MARK
 from proxy import metrics
 from proxy.config import ProxyConfig
 from proxy.forward import Traffic, relay, reset
+from proxy.inpod import bpf
 from proxy.inpod.sockets import listener_in, socket_in
 from proxy.inpod.zds_client import WorkloadInfo
 from proxy.origdst import original_dst
@@ -80,6 +83,7 @@ class PodProxy:
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.dns: Any = None
+        self.ebpf = False  # the inbound listener is registered with the eBPF backend
         self.started = time.time()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -97,6 +101,9 @@ class PodProxy:
                                                    mark=self.cfg.mark)
             if self.cfg.dns_capture:
                 await self._start_dns()
+            if await loop.run_in_executor(None, bpf.register_inbound, self.cfg.bpf_pins(),
+                                          self.listeners["inbound"]):
+                self.ebpf = True
         except BaseException:
             self._close_listeners()
             raise
@@ -124,7 +131,8 @@ class PodProxy:
         tcp = listener_in(self.netns_fd, self.cfg.dns_port, mark=self.cfg.mark)
         self.listeners["dns-tcp"] = tcp
         self.dns = DnsProxy(self.netns_fd, udp, tcp, mark=self.cfg.mark,
-                            fallback=self.cfg.dns_fallback_addresses(), name=self.name)
+                            fallback=self.cfg.dns_fallback_addresses(), name=self.name,
+                            bpf_pin_dir=self.cfg.bpf_pins())
         await self.dns.start()
 
     def _close_listeners(self) -> None:
@@ -241,9 +249,12 @@ class PodProxy:
     async def _connect(self, dst: tuple[str, int], as_src: tuple[str, int] | None
                        ) -> socket.socket:
         fam = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
-        up = socket_in(self.netns_fd, fam, socket.SOCK_STREAM, mark=self.cfg.mark)
+        spoof = as_src is not None and as_src[0] not in self.ips
+        # TRANSPARENT_MARK: how the eBPF backend routes the app's replies back to us.
+        mark = self.cfg.mark | (TRANSPARENT_MARK if spoof else 0)
+        up = socket_in(self.netns_fd, fam, socket.SOCK_STREAM, mark=mark)
         try:
-            if as_src is not None and as_src[0] not in self.ips:
+            if spoof and as_src is not None:
                 up.setsockopt(socket.SOL_IP if fam == socket.AF_INET else socket.IPPROTO_IPV6,
                               IP_TRANSPARENT if fam == socket.AF_INET else IPV6_TRANSPARENT, 1)
                 up.bind((as_src[0], 0))
@@ -275,7 +286,7 @@ class PodProxy:
     def dump(self) -> dict[str, Any]:
         return {"uid": self.uid, "name": self.name, "namespace": self.namespace,
                 "service_account": self.service_account, "ips": sorted(self.ips),
-                "netns_inode": self.netns_inode,
+                "netns_inode": self.netns_inode, "ebpf_inbound": self.ebpf,
                 "listeners": {k: v.getsockname()[1] for k, v in self.listeners.items()},
                 "connections": [c.dump() for c in self.conns.values()],
                 "dns": self.dns.config_dump() if self.dns is not None else None}

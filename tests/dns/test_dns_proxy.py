@@ -1,7 +1,7 @@
 """The DNS proxy relays real queries, over UDP and TCP, to the resolver the pod asked.
 
-Two lab namespaces: a client pod with meshnode's redirection (nftables, DNS capture on) and
-a resolver running a tiny DNS server. The client queries the resolver's IP:53; the rules
+Two lab namespaces: a client pod with meshnode's redirection (nftables or eBPF, DNS capture
+on) and a resolver running a tiny DNS server. The client queries the resolver's IP:53; the rules
 send that to the proxy on 15053, which must forward it to the resolver and relay the answer
 so that the client sees it come from the resolver.
 """
@@ -20,8 +20,10 @@ import pytest
 
 from agent.lab import Lab, Node
 from agent.redirect import backend as engine
+from agent.redirect.netns import entered
 from agent.redirect.spec import DNS_PORT, PROXY_MARK, RedirectSpec
 from proxy.dns import DnsProxy, conntrack_original_dst
+from proxy.inpod import bpf
 from proxy.inpod.sockets import listener_in
 from tests.dns.resolver import ANSWER_IP, Resolver, answer_ip, build_query, tcp_ask, udp_ask
 from tests.kernel.netutil import tcp_connect, udp_socket
@@ -31,13 +33,22 @@ pytestmark = pytest.mark.kernel
 NOBODY = "198.18.0.99"  # on the lab subnet, but no host answers ARP for it
 
 
+@pytest.fixture(params=["nftables", "ebpf"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The client pod's redirection: netfilter (conntrack knows the resolver) or eBPF (its
+    map does, and its recvmsg hook makes the answer come from the resolver)."""
+    if request.param == "ebpf":
+        monkeypatch.setenv("MESHNODE_BPF_PIN_DIR", request.getfixturevalue("ebpf_pin_dir"))
+    return str(request.param)
+
+
 @pytest.fixture
-def dnslab() -> Iterator[tuple[Node, Node, Resolver]]:
+def dnslab(backend: str) -> Iterator[tuple[Node, Node, Resolver]]:
     """Client pod (redirected) and resolver netns; all deleted even if the test fails."""
     with Lab("dns") as lab:
         client, resolver = lab.node("client"), lab.node("resolver")
         lab.link(client, resolver)
-        engine.apply(client.path, RedirectSpec(), engine.make_backend("nftables"))
+        engine.apply(client.path, RedirectSpec(), engine.make_backend(backend))
         with Resolver(resolver.path) as server:
             yield client, resolver, server
 
@@ -50,6 +61,7 @@ async def running_proxy(ns_path: str, **kw: Any) -> AsyncIterator[DnsProxy]:
     try:
         udp = await loop.run_in_executor(None, listener_in, fd, DNS_PORT, socket.SOCK_DGRAM)
         tcp = await loop.run_in_executor(None, listener_in, fd, DNS_PORT)
+        kw.setdefault("bpf_pin_dir", os.environ.get("MESHNODE_BPF_PIN_DIR", ""))
         proxy = DnsProxy(fd, udp, tcp, PROXY_MARK, **kw)
     finally:
         os.close(fd)  # the proxy keeps its own dup
@@ -78,7 +90,7 @@ def open_fds() -> int:
 
 
 def test_udp_query_is_answered_by_the_original_resolver(
-        dnslab: tuple[Node, Node, Resolver]) -> None:
+        dnslab: tuple[Node, Node, Resolver], backend: str) -> None:
     client, resolver, server = dnslab
 
     async def main() -> None:
@@ -91,10 +103,12 @@ def test_udp_query_is_answered_by_the_original_resolver(
                     assert got is not None, "no answer over UDP"
                     answer, peer = got
                     assert answer_ip(qid, answer) == ANSWER_IP
-                    # conntrack un-NATed our reply: it looks like the resolver's own.
+                    # conntrack un-NATed our reply (or the eBPF recvmsg hook rewrote
+                    # its source): it looks like the resolver's own.
                     assert peer == (resolver.ip4, 53)
             assert (proxy.udp.queries, proxy.udp.answered, proxy.udp.failed) == (2, 2, 0)
-            assert proxy.config_dump()["cached_flows"] == 1
+            # conntrack answers are cached; the eBPF map is asked each time (it is cheap)
+            assert proxy.config_dump()["cached_flows"] == (0 if backend == "ebpf" else 1)
         # The resolver saw the proxy's query, sent from inside the pod's netns.
         assert server.udp_queries == 2
         assert set(server.udp_peers) == {client.ip4}
@@ -171,9 +185,16 @@ def test_stop_leaves_no_open_fds(dnslab: tuple[Node, Node, Resolver]) -> None:
             await eventually(lambda: proxy.udp.queries == 11 and proxy.tcp.queries == 1)
         stuck.close()
 
+    def touch() -> None:
+        with entered(client.path):
+            time.sleep(0.05)
+
     async def main() -> None:
-        # One full cycle first: executor threads (each keeps its own netns fd open for its
-        # life) and the loop are not the proxy's; a second cycle must leave nothing behind.
+        # Executor threads (each keeps its own netns fd open for its life) and the loop are
+        # not the proxy's: start every executor thread first, and run one full cycle; a
+        # second cycle must leave nothing behind.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, touch) for _ in range(64)))
         await cycle(False)
         before = open_fds()
         await cycle(True)
@@ -186,6 +207,7 @@ def test_udp_falls_back_when_conntrack_has_no_answer(dnslab: tuple[Node, Node, R
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, resolver, server = dnslab
     monkeypatch.setattr("proxy.dns.conntrack_original_dst", lambda *_a: None)
+    monkeypatch.setattr("proxy.inpod.bpf.dns_origin", lambda *_a: None)
 
     async def main() -> None:
         async with running_proxy(client.path, fallback=[(resolver.ip4, 53)]) as proxy:
@@ -202,16 +224,24 @@ def test_udp_falls_back_when_conntrack_has_no_answer(dnslab: tuple[Node, Node, R
 
 
 @pytest.mark.parametrize("local", ["127.0.0.1", None], ids=["reply-tuple-get", "orig-dump"])
-def test_conntrack_names_the_resolver_a_udp_query_was_sent_to(
-        dnslab: tuple[Node, Node, Resolver], local: str | None) -> None:
+def test_the_kernel_names_the_resolver_a_udp_query_was_sent_to(
+        dnslab: tuple[Node, Node, Resolver], backend: str, local: str | None) -> None:
+    """conntrack (netfilter backends) or the eBPF map, found through the app socket's
+    cookie (eBPF backend): both name the resolver, and nothing for an unknown client."""
     client, resolver, _server = dnslab
+    pin_dir = os.environ.get("MESHNODE_BPF_PIN_DIR", "")
     with udp_socket(client.path, DNS_PORT) as proxy, udp_socket(client.path) as q:
         q.sendto(build_query("x.example.", 1), (resolver.ip4, 53))
         _, peer = proxy.recvfrom(512)
         fd = os.open(client.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            found = conntrack_original_dst(fd, peer[0], peer[1], DNS_PORT, local)
-            unknown = conntrack_original_dst(fd, peer[0], peer[1] ^ 1, DNS_PORT, local)
+            if backend == "ebpf":
+                here = (local or "127.0.0.1", DNS_PORT)
+                found = (bpf.dns_origin(pin_dir, fd, peer, here), 1)
+                unknown = bpf.dns_origin(pin_dir, fd, (peer[0], peer[1] ^ 1), here)
+            else:
+                found = conntrack_original_dst(fd, peer[0], peer[1], DNS_PORT, local)
+                unknown = conntrack_original_dst(fd, peer[0], peer[1] ^ 1, DNS_PORT, local)
         finally:
             os.close(fd)
     assert found is not None

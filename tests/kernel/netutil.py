@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 
 from agent.redirect.netns import entered
+from agent.redirect.spec import INBOUND_PORT
+from proxy.inpod import bpf
 
 
 def tcp_listener(ns: str, port: int, host: str = "::") -> socket.socket:
@@ -12,6 +14,10 @@ def tcp_listener(ns: str, port: int, host: str = "::") -> socket.socket:
         s = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
                                  else socket.AF_INET, dualstack_ipv6=host == "::",
                                  reuse_port=False)
+    if port == INBOUND_PORT:
+        # Standing in for the proxy's inbound listener: with the eBPF backend loaded, do
+        # what the proxy does, or sk_lookup has nowhere to send inbound connections.
+        bpf.register_inbound(bpf.default_pin_dir(), s)
     s.settimeout(2)
     return s
 
