@@ -286,3 +286,32 @@ def test_server_shutdown_resets_live_streams(ca: CA, run: Any) -> None:
         finally:
             await mesh.stop()
     run(body())
+
+
+@pytest.mark.parametrize("value, want", [
+    ("10.0.0.1:80", ("10.0.0.1", 80)), ("[fd00::1]:8080", ("fd00::1", 8080)),
+    ("fd00::1:80", None), ("example.com:80", None), ("10.0.0.1", None),
+    ("10.0.0.1:0", None), ("10.0.0.1:65536", None), ("[10.0.0.1:80", None),
+])
+def test_parse_authority(value: str, want: Any) -> None:
+    from proxy.hbone.server import parse_authority
+    assert parse_authority(value) == want
+
+
+def test_invalid_connect_address_gives_400(ca: CA, run: Any) -> None:
+    app = CountingEcho()
+
+    async def body() -> None:
+        mesh = await Mesh(ca, app).start()
+        try:
+            with pytest.raises(HboneError) as err:
+                await mesh.client.open(CLIENT_ID, SERVER_ID, ("localhost", mesh.app_addr[1]))
+            assert err.value.status == 400
+            stream = await mesh.client.open(CLIENT_ID, SERVER_ID, mesh.app_addr)  # same link
+            await stream.write(b"ok")
+            assert await stream.read() == b"ok"
+            stream.end()
+        finally:
+            await mesh.stop()
+        assert app.connections == 1
+    run(body())
