@@ -121,6 +121,12 @@ class HboneServer:
         metrics.TLS_CONNECTIONS.labels("inbound").inc()
         try:
             await link.closed
+        except asyncio.CancelledError:
+            # The pod is going away: drop the connection (its streams reset their apps).
+            # The transport owns and closes the socket, so a caller's reset(sock) is a no-op.
+            if link.transport is not None:
+                link.transport.abort()
+            raise
         finally:
             self.links.discard(link)
             metrics.TLS_CONNECTIONS.labels("inbound").dec()

@@ -315,3 +315,23 @@ def test_invalid_connect_address_gives_400(ca: CA, run: Any) -> None:
             await mesh.stop()
         assert app.connections == 1
     run(body())
+
+
+def test_cancelling_serve_resets_the_tunnelled_connection(ca: CA, run: Any) -> None:
+    """What PodProxy.stop does to its handler tasks: the client must see a reset."""
+    async def body() -> None:
+        mesh = await Mesh(ca, echo).start()
+        try:
+            r, w = await mesh.connect()
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            serving = [t for t in mesh._tasks
+                       if getattr(t.get_coro(), "__qualname__", "") == "HboneServer.serve"]
+            assert len(serving) == 1
+            serving[0].cancel()
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(r.read(), 5)
+            w.close()
+        finally:
+            await mesh.stop()
+    run(body())
