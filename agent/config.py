@@ -29,6 +29,9 @@ class CaptureConfig:
     """Redirect options for every pod (the plugin entry's `capture` can narrow them)."""
 
     backend: str = "iptables"
+    # With backend ebpf: the backend to use instead when the eBPF programs cannot be loaded
+    # (no BTF or cgroup v2, no headers, a verifier rejection). "" = refuse to start.
+    fallback: str = ""
     iptables_flavour: str = "auto"
     profile: str = "meshnode"
     ipv6: bool = False
@@ -94,6 +97,10 @@ class AgentConfig:
         if self.capture.backend not in [b.value for b in Backend]:
             raise ConfigError(f"capture.backend: {self.capture.backend!r} is not one of "
                               f"{[b.value for b in Backend]}")
+        if self.capture.fallback and (self.capture.fallback not in [b.value for b in Backend]
+                                      or self.capture.fallback == "ebpf"):
+            raise ConfigError(f"capture.fallback: {self.capture.fallback!r} must be iptables "
+                              "or nftables (or empty)")
         if self.capture.iptables_flavour not in ("auto", "nft", "legacy"):
             raise ConfigError("capture.iptables_flavour: must be auto, nft or legacy")
         if self.selection.mode not in ("all", "namespaces"):

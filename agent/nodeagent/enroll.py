@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.nodeagent import metrics, netnsfind
 from agent.nodeagent.handoff import ProxyHandoff
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
@@ -51,14 +51,41 @@ _OVERRIDABLE = {"dns_capture", "inbound_capture", "ipv6", "virtual_interfaces",
                 "exclude_outbound_cidrs", "exclude_inbound_ports", "exclude_outbound_ports"}
 
 
+def make_capture_backend(cfg: AgentConfig) -> engine.RuleBackend:
+    """The configured backend, ready to use. Flavour detection runs here, in the host netns,
+    once; the eBPF programs are loaded here, so a kernel that cannot run them is found at
+    start-up (and, with `capture.fallback`, replaced by a netfilter backend) rather than at
+    the first pod."""
+    impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
+    if impl.name != "ebpf":
+        return impl
+    from agent.ebpf.backend import EbpfBackend
+    from agent.ebpf.loader import LoadError
+
+    assert isinstance(impl, EbpfBackend)
+    try:
+        impl.loader.load()
+        dead = impl.loader.prune()
+    except LoadError as exc:
+        if not cfg.capture.fallback:
+            raise ConfigError(f"capture.backend ebpf: {exc} (set capture.fallback: iptables "
+                              "to fall back)") from None
+        log.warning("ebpf_unavailable_falling_back", reason=str(exc),
+                    fallback=cfg.capture.fallback)
+        metrics.BACKEND_FALLBACK.inc()
+        return engine.make_backend(cfg.capture.fallback, cfg.capture.iptables_flavour)
+    log.info("ebpf_loaded", pin_dir=impl.loader.pin_dir, cgroup=impl.loader.cgroup,
+             pruned_dead_pods=len(dead))
+    return impl
+
+
 class Enroller:
     def __init__(self, cfg: AgentConfig, store: PodStore,
                  handoff: ProxyHandoff | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.handoff = handoff
-        # Flavour detection runs here, in the host netns, once.
-        self.impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
+        self.impl = make_capture_backend(cfg)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         for state in PodState:  # counted when scraped, not on every change

@@ -17,6 +17,9 @@ RECONCILE_EVENTS = Counter(
     "meshnode_reconcile_events", "Reconcile events by type", ["type"], registry=REGISTRY)
 DRIFT_REPAIRS = Counter(
     "meshnode_drift_repairs", "Pods whose drifted redirection was repaired", registry=REGISTRY)
+BACKEND_FALLBACK = Counter(
+    "meshnode_backend_fallback", "Start-ups where the eBPF backend could not load and "
+    "capture.fallback was used instead", registry=REGISTRY)
 PODS = Gauge("meshnode_pods", "Known pods by state", ["state"], registry=REGISTRY)
 READY = Gauge("meshnode_agent_ready", "1 when the agent serves the plugin socket and the "
               "install is valid", registry=REGISTRY)

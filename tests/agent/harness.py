@@ -41,6 +41,7 @@ def free_port() -> int:
 class AgentProc:
     workdir: Path
     backend: str = "nftables"
+    fallback: str = ""  # capture.fallback (with backend ebpf)
     drift_interval: float = 0.5
     selection: dict[str, Any] = field(default_factory=dict)
     install: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +56,7 @@ class AgentProc:
             "cni_socket": self.socket, "state_dir": str(self.workdir / "state"),
             "http_address": f"127.0.0.1:{self.port}",
             "drift_interval_seconds": self.drift_interval,
-            "capture": {"backend": self.backend},
+            "capture": {"backend": self.backend, "fallback": self.fallback},
             "zds_socket": str(self.workdir / "zds.sock"),
             "proxy_handoff": self.proxy_handoff,
         }
