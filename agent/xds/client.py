@@ -99,9 +99,14 @@ class DeltaAdsClient:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
-                self.stats.last_error = f"{e.code().name}: {e.details()}"
+                details = e.details() or ""
+                if e.code() == grpc.StatusCode.INTERNAL and "from Core" in details:
+                    # gRPC replaces the server's status with this when our write races the
+                    # server closing the stream; say what happened instead.
+                    details = "stream closed by the control plane while we were sending"
+                self.stats.last_error = f"{e.code().name}: {details}"
                 got_any = got_any or self.stats.connected
-                log.warning("xds_stream_error", code=e.code().name, details=e.details(),
+                log.warning("xds_stream_error", code=e.code().name, details=details,
                             address=self.cfg.endpoint.address)
             except Exception as e:  # cert file missing, bad address, our own bug...
                 self.stats.last_error = repr(e)

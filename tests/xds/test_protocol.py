@@ -209,7 +209,9 @@ def test_aborted_streams_back_off_keep_state_and_a_good_stream_resets_backoff(
         s.abort()
         await until(lambda: ads.count >= 5, what="client keeps retrying")
         assert client.backoff.attempts >= 4               # growing, not reset on failures
-        assert "UNAVAILABLE" in client.stats.last_error
+        # The scripted status, unless gRPC lost it to a write racing the close.
+        assert "UNAVAILABLE" in client.stats.last_error or \
+            "closed by the control plane" in client.stats.last_error, client.stats.last_error
         assert client.ready() and client.state.workload(UID_A) is not None
         ads.reject = None
         s2, reqs = await initial(ads)
