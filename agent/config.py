@@ -74,6 +74,24 @@ class InstallSection:
 
 
 @dataclass
+class ControlPlaneSection:
+    """Where the control plane is (docs/xds-client.md). Absent from the file = no control
+    plane: the agent only captures, as before, and the proxy passes traffic through."""
+
+    address: str = ""                   # host:port of Delta ADS (and the CA)
+    ca_address: str = ""                # default: address
+    root_cert: str = ""                 # PEM that verifies the control plane's server cert
+    server_name: str = ""               # SAN to expect when dialling an IP not in the cert
+    token: str = ""                     # the node token inline (written 0600 to state_dir)
+    token_file: str = ""                # ...or a file holding it (read on every connect)
+    node_name: str = ""                 # default: $NODE_NAME, else the hostname
+    trust_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"
+    cert_ttl_seconds: int = 86400
+    ready_timeout_seconds: float = 0.0  # >0: wait this long for xDS before serving CNI
+
+
+@dataclass
 class AgentConfig:
     cni_socket: str = "/var/run/meshnode/cni.sock"
     zds_socket: str = "/var/run/meshnode/zds.sock"  # the node proxy connects here
@@ -88,6 +106,10 @@ class AgentConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     install: InstallSection = field(default_factory=InstallSection)
+    # Routing, policy and certificates for the node proxy (agent/meshconfig); only served
+    # when `controlplane` is set.
+    mesh_socket: str = "/var/run/meshnode/mesh.sock"
+    controlplane: ControlPlaneSection | None = None
 
     @property
     def pods_dir(self) -> Path:
@@ -108,6 +130,12 @@ class AgentConfig:
         if self.drift_interval_seconds <= 0:
             raise ConfigError("drift_interval_seconds: must be > 0")
         self.capture.spec()  # raises SpecError naming the option
+        cp = self.controlplane
+        if cp is not None:
+            if not cp.address or not cp.root_cert:
+                raise ConfigError("controlplane: address and root_cert are required")
+            if bool(cp.token) == bool(cp.token_file):
+                raise ConfigError("controlplane: set exactly one of token and token_file")
 
 
 def build_dataclass(cls: type[Any], data: Any, where: str) -> Any:
@@ -134,7 +162,12 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list")
         return [_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
-        return value
+        # `X | None`: None stays None, anything else is built as X (sections like
+        # `controlplane` whose absence means "off").
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or len(inner) != 1:
+            return value
+        return _coerce(inner[0], value, path)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

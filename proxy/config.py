@@ -11,6 +11,9 @@ from agent.redirect.spec import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MAR
 @dataclass
 class ProxyConfig:
     zds_socket: str = "/var/run/meshnode/zds.sock"
+    # The agent's mesh config channel (agent `mesh_socket`); "" = no control plane: plain
+    # passthrough only, and 15008 refuses connections.
+    mesh_socket: str = ""
     admin_address: str = "127.0.0.1:15000"  # /config_dump /healthz/ready /metrics
     mark: int = PROXY_MARK
     outbound_port: int = OUTBOUND_PORT

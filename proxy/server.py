@@ -18,6 +18,7 @@ from proxy.admin import start_admin
 from proxy.config import ProxyConfig
 from proxy.inpod.manager import WorkloadManager
 from proxy.inpod.zds_client import ZdsClient
+from proxy.meshconfig.runtime import ProxyMesh
 
 log = structlog.get_logger("proxy")
 
@@ -25,18 +26,22 @@ log = structlog.get_logger("proxy")
 class ProxyServer:
     def __init__(self, cfg: ProxyConfig) -> None:
         self.cfg = cfg
-        self.manager = WorkloadManager(cfg)
+        # The agent's mesh config channel: routing, policy and certificates (HBONE). Without
+        # it the proxy only passes traffic through, exactly as before.
+        self.mesh = ProxyMesh(cfg.mesh_socket) if cfg.mesh_socket else None
+        self.manager = WorkloadManager(cfg, self.mesh)
         self.zds = ZdsClient(cfg.zds_socket, self.manager)
         self._stop = asyncio.Event()
 
     # -- the admin state ---------------------------------------------------------------
 
     def ready(self) -> bool:
-        return bool(self.zds.ready)
+        return bool(self.zds.ready) and (self.mesh is None or self.mesh.ready())
 
     def config_dump(self) -> dict[str, Any]:
         return {"agent": {"socket": self.cfg.zds_socket, "connected": self.zds.connected,
                           "snapshot_received": self.zds.ready},
+                "mesh": self.mesh.dump() if self.mesh is not None else None,
                 **self.manager.dump()}
 
     def shutdown(self) -> None:
@@ -50,6 +55,8 @@ class ProxyServer:
             loop.add_signal_handler(sig, self._stop.set)
         host, _, port = self.cfg.admin_address.rpartition(":")
         admin = await start_admin(self, int(port), host or "127.0.0.1")
+        if self.mesh is not None:
+            self.mesh.start()
         self.zds.start()
         log.info("proxy_started", agent=self.cfg.zds_socket, admin=self.cfg.admin_address,
                  zero_copy=self.cfg.zero_copy)
@@ -58,5 +65,7 @@ class ProxyServer:
         # Stop taking new pods first, so nothing is added while we drain.
         await self.zds.close()
         await self.manager.drain(self.cfg.drain_seconds)
+        if self.mesh is not None:
+            await self.mesh.close()
         await admin.cleanup()
         log.info("proxy_stopped")

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from agent.config import AgentConfig
+from agent.meshconfig.runtime import MeshRuntime
 from agent.nodeagent import metrics
 from agent.nodeagent.cniserver import CniServer
 from agent.nodeagent.enroll import Enroller
@@ -43,9 +44,11 @@ class Agent:
                 entry=PluginEntry(agent_socket=cfg.cni_socket),
                 state_file=Path(cfg.state_dir) / "cni-install-state.json"))
         self.cni = CniServer(cfg.cni_socket, self.enroller, self.ready)
+        self.mesh = MeshRuntime(cfg) if cfg.controlplane is not None else None
 
     def ready(self) -> bool:
-        ok = self.serving and (self.installer is None or self.installer.ready())
+        ok = self.serving and (self.installer is None or self.installer.ready()) \
+            and (self.mesh is None or self.mesh.ready())
         metrics.READY.set(1 if ok else 0)
         return ok
 
@@ -73,16 +76,22 @@ class Agent:
         log.info("agent_starting", pods=len(self.store.all()), backend=self.enroller.impl.name)
         # Reconcile before serving: a restarted agent repairs what it knows first.
         await loop.run_in_executor(None, self.enroller.reconcile)
+        if self.mesh is not None:
+            # Discovery runs in the background; readiness waits for its first sync.
+            await self.mesh.start()
         if self.zds is not None:
             # Proxies (re)connect and get the snapshot of every pod with rules in place.
             await self.zds.start()
-            self.enroller.handoff = ProxyHandoff(self.zds, loop,
-                                                 self.cfg.proxy_ack_timeout_seconds + 1)
+            timeout = self.cfg.proxy_ack_timeout_seconds + 1
+            self.enroller.handoff = ProxyHandoff(self.zds, loop, timeout) if self.mesh is None \
+                else self.mesh.handoff(self.zds, loop, timeout)
         if self.installer is not None:
             await loop.run_in_executor(None, self.installer.start)
         await self.cni.start()
         host, _, port = self.cfg.http_address.rpartition(":")
-        runner = web.AppRunner(make_app(self.store, self.ready), access_log=None)
+        runner = web.AppRunner(make_app(self.store, self.ready,
+                                        self.mesh.debug if self.mesh else None),
+                               access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
         self.serving = True
@@ -96,6 +105,8 @@ class Agent:
         await self.cni.stop()
         if self.zds is not None:
             await self.zds.close()
+        if self.mesh is not None:
+            await self.mesh.stop()
         await runner.cleanup()
         if self.installer is not None:
             # An agent restart is an upgrade: the plugin stays, new pods wait for us.

@@ -13,21 +13,30 @@ from proxy import metrics
 from proxy.config import ProxyConfig
 from proxy.inpod.workload import PodProxy
 from proxy.inpod.zds_client import WorkloadInfo
+from proxy.meshconfig.runtime import ProxyMesh
 
 log = structlog.get_logger("proxy")
 UNKNOWN = ("unknown", "unknown")
 
 
 class WorkloadManager:
-    def __init__(self, cfg: ProxyConfig) -> None:
+    def __init__(self, cfg: ProxyConfig, mesh: ProxyMesh | None = None) -> None:
         self.cfg = cfg
+        self.mesh = mesh
         self.pods: dict[str, PodProxy] = {}
         self._by_ip: dict[str, tuple[str, str]] = {}
         self._lock = asyncio.Lock()
 
     def lookup(self, ip: str) -> tuple[str, str]:
-        """The local workload holding `ip` (the control plane widens this to the mesh)."""
-        return self._by_ip.get(ip, UNKNOWN)
+        """The workload holding `ip`: a local pod, else any mesh workload we know of."""
+        local = self._by_ip.get(ip)
+        if local is not None:
+            return local
+        if self.mesh is not None:
+            w = self.mesh.table.workload_by_ip(ip)
+            if w is not None:
+                return w.name, w.namespace
+        return UNKNOWN
 
     def _index(self) -> None:
         self._by_ip = {ip: (p.name, p.namespace) for p in self.pods.values() for ip in p.ips}
@@ -46,7 +55,7 @@ class WorkloadManager:
                 # Same uid, new netns: the sandbox was recreated. Serve the new one.
                 del self.pods[uid]
                 await old.stop()
-            pod = PodProxy(uid, info, netns_fd, self.cfg, self.lookup)
+            pod = PodProxy(uid, info, netns_fd, self.cfg, self.lookup, self.mesh)
             try:
                 await pod.start()
             except BaseException:

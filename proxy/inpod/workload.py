@@ -6,7 +6,10 @@ Inbound (15006): a connection to the pod, redirected; we connect to the app in t
 the client's own address (IP_TRANSPARENT; the connmark + table 100 rules bring the app's
 replies back to us), so the app sees the real client. With the eBPF backend, inbound is not
 redirected but handed to our listener by sk_lookup, so we register it (proxy/inpod/bpf.py).
-Tunnel (15008): held for HBONE (the control-plane issue); connections are refused for now.
+Tunnel (15008): HBONE (mTLS + HTTP/2 CONNECT) from other node proxies, when the proxy has
+the agent's mesh config channel (proxy/inpod/meshpath.py); refused without one. With the
+channel, outbound connections to a service VIP go to an endpoint it picks, and to a mesh
+(HBONE) workload through the tunnel; everything else is passed through as before.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from proxy import metrics
 from proxy.config import ProxyConfig
 from proxy.forward import Traffic, relay, reset
 from proxy.inpod import bpf
+from proxy.inpod.meshpath import PodMesh
 from proxy.inpod.sockets import listener_in, socket_in
 from proxy.inpod.zds_client import WorkloadInfo
+from proxy.meshconfig.runtime import ProxyMesh
+from proxy.meshconfig.table import NoEndpoint, Target
 from proxy.origdst import original_dst
 
 log = structlog.get_logger("proxy")
@@ -69,7 +75,7 @@ def _plain(ip: str) -> str:
 
 class PodProxy:
     def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, cfg: ProxyConfig,
-                 lookup: Lookup) -> None:
+                 lookup: Lookup, mesh: ProxyMesh | None = None) -> None:
         self.uid = uid
         self.name, self.namespace = info.name, info.namespace
         self.service_account = info.service_account
@@ -85,6 +91,8 @@ class PodProxy:
         self.dns: Any = None
         self.ebpf = False  # the inbound listener is registered with the eBPF backend
         self.started = time.time()
+        self.meshpath = PodMesh(self, mesh) if mesh is not None else None
+        self._tracked: dict[int, int] = {}  # id(inbound HBONE stream) -> Conn id
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -161,6 +169,8 @@ class PodProxy:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.meshpath is not None:
+            await self.meshpath.close()
         if self.netns_fd >= 0:
             os.close(self.netns_fd)
             self.netns_fd = -1
@@ -200,8 +210,54 @@ class PodProxy:
 
     async def _outbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
-        src = client.getpeername()[:2]
-        await self._proxy(client, "outbound", (_plain(src[0]), src[1]), dst, transparent=False)
+        peer = client.getpeername()[:2]
+        src = (_plain(peer[0]), peer[1])
+        if self.meshpath is not None:
+            try:
+                target = self.meshpath.mesh.table.route(dst)
+            except NoEndpoint as exc:
+                log.warning("no_endpoint", uid=self.uid, dst=f"{dst[0]}:{dst[1]}",
+                            error=str(exc))
+                reset(client)  # as a connection to a dead address would look
+                return
+            if target.hbone:
+                await self._outbound_hbone(client, src, dst, target)
+                return
+            dst = target.addr  # a plain endpoint of a service, or dst unchanged
+        await self._proxy(client, "outbound", src, dst, transparent=False)
+
+    async def _outbound_hbone(self, client: socket.socket, src: tuple[str, int],
+                              orig: tuple[str, int], target: Target) -> None:
+        assert self.meshpath is not None
+        conn = Conn(next(_ids), "outbound", src, target.addr)
+        conn.task = asyncio.current_task()
+        labels = self._labels("outbound", src[0], target.addr[0])
+        self.conns[conn.id] = conn
+        metrics.CONNECTIONS.inc()
+        metrics.OPENED.labels(*labels).inc()
+        me = self.meshpath.workload()
+        error = ""
+        try:
+            error = await self.meshpath.outbound(client, src, target, conn.traffic, labels)
+        finally:
+            self.conns.pop(conn.id, None)
+            metrics.CONNECTIONS.dec()
+            metrics.CLOSED.labels(*labels).inc()
+            metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
+            metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
+            if self.cfg.access_log:
+                w = target.workload
+                access.info("connection", direction="outbound", transport="hbone",
+                            src=f"{src[0]}:{src[1]}", dst=f"{target.addr[0]}:{target.addr[1]}",
+                            original_dst=f"{orig[0]}:{orig[1]}",
+                            service=target.service.key if target.service else None,
+                            source_principal=me.identity if me else None,
+                            destination_principal=w.identity if w else None,
+                            src_workload=labels[1], src_namespace=labels[2],
+                            dst_workload=labels[3], dst_namespace=labels[4],
+                            bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
+                            duration_ms=round((time.time() - conn.started) * 1e3, 1),
+                            reset=conn.traffic.reset, error=error or None)
 
     async def _inbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
@@ -210,7 +266,23 @@ class PodProxy:
                           transparent=self.cfg.preserve_source)
 
     async def _tunnel(self, client: socket.socket) -> None:
-        reset(client)  # HBONE arrives with the control-plane issue
+        if self.meshpath is None:
+            reset(client)  # no mesh config: nobody to terminate mTLS for
+            return
+        await self.meshpath.tunnel(client)
+
+    def track(self, stream: Any) -> None:
+        """An inbound HBONE stream relaying to the app: in the conns table for the idle
+        sweep (cancelling its task resets both sides) and config_dump."""
+        conn = Conn(next(_ids), "inbound", stream.src, stream.dst, traffic=stream.traffic,
+                    task=stream.task)
+        self.conns[conn.id] = conn
+        self._tracked[id(stream)] = conn.id
+
+    def untrack(self, stream: Any) -> None:
+        cid = self._tracked.pop(id(stream), None)
+        if cid is not None:
+            self.conns.pop(cid, None)
 
     async def _proxy(self, client: socket.socket, direction: str, src: tuple[str, int],
                      dst: tuple[str, int], transparent: bool) -> None:
@@ -289,4 +361,6 @@ class PodProxy:
                 "netns_inode": self.netns_inode, "ebpf_inbound": self.ebpf,
                 "listeners": {k: v.getsockname()[1] for k, v in self.listeners.items()},
                 "connections": [c.dump() for c in self.conns.values()],
-                "dns": self.dns.config_dump() if self.dns is not None else None}
+                "dns": self.dns.config_dump() if self.dns is not None else None,
+                "identity": str(self.meshpath.identity()) if self.meshpath else None,
+                "hbone_pool": self.meshpath.client.dump() if self.meshpath else None}

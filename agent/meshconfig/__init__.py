@@ -1,0 +1,1 @@
+"""The agent → node proxy mesh config channel (`mesh.sock`): routing, policy, certificates."""

@@ -1,0 +1,172 @@
+"""The agent's side of `mesh.sock`: every connected node proxy gets a snapshot of the
+discovery state and the certificates of this node's identities, then deltas as they come.
+
+Keys travel only over this socket (mode 0600, peer must be root or our own uid), never to
+disk. Each connection has its own unbounded queue: the state and identity subscribers run
+on the event loop and must not block on a slow proxy; a proxy that falls far behind is
+cut off (it reconnects and gets a fresh snapshot) rather than growing the queue forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from agent.identity.bundle import CertBundle
+from agent.identity.manager import IdentityManager
+from agent.meshconfig import encode
+from agent.meshconfig.wire import frame
+from agent.xds.records import Policy, Service, Workload
+from agent.xds.state import Change, XdsState
+
+log = structlog.get_logger("meshconfig")
+MAX_QUEUED = 10_000  # messages; a proxy this far behind reconnects and resyncs
+
+
+def snapshot(state: XdsState, trust_domain: str = "cluster.local") -> dict[str, Any]:
+    return {"t": "snapshot", "trust_domain": trust_domain,
+            "workloads": [encode.workload(w) for w in state.workloads.values()],
+            "services": [encode.service(s) for s in state.services.values()],
+            "policies": [encode.policy(p) for p in state.policies.values()]}
+
+
+def delta(changes: Sequence[Change]) -> dict[str, Any]:
+    msg: dict[str, Any] = {"t": "delta", "workloads": [], "services": [], "policies": [],
+                           "removed_workloads": [], "removed_services": [],
+                           "removed_policies": []}
+    for c in changes:
+        if isinstance(c.new, Workload):
+            msg["workloads"].append(encode.workload(c.new))
+        elif isinstance(c.new, Service):
+            msg["services"].append(encode.service(c.new))
+        elif isinstance(c.new, Policy):
+            msg["policies"].append(encode.policy(c.new))
+        elif c.kind == "workload":
+            msg["removed_workloads"].append(c.key)
+        elif c.kind == "service":
+            msg["removed_services"].append(c.key)
+        else:
+            msg["removed_policies"].append(c.key)
+    return msg
+
+
+def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+class MeshConfigServer:
+    def __init__(self, path: str, state: XdsState, identities: IdentityManager,
+                 trust_domain: str = "cluster.local") -> None:
+        self.path = path
+        self.trust_domain = trust_domain
+        self.state = state
+        self.identities = identities
+        self._queues: set[asyncio.Queue[bytes | None]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self._queues)
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a stale socket from a previous agent
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        old = os.umask(0o177)  # born 0600: no window where another user could connect
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path)
+        finally:
+            os.umask(old)
+        self._unsubscribe = [self.state.subscribe(self._on_changes),
+                             self.identities.subscribe(self._on_cert)]
+        log.info("meshconfig_listening", socket=self.path)
+
+    async def close(self) -> None:
+        for unsub in self._unsubscribe:
+            unsub()
+        for q in list(self._queues):
+            q.put_nowait(None)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    # -- fan-out (runs on the loop, never blocks) --------------------------------------
+
+    def _broadcast(self, data: bytes) -> None:
+        for q in list(self._queues):
+            if q.qsize() >= MAX_QUEUED:
+                log.warning("meshconfig_proxy_too_slow", queued=q.qsize())
+                self._queues.discard(q)
+                q.put_nowait(None)
+            else:
+                q.put_nowait(data)
+
+    def _on_changes(self, changes: Sequence[Change]) -> None:
+        if self._queues:
+            self._broadcast(frame(delta(changes)))
+
+    def _on_cert(self, identity: str, bundle: CertBundle | None) -> None:
+        if not self._queues:
+            return
+        self._broadcast(frame(encode.bundle(bundle) if bundle is not None else
+                              {"t": "cert", "identity": identity, "removed": True}))
+
+    # -- one proxy ----------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            if not _peer_allowed(writer):
+                log.warning("meshconfig_peer_refused")
+                return
+            q: asyncio.Queue[bytes | None] = asyncio.Queue()
+            # Snapshot and current certificates are queued before any await, so no delta
+            # can slip between them and be lost or applied out of order.
+            q.put_nowait(frame(snapshot(self.state, self.trust_domain)))
+            for ident in self.identities.identities():
+                b = self.identities.get(ident)
+                if b is not None:
+                    q.put_nowait(frame(encode.bundle(b)))
+            self._queues.add(q)
+            log.info("meshconfig_proxy_connected", workloads=len(self.state.workloads),
+                     identities=len(self.identities.identities()))
+            reading = asyncio.ensure_future(reader.read())  # EOF = the proxy went away
+            try:
+                while (data := await q.get()) is not None:
+                    writer.write(data)
+                    await writer.drain()
+                    if reading.done():
+                        break
+            finally:
+                reading.cancel()
+                self._queues.discard(q)
+        except (ConnectionError, OSError) as exc:
+            log.info("meshconfig_proxy_gone", error=str(exc))
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._tasks.discard(task)
