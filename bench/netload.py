@@ -55,7 +55,24 @@ async def connect_rate(ip: str, port: int, seconds: float, workers: int = 8) -> 
     return done / (time.monotonic() - t0)
 
 
+def connect_latency(ip: str, port: int, n: int) -> list[float]:
+    """n sequential blocking connect() calls: the time of the call itself, in µs (the
+    handshake, and whatever redirection costs on its path)."""
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        t0 = time.perf_counter()
+        s.connect((ip, port))
+        out.append((time.perf_counter() - t0) * 1e6)
+        s.close()
+    return out
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "latency":
+        samples = sorted(connect_latency(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+        print(samples[len(samples) // 2], samples[int(len(samples) * 0.99)])
+        sys.exit(0)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
         if sys.argv[1] == "serve":
             r.run(serve(int(sys.argv[2])))

@@ -2,7 +2,8 @@
 
 (a) direct; (b) one hop through meshnode (the client pod enrolled: outbound capture only);
 (c) two hops (both pods enrolled: outbound + inbound); (c') two hops with the userspace
-copy path instead of splice; (d) one hop through HAProxy in TCP mode in the client's netns.
+copy path instead of splice; (b-ebpf, c-ebpf) the same with eBPF redirection instead of
+nftables; (d) one hop through HAProxy in TCP mode in the client's netns.
 Latency is sockperf's TCP ping-pong (1 KiB, one persistent connection); connection rate is
 connect/1-byte echo/close from 8 concurrent clients; throughput is one iperf3 stream.
 """
@@ -107,9 +108,11 @@ def measure(seconds: int = 3) -> dict[str, Any]:
                 hap.terminate()
                 hap.wait(10)
 
-            for zero_copy, suffix in ((True, ""), (False, "_copy")):
+            for backend, zero_copy, suffix in (("nftables", True, ""),
+                                               ("nftables", False, "_copy"),
+                                               ("ebpf", True, "_ebpf")):
                 agent = AgentProc(Path(tmp) / f"agent{suffix}", proxy_handoff=True,
-                                  drift_interval=3600).start()
+                                  drift_interval=3600, backend=backend).start()
                 proxy = ProxyProc(Path(tmp) / f"proxy{suffix}", str(agent.workdir / "zds.sock"),
                                   extra={"dns_capture": False, "zero_copy": zero_copy,
                                          "access_log": False}).start()
@@ -117,7 +120,7 @@ def measure(seconds: int = 3) -> dict[str, Any]:
                     assert cni("ADD", agent.socket, client.path, "cl", [client.ip4],
                                name="client").code == 0
                     if zero_copy:
-                        run_all("b_one_hop", sip)
+                        run_all(f"b_one_hop{suffix}", sip)
                     assert cni("ADD", agent.socket, server.path, "sv", [sip],
                                name="server").code == 0
                     run_all(f"c_two_hops{suffix}", sip)
@@ -138,9 +141,12 @@ def report(r: dict[str, Any]) -> str:
     d, h = rows["a_direct"], rows["d_haproxy"]
     names = {"a_direct": "(a) direct", "b_one_hop": "(b) meshnode, one hop",
              "c_two_hops": "(c) meshnode, two hops", "c_two_hops_copy":
-             "(c') two hops, copy instead of splice", "d_haproxy": "(d) HAProxy, one hop"}
+             "(c') two hops, copy instead of splice", "d_haproxy": "(d) HAProxy, one hop",
+             "b_one_hop_ebpf": "(b-ebpf) meshnode, one hop, eBPF redirection",
+             "c_two_hops_ebpf": "(c-ebpf) meshnode, two hops, eBPF redirection"}
     table = []
-    for key in ("a_direct", "b_one_hop", "c_two_hops", "c_two_hops_copy", "d_haproxy"):
+    for key in ("a_direct", "b_one_hop", "c_two_hops", "c_two_hops_copy", "b_one_hop_ebpf",
+                "c_two_hops_ebpf", "d_haproxy"):
         x = rows[key]
         table.append([names[key], f"{x['p50_us']:.0f}", f"{x['p99_us']:.0f}",
                       f"{x['p50_us'] - d['p50_us']:+.0f}", f"{x['conn_s']:.0f}",
@@ -160,6 +166,12 @@ def report(r: dict[str, Any]) -> str:
              f"(target: at least 1.0x). Splice vs copy, two hops: "
              f"{rows['c_two_hops']['gbps'] / rows['c_two_hops_copy']['gbps']:.2f}x "
              f"throughput.\n")
+    be, ce, c = rows["b_one_hop_ebpf"], rows["c_two_hops_ebpf"], rows["c_two_hops"]
+    text += (f"\nThe full path with eBPF redirection instead of nftables: one hop "
+             f"{be['conn_s'] / b['conn_s']:.2f}x the connection rate and "
+             f"{be['p50_us'] - d['p50_us']:+.0f} vs {added_b:+.0f} µs added p50; two hops "
+             f"{ce['conn_s'] / c['conn_s']:.2f}x the connection rate, "
+             f"{ce['gbps'] / c['gbps']:.2f}x the throughput.\n")
     return text
 
 
