@@ -1,0 +1,72 @@
+"""The pods' applications: an echo server that records its clients, and clients."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+
+from agent.lab import Node
+from agent.redirect.netns import entered
+
+
+class EchoServer:
+    def __init__(self, node: Node, port: int) -> None:
+        with entered(node.path):
+            self.sock = socket.create_server(("0.0.0.0", port))
+        self.peers: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, addr = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(addr[0])
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c: socket.socket) -> None:
+        with c:
+            try:
+                while data := c.recv(65536):
+                    c.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(node: Node, ip: str, port: int, timeout: float = 5) -> socket.socket:
+    with entered(node.path):
+        s = socket.socket()
+    s.settimeout(timeout)
+    s.connect((ip, port))
+    return s
+
+
+def exchange(node: Node, ip: str, port: int, payload: bytes, timeout: float = 5) -> str:
+    """Send payload, half-close, read the echo to EOF; sha256 of what came back ("" when
+    the connection was refused or reset)."""
+    try:
+        s = connect(node, ip, port, timeout)
+    except OSError:
+        return ""
+    h = hashlib.sha256()
+    with s:
+        try:
+            sender = threading.Thread(target=lambda: (s.sendall(payload),
+                                                      s.shutdown(socket.SHUT_WR)))
+            sender.start()
+            while data := s.recv(1 << 16):
+                h.update(data)
+            sender.join()
+        except OSError:
+            return ""
+    return h.hexdigest()
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
