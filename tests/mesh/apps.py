@@ -57,8 +57,10 @@ def exchange(node: Node, ip: str, port: int, payload: bytes, timeout: float = 5)
     h = hashlib.sha256()
     with s:
         try:
-            sender = threading.Thread(target=lambda: (s.sendall(payload),
-                                                      s.shutdown(socket.SHUT_WR)))
+            def send() -> None:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+            sender = threading.Thread(target=send)
             sender.start()
             while data := s.recv(1 << 16):
                 h.update(data)
