@@ -58,8 +58,11 @@ def exchange(node: Node, ip: str, port: int, payload: bytes, timeout: float = 5)
     with s:
         try:
             def send() -> None:
-                s.sendall(payload)
-                s.shutdown(socket.SHUT_WR)
+                try:
+                    s.sendall(payload)
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # reset by a denial: the reader sees it too
             sender = threading.Thread(target=send)
             sender.start()
             while data := s.recv(1 << 16):

@@ -80,6 +80,7 @@ class MeshNode:
     name: str
     workdir: Path
     cp: ControlPlaneProc
+    cert_ttl_seconds: int = 3600
     agent: AgentProc = field(init=False)
     proxy: ProxyProc = field(init=False)
 
@@ -91,7 +92,8 @@ class MeshNode:
         cfg["controlplane"] = {"address": f"127.0.0.1:{self.cp.port}",
                                "root_cert": str(self.cp.root_cert),
                                "token": self.cp.token(self.name), "node_name": self.name,
-                               "cluster_id": "Kubernetes", "cert_ttl_seconds": 3600}
+                               "cluster_id": "Kubernetes",
+                               "cert_ttl_seconds": self.cert_ttl_seconds}
         self.agent.config.write_text(yaml.safe_dump(cfg))
         self.proxy = ProxyProc(self.workdir / "proxy", str(self.agent.workdir / "zds.sock"),
                                extra={"dns_capture": False, "mesh_socket": self.mesh_socket})

@@ -80,6 +80,11 @@ def certs_of(node: MeshNode) -> set[str]:
     return {c["identity"] for c in node.proxy_mesh().get("certificates", [])}
 
 
+def serial_of(node: MeshNode, identity: str) -> str:
+    return next((c["serial"] for c in node.proxy_mesh().get("certificates", [])
+                 if c["identity"] == identity), "")
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("mesh")
@@ -90,7 +95,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         cp = ControlPlaneProc(tmp / "cp")
         cp.write_mesh(mesh_file(t))
         started.append(cp.start())
-        n1 = MeshNode("node1", tmp / "node1", cp)
+        # node1's certificates live 40 s: renewed every ~20 s, so the rotation test sees one.
+        n1 = MeshNode("node1", tmp / "node1", cp, cert_ttl_seconds=40)
         started.append(n1.start())
         n2 = MeshNode("node2", tmp / "node2", cp)
         started.append(n2.start())
@@ -146,6 +152,24 @@ def test_deny_policy_blocks_within_2s_and_removal_restores(mesh: Mesh) -> None:
     t0 = time.monotonic()
     mesh.set_mesh()
     wait_for(mesh.call, 2.0, "access to come back after removing the policy")
+
+
+def test_certificate_rotation_reaches_the_proxy_without_restart(mesh: Mesh) -> None:
+    pid = mesh.n1.proxy.proc.pid if mesh.n1.proxy.proc else None
+    first = serial_of(mesh.n1, SLEEP_ID)
+    assert first
+    wait_for(lambda: serial_of(mesh.n1, SLEEP_ID) not in ("", first), 30,
+             "node1's agent to renew and hand over sleep's certificate", step=0.2)
+    assert certs_of(mesh.n1) == {SLEEP_ID}  # replaced, not added
+    assert mesh.n1.proxy.proc is not None and mesh.n1.proxy.proc.pid == pid
+    opened = mesh.n2.proxy_metric("meshnode_hbone_streams_opened_total", direction="inbound",
+                                  source_principal=SLEEP_ID, response_code="200")
+    assert mesh.call()  # a new connection, made with the new certificate
+    assert mesh.n2.proxy_metric("meshnode_hbone_streams_opened_total", direction="inbound",
+                                source_principal=SLEEP_ID, response_code="200") > opened
+    rotated = [e for e in mesh.n1.log_events("certificate_updated")
+               if e["identity"] == SLEEP_ID]
+    assert len(rotated) >= 2
 
 
 def test_malformed_resource_is_nacked_and_agent_stays_ready(mesh: Mesh) -> None:
