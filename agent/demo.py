@@ -115,6 +115,15 @@ def _talk(node: Node, ip: str, port: int, payload: bytes) -> bool:
 
 
 def run_demo(backend: str, flavour: str) -> int:
+    if backend == "ebpf":
+        from agent.ebpf.pins import private_pins
+
+        with private_pins():  # the agent and proxy find it through MESHNODE_BPF_PIN_DIR
+            return _run_demo(backend, flavour)
+    return _run_demo(backend, flavour)
+
+
+def _run_demo(backend: str, flavour: str) -> int:
     total = 6
     procs: list[subprocess.Popen[bytes]] = []
     ok = False

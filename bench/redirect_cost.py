@@ -101,7 +101,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from bench.bpffs import private_pins
+    from agent.ebpf.pins import private_pins
 
     with private_pins():
         print(report(measure()))

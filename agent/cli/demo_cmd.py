@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="show the whole path on this machine and clean up")
-    p.add_argument("--backend", choices=["iptables", "nftables"], default="nftables")
+    p.add_argument("--backend", choices=["iptables", "nftables", "ebpf"], default="nftables")
     p.add_argument("--iptables-flavour", choices=["auto", "nft", "legacy"], default="auto")
     p.set_defaults(handler=cmd_demo)
 

@@ -1,4 +1,5 @@
-"""A private bpffs for a benchmark run, so nothing is pinned in the host's /sys/fs/bpf."""
+"""A private bpffs for a demo or benchmark run, so nothing is pinned in the host's
+/sys/fs/bpf (which on a dev machine may not even be a bpffs mount)."""
 
 from __future__ import annotations
 
