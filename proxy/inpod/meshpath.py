@@ -71,7 +71,7 @@ class PodMesh:
         return s
 
     async def outbound(self, client: socket.socket, src: Addr, target: Target,
-                       conn_traffic: Traffic, labels: tuple[str, ...]) -> str:
+                       conn_traffic: Traffic) -> str:
         """Tunnel the app's connection to `target` (an HBONE workload). Returns an error
         text for the access log ("" on success); the client is reset on failure."""
         try:

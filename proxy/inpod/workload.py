@@ -238,7 +238,7 @@ class PodProxy:
         me = self.meshpath.workload()
         error = ""
         try:
-            error = await self.meshpath.outbound(client, src, target, conn.traffic, labels)
+            error = await self.meshpath.outbound(client, src, target, conn.traffic)
         finally:
             self.conns.pop(conn.id, None)
             metrics.CONNECTIONS.dec()
