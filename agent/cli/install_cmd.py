@@ -29,16 +29,18 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
 
 @contextlib.contextmanager
 def _logs_to_stderr() -> Iterator[None]:
-    """Keep stdout for `-o json|yaml` output: log lines go to stderr (unless the process
-    configured structlog itself). Undone afterwards, so nothing global is left changed."""
-    if structlog.is_configured():
-        yield
-        return
-    structlog.configure(logger_factory=_stderr_logger)
+    """Keep stdout for `-o json|yaml` output: log lines go to stderr, whatever the process
+    configured before (a default structlog set-up prints to stdout). The previous
+    configuration is restored afterwards, so nothing global is left changed."""
+    was_configured, before = structlog.is_configured(), structlog.get_config()
+    structlog.configure(logger_factory=_stderr_logger, cache_logger_on_first_use=False)
     try:
         yield
     finally:
-        structlog.reset_defaults()
+        if was_configured:
+            structlog.configure(**before)
+        else:
+            structlog.reset_defaults()
 
 
 def add_install_flags(p: argparse.ArgumentParser) -> None:
