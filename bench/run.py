@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.ebpf.pins import private_pins
-from bench import cni_add, proxy_path, redirect_apply, redirect_cost
+from bench import cni_add, mesh_path, proxy_path, redirect_apply, redirect_cost
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -24,7 +24,8 @@ def main() -> int:
     with private_pins():  # the eBPF rows pin into a private bpffs
         results = {"redirect": redirect_apply.measure(pods), "cni": cni_add.measure(pods),
                    "redirect_cost": redirect_cost.measure(),
-                   "proxy": proxy_path.measure(seconds)}
+                   "proxy": proxy_path.measure(seconds),
+                   "mesh": mesh_path.measure(seconds)}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
@@ -32,7 +33,8 @@ def main() -> int:
             f"kernel {platform.release()}.\n\n" + redirect_apply.report(results["redirect"])
             + "\n" + cni_add.report(results["cni"]) + "\n"
             + redirect_cost.report(results["redirect_cost"]) + "\n"
-            + proxy_path.report(results["proxy"]))
+            + proxy_path.report(results["proxy"]) + "\n"
+            + mesh_path.report(results["mesh"]))
     doc = DOC.read_text()
     head, _, rest = doc.partition(BEGIN)
     _, _, tail = rest.partition(END)
