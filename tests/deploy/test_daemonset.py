@@ -1,0 +1,273 @@
+"""The node DaemonSet against the code it runs: least privilege, the host mounts, probes on
+endpoints the agent and the proxy really serve, and configs the daemons accept."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent import config as agent_config
+from agent.install.config import PluginEntry
+from agent.nodeagent.http import make_app
+from agent.nodeagent.pods import PodStore
+from controlplane import mesh
+from proxy import config as proxy_config
+from proxy.admin import make_admin_app
+from tests.deploy.manifests import config_file, container, find, plain, render
+
+Obj = dict[str, Any]
+
+# The capability sets the code needs (reasons: deploy/daemonset.yaml, docs/install.md).
+AGENT_CAPS = {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE", "BPF", "PERFMON"}
+PROXY_CAPS = {"NET_ADMIN", "SYS_ADMIN", "BPF"}
+
+
+def sources() -> list[tuple[str, list[Obj]]]:
+    return [("plain", [o for _f, o in plain()]), ("helm", render())]
+
+
+@pytest.fixture(params=sources(), ids=lambda s: s[0])
+def objs(request: pytest.FixtureRequest) -> list[Obj]:
+    value: list[Obj] = request.param[1]
+    return value
+
+
+def ds_spec(objs: list[Obj]) -> Obj:
+    spec: Obj = find(objs, "DaemonSet", "meshnode-node")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_named_as_the_cni_plugin_exempts_it(objs: list[Obj]) -> None:
+    """The plugin lets meshnode-system/meshnode-node-* pods through without the agent."""
+    ds = find(objs, "DaemonSet", "meshnode-node")
+    entry = PluginEntry()
+    assert ds["metadata"]["namespace"] == entry.agent_pod_namespace
+    assert f"{ds['metadata']['name']}-".startswith(entry.agent_pod_name_prefix)
+
+
+def test_no_container_is_privileged(objs: list[Obj]) -> None:
+    for o in objs:
+        if o["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("privileged") is not True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+
+
+def test_capabilities_are_exactly_what_the_code_needs(objs: list[Obj]) -> None:
+    spec = ds_spec(objs)
+    assert set(container(spec, "agent")["securityContext"]["capabilities"]["add"]) == AGENT_CAPS
+    assert set(container(spec, "proxy")["securityContext"]["capabilities"]["add"]) == PROXY_CAPS
+
+
+def test_what_the_api_server_would_refuse(objs: list[Obj]) -> None:
+    """Rules of the API server's validation that no schema expresses: Bidirectional
+    propagation only for privileged containers; allowPrivilegeEscalation=false is refused
+    together with SYS_ADMIN."""
+    for o in objs:
+        if o["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            sc = c.get("securityContext", {})
+            if not sc.get("privileged"):
+                for m in c.get("volumeMounts", []):
+                    assert m.get("mountPropagation") != "Bidirectional", (c["name"], m)
+            if "SYS_ADMIN" in sc.get("capabilities", {}).get("add", []):
+                assert sc.get("allowPrivilegeEscalation") is not False, c["name"]
+
+
+def host_mounts(spec: Obj, name: str) -> dict[str, Obj]:
+    """host path -> the container's mount of it."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    return {volumes[m["name"]]["hostPath"]["path"]: m
+            for m in container(spec, name)["volumeMounts"]
+            if "hostPath" in volumes[m["name"]]}
+
+
+def test_host_mounts(objs: list[Obj]) -> None:
+    spec = ds_spec(objs)
+    agent = host_mounts(spec, "agent")
+    assert {"/opt/cni/bin", "/etc/cni/net.d", "/proc", "/var/run/netns", "/sys/fs/bpf",
+            "/sys/fs/cgroup", "/var/run/meshnode"} <= set(agent)
+    assert agent["/proc"] == {**agent["/proc"], "mountPath": "/host/proc", "readOnly": True}
+    assert agent["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert agent["/sys/fs/bpf"]["mountPropagation"] == "HostToContainer"
+    assert not agent["/var/run/meshnode"].get("readOnly")
+    proxy = host_mounts(spec, "proxy")
+    # The sockets the two containers share live there.
+    assert proxy["/var/run/meshnode"]["mountPath"] == agent["/var/run/meshnode"]["mountPath"]
+    # What needs no CNI, /proc or cgroup access does not get them.
+    assert not {"/opt/cni/bin", "/etc/cni/net.d", "/proc", "/sys/fs/cgroup"} & set(proxy)
+
+
+def test_install_dirs_are_the_host_cni_mounts(objs: list[Obj]) -> None:
+    agent = host_mounts(ds_spec(objs), "agent")
+    install = config_file(objs, "agent.yaml")["install"]
+    assert install["enabled"] is True
+    assert install["cni_bin_dir"] == agent["/opt/cni/bin"]["mountPath"]
+    assert install["cni_net_dir"] == agent["/etc/cni/net.d"]["mountPath"]
+
+
+def test_sockets_are_on_the_shared_host_dir(objs: list[Obj]) -> None:
+    a = config_file(objs, "agent.yaml")
+    p = config_file(objs, "proxy.yaml")
+    shared = Path(host_mounts(ds_spec(objs), "agent")["/var/run/meshnode"]["mountPath"])
+    assert a["zds_socket"] == p["zds_socket"]
+    assert a["mesh_socket"] == p["mesh_socket"]
+    for path in (a["cni_socket"], a["zds_socket"], a["mesh_socket"], a["state_dir"]):
+        assert Path(path) == shared or shared in Path(path).parents, path
+    # The plugin on the host dials this path: it must be the host path too.
+    assert PluginEntry().agent_socket == a["cni_socket"]
+
+
+def test_host_namespaces_priority_tolerations_strategy(objs: list[Obj]) -> None:
+    ds = find(objs, "DaemonSet", "meshnode-node")
+    spec = ds_spec(objs)
+    assert spec["hostNetwork"] is True and spec["hostPID"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["priorityClassName"] == "system-node-critical"
+    tolerations = spec["tolerations"]
+    assert {"operator": "Exists"} in tolerations  # every taint
+    assert any(t.get("key") == "meshnode.io/not-ready" for t in tolerations)
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    drain = config_file(objs, "proxy.yaml")["drain_seconds"]
+    assert spec["terminationGracePeriodSeconds"] > drain
+
+
+def test_downward_api_env(objs: list[Obj]) -> None:
+    want = {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
+            "POD_NAMESPACE": "metadata.namespace", "INSTANCE_IP": "status.podIP"}
+    for name in ("agent", "proxy"):
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+               for e in container(ds_spec(objs), name)["env"]}
+        assert env == want, name
+
+
+def test_resources_are_set(objs: list[Obj]) -> None:
+    for o in objs:
+        if o["kind"] in ("DaemonSet", "Deployment"):
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
+                assert "memory" in c["resources"]["limits"], c["name"]
+
+
+def test_configs_load_with_the_daemons_own_loaders(objs: list[Obj], tmp_path: Path) -> None:
+    for key, load in (("agent.yaml", agent_config.load), ("proxy.yaml", proxy_config.load)):
+        f = tmp_path / key
+        f.write_text(find(objs, "ConfigMap", "meshnode-config")["data"][key])
+        load(str(f))
+    a = agent_config.load(str(tmp_path / "agent.yaml"))
+    assert a.capture.backend == "iptables"
+    assert a.controlplane is not None and a.controlplane.address.startswith(
+        "meshnode-controlplane.meshnode-system.svc:")
+
+
+def test_the_example_mesh_is_valid(objs: list[Obj]) -> None:
+    mesh.parse(find(objs, "ConfigMap", "meshnode-mesh")["data"]["mesh.yaml"])
+
+
+def test_plain_configmap_documents_the_ebpf_option() -> None:
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "configmap.yaml").read_text()
+    assert "# backend: ebpf" in text
+
+
+# --- probes: served by the real apps on the configured address ----------------------------
+
+class _ProxyState:
+    def config_dump(self) -> dict[str, Any]:
+        return {}
+
+    def ready(self) -> bool:
+        return True
+
+
+def _statuses(make: Any, paths: list[str]) -> list[int]:
+    """GET each path from a fresh app (an aiohttp app is bound to one event loop)."""
+    async def main() -> list[int]:
+        async with TestClient(TestServer(make())) as client:
+            return [(await client.get(p)).status for p in paths]
+    return asyncio.run(main())
+
+
+def _probes(c: Obj) -> list[Obj]:
+    return [c[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")]
+
+
+def test_agent_probes_hit_what_the_agent_serves(objs: list[Obj], tmp_path: Path) -> None:
+    host, _, port = config_file(objs, "agent.yaml")["http_address"].rpartition(":")
+    probes = _probes(container(ds_spec(objs), "agent"))
+    assert probes[2]["path"] == "/readyz"
+    for probe in probes:
+        assert (probe["host"], probe["port"]) == (host, int(port)), probe
+    statuses = _statuses(lambda: make_app(PodStore(tmp_path), lambda: True),
+                         [p["path"] for p in probes])
+    assert statuses == [200] * len(probes), probes
+
+
+def test_proxy_probes_hit_what_the_proxy_serves(objs: list[Obj]) -> None:
+    host, _, port = config_file(objs, "proxy.yaml")["admin_address"].rpartition(":")
+    probes = _probes(container(ds_spec(objs), "proxy"))
+    assert probes[2]["path"] == "/healthz/ready"
+    for probe in probes:
+        assert (probe["host"], probe["port"]) == (host, int(port)), probe
+    statuses = _statuses(lambda: make_admin_app(_ProxyState()), [p["path"] for p in probes])
+    assert statuses == [200] * len(probes), probes
+
+
+def test_probe_paths_are_not_just_any_path(tmp_path: Path) -> None:
+    """The check above would be empty if unknown paths answered 200."""
+    assert _statuses(lambda: make_app(PodStore(tmp_path), lambda: True), ["/nope"]) == [404]
+    assert _statuses(lambda: make_admin_app(_ProxyState()), ["/healthz"]) == [404]
+
+
+def test_controlplane_listens_where_the_service_and_agents_point() -> None:
+    objs = [o for _f, o in plain()]
+    dep = find(objs, "Deployment", "meshnode-controlplane")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    from agent.cli.main import build_parser
+
+    args = build_parser().parse_args(c["args"])
+    port = int(args.address.rpartition(":")[2])
+    svc = find(objs, "Service", "meshnode-controlplane")
+    assert svc["spec"]["ports"][0]["targetPort"] == port
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    cp = config_file(objs, "agent.yaml")["controlplane"]
+    svc_port = svc["spec"]["ports"][0]["port"]
+    assert cp["address"] == f"meshnode-controlplane.meshnode-system.svc:{svc_port}"
+    assert cp["server_name"] in args.server_name
+    assert dep["spec"]["template"]["spec"]["hostNetwork"] is True
+    assert any(t.get("key") == "meshnode.io/not-ready"
+               for t in dep["spec"]["template"]["spec"]["tolerations"])
+
+
+def test_rbac_is_the_documented_minimum() -> None:
+    objs = [o for _f, o in plain()]
+    role = find(objs, "ClusterRole", "meshnode-node")
+    rules = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+             for r in rule["resources"] for v in rule["verbs"]}
+    assert rules == {("", "pods", v) for v in ("get", "list", "watch", "patch")} | \
+        {("", "namespaces", v) for v in ("get", "list", "watch")} | \
+        {("", "nodes", v) for v in ("get", "patch")}
+    binding = find(objs, "ClusterRoleBinding", "meshnode-node")
+    ds = find(objs, "DaemonSet", "meshnode-node")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshnode-node",
+                                    "namespace": "meshnode-system"}]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "meshnode-node"
+    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")
+                or (o["kind"] == "ClusterRole" and o["metadata"]["name"] != "meshnode-node")]
+
+
+def test_yaml_parses_with_anchors_resolved() -> None:
+    """daemonset.yaml shares the env list through a YAML anchor: both containers get it."""
+    ds = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "daemonset.yaml")
+                        .read_text())
+    agent, proxy = ds["spec"]["template"]["spec"]["containers"]
+    assert agent["env"] == proxy["env"]

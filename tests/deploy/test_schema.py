@@ -1,0 +1,79 @@
+"""Every manifest, and the chart as Helm renders it, against the Kubernetes OpenAPI schemas
+that kubernetes-validate ships (offline; strict: unknown fields are errors)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from tests.deploy.manifests import DEPLOY, REPO, plain, render
+
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+CHART_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ebpf": {"capture": {"backend": "ebpf", "fallback": "iptables"}},
+    "no-controlplane": {"controlplane": {"enabled": False}},
+    "external-controlplane": {"controlplane": {"enabled": False,
+                                               "externalAddress": "cp.example:15012"}},
+    "namespace+pull-secrets": {"namespace": {"create": True},
+                               "imagePullSecrets": [{"name": "regcred"}],
+                               "nodeSelector": {"kubernetes.io/os": "linux"}},
+}
+
+
+def check(obj: dict[str, Any], version: str) -> None:
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']} on {version}: "
+                             f"{exc.message} at {'/'.join(map(str, exc.path))}") from None
+
+
+def test_the_latest_schema_is_newer_than_130() -> None:
+    assert tuple(map(int, VERSIONS[1].split("."))) >= (1, 30)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plain_manifests_validate(version: str) -> None:
+    objs = plain()
+    assert len(objs) >= 10
+    for _file, obj in objs:
+        check(obj, version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("variant", sorted(CHART_VARIANTS))
+def test_rendered_chart_validates(variant: str, version: str) -> None:
+    for obj in render(CHART_VARIANTS[variant]):
+        check(obj, version)
+
+
+def test_generated_secrets_validate(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(DEPLOY / "make_secrets.py"), "--dir",
+                          str(tmp_path / "ca"), "--node", "node-a"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    docs = list(yaml.safe_load_all(out))
+    assert len(docs) == 3
+    for version in VERSIONS:
+        for obj in docs:
+            check(obj, version)
+
+
+def test_the_validator_is_not_vacuous() -> None:
+    """A typo'd field and a wrong type in the DaemonSet must fail, or the passes above mean
+    nothing."""
+    (ds,) = [o for _f, o in plain() if o["kind"] == "DaemonSet"]
+    typo = {**ds, "spec": {**ds["spec"], "updateStrategyy": {}}}
+    with pytest.raises(AssertionError, match="updateStrategyy"):
+        check(typo, VERSIONS[0])
+    bad = yaml.safe_load(yaml.safe_dump(ds))
+    bad["spec"]["template"]["spec"]["hostPID"] = "yes"
+    with pytest.raises(AssertionError, match="hostPID"):
+        check(bad, VERSIONS[-1])
