@@ -7,6 +7,7 @@ back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,22 @@ class ControlPlaneSection:
 
 
 @dataclass
+class KubernetesSection:
+    """The Kubernetes pod source (agent/k8s): watch this node's pods and the namespaces,
+    enroll by `meshnode.io/dataplane-mode` labels, annotate pods, untaint the node. Off: pods
+    come from the CNI plugin alone, selected by `selection`."""
+
+    enabled: bool = False
+    node_name: str = ""                 # default: $NODE_NAME (the DaemonSet's downward API)
+    kubeconfig: str = ""                # "" = in-cluster service account
+    watch_timeout_seconds: int = 300    # the server ends each watch after this; we resume
+    retry_seconds: float = 1.0          # first retry of a pod that could not be enrolled
+
+    def node(self) -> str:
+        return self.node_name or os.environ.get("NODE_NAME", "")
+
+
+@dataclass
 class AgentConfig:
     cni_socket: str = "/var/run/meshnode/cni.sock"
     zds_socket: str = "/var/run/meshnode/zds.sock"  # the node proxy connects here
@@ -110,6 +127,7 @@ class AgentConfig:
     # when `controlplane` is set.
     mesh_socket: str = "/var/run/meshnode/mesh.sock"
     controlplane: ControlPlaneSection | None = None
+    kubernetes: KubernetesSection = field(default_factory=KubernetesSection)
 
     @property
     def pods_dir(self) -> Path:
@@ -136,6 +154,11 @@ class AgentConfig:
                 raise ConfigError("controlplane: address and root_cert are required")
             if bool(cp.token) == bool(cp.token_file):
                 raise ConfigError("controlplane: set exactly one of token and token_file")
+        k8s = self.kubernetes
+        if k8s.enabled and not k8s.node():
+            raise ConfigError("kubernetes.node_name: required (or $NODE_NAME) when enabled")
+        if k8s.watch_timeout_seconds <= 0 or k8s.retry_seconds <= 0:
+            raise ConfigError("kubernetes: watch_timeout_seconds and retry_seconds must be > 0")
 
 
 def build_dataclass(cls: type[Any], data: Any, where: str) -> Any:

@@ -10,7 +10,7 @@ import dataclasses
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -45,6 +45,25 @@ class Reply:
 
 def fail(msg: str, code: int = TRY_AGAIN) -> Reply:
     return Reply(ok=False, detail=msg, code=code)
+
+
+class PodEnrollment(Protocol):
+    """What every pod source drives, in the plugin's request form (docs/cni-protocol.md):
+    the CNI server (runtime-driven) and the Kubernetes watch (label-driven, agent/k8s).
+    One implementation, `Enroller`, so both sources share every rule about enrollment."""
+
+    store: PodStore
+
+    def add(self, req: dict[str, Any]) -> Reply: ...
+
+    def delete(self, cid: str) -> Reply: ...
+
+
+class SelectionPolicy(Protocol):
+    """A second say on which pods are captured, beyond `selection` in the config (which
+    stays an outer filter): the Kubernetes labels. None = cannot tell yet."""
+
+    def selects(self, namespace: str, name: str) -> bool | None: ...
 
 
 _OVERRIDABLE = {"dns_capture", "inbound_capture", "ipv6", "virtual_interfaces",
@@ -85,6 +104,7 @@ class Enroller:
         self.cfg = cfg
         self.store = store
         self.handoff = handoff
+        self.policy: SelectionPolicy | None = None  # set by the Kubernetes pod source
         self.impl = make_capture_backend(cfg)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
@@ -115,6 +135,13 @@ class Enroller:
             return fail("ADD needs container_id and netns", INVALID_CONFIG)
         if not self.cfg.selection.captures(namespace):
             return Reply(ok=True, captured=False, detail=f"namespace {namespace!r} not selected")
+        verdict = self.policy.selects(namespace, name) if self.policy is not None else True
+        if verdict is None:
+            # Fail closed: the runtime retries, and by then the watch has seen the pod.
+            return fail(f"pod {namespace}/{name} not yet seen by the Kubernetes watch")
+        if not verdict:
+            return Reply(ok=True, captured=False, detail=f"pod {namespace}/{name} not selected "
+                         "by its dataplane-mode labels")
         capture = dict((req.get("config") or {}).get("capture") or {})
         try:
             spec = self.spec_for(capture)
@@ -189,7 +216,9 @@ class Enroller:
         namespace = str((req.get("pod") or {}).get("namespace", ""))
         rec = self.store.get(cid)
         if rec is None:
-            if self.cfg.selection.captures(namespace):
+            name = str((req.get("pod") or {}).get("name", ""))
+            if self.cfg.selection.captures(namespace) and (
+                    self.policy is None or self.policy.selects(namespace, name)):
                 return fail(f"container {cid} should be captured but is not enrolled")
             return Reply(ok=True, detail="not selected")
         with self._lock(cid):

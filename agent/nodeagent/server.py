@@ -7,6 +7,7 @@ import contextlib
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,9 @@ from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
 from agent.nodeagent.http import make_app
 from agent.nodeagent.pods import PodStore
 from agent.zds.server import ZdsServer
+
+if TYPE_CHECKING:
+    from agent.k8s.source import KubePodSource
 
 log = structlog.get_logger("agent")
 
@@ -45,6 +49,7 @@ class Agent:
                 state_file=Path(cfg.state_dir) / "cni-install-state.json"))
         self.cni = CniServer(cfg.cni_socket, self.enroller, self.ready)
         self.mesh = MeshRuntime(cfg) if cfg.controlplane is not None else None
+        self.k8s: KubePodSource | None = None  # built in run(): connecting needs the loop
 
     def ready(self) -> bool:
         ok = self.serving and (self.installer is None or self.installer.ready()) \
@@ -65,6 +70,21 @@ class Agent:
                     log.warning("drift_repaired", pods=n)
             except Exception:
                 log.exception("drift_check_failed")
+
+    async def _start_k8s(self) -> None:
+        from agent.k8s.api import KubeApi
+        from agent.k8s.source import KubePodSource
+
+        k = self.cfg.kubernetes
+        api = await KubeApi.connect(k.kubeconfig)
+        self.k8s = KubePodSource(api, self.enroller, k.node(),
+                                 istio=self.cfg.capture.profile == "istio", ready=self.ready,
+                                 workers=self.cfg.workers,
+                                 watch_timeout_seconds=k.watch_timeout_seconds,
+                                 retry_seconds=k.retry_seconds)
+        self.enroller.policy = self.k8s
+        await self.k8s.start()
+        log.info("k8s_source_started", node=k.node(), kubeconfig=k.kubeconfig or "in-cluster")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,6 +107,10 @@ class Agent:
                 else self.mesh.handoff(self.zds, loop, timeout)
         if self.installer is not None:
             await loop.run_in_executor(None, self.installer.start)
+        if self.cfg.kubernetes.enabled:
+            # Before the CNI socket: from here on an ADD is decided by the pod's labels
+            # (until the watch has synced, ADDs fail closed and the runtime retries).
+            await self._start_k8s()
         await self.cni.start()
         host, _, port = self.cfg.http_address.rpartition(":")
         runner = web.AppRunner(make_app(self.store, self.ready,
@@ -103,6 +127,9 @@ class Agent:
         self.serving = False
         drift.cancel()
         await self.cni.stop()
+        if self.k8s is not None:
+            await self.k8s.stop()
+            await self.k8s.api.close()
         if self.zds is not None:
             await self.zds.close()
         if self.mesh is not None:

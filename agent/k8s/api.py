@@ -1,0 +1,200 @@
+"""Every Kubernetes API call the agent makes, and nothing else.
+
+All calls go through `KubeApi`, and each of its methods is declared with the (verb, API group,
+resource) it needs in `CALLS`. `tests/k8s/test_rbac_covers_calls.py` imports that table and
+checks it against the ClusterRole in deploy/rbac.yaml, and checks that no other module in
+agent/ touches the client library: so RBAC can be least privilege and stay correct.
+
+The client (kubernetes_asyncio) is used as transport only: configuration (kubeconfig or
+in-cluster token and CA), TLS, auth and URL building. Responses are read raw
+(`_preload_content=False`): the watch protocol is handled in `watch.py`, and objects stay
+plain dicts, so one malformed object cannot break deserialisation of a whole list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import aiohttp
+from kubernetes_asyncio import client as kclient
+from kubernetes_asyncio import config as kconfig
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    verb: str      # RBAC verb: get, list, watch, patch, ...
+    group: str     # API group, "" for the core group
+    resource: str  # plural resource name as RBAC spells it
+
+
+# Filled by @_call below: method name -> the RBAC permissions it needs.
+CALLS: dict[str, tuple[ApiCall, ...]] = {}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _call(*needs: tuple[str, str, str]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    def mark(fn: Callable[P, R]) -> Callable[P, R]:
+        CALLS[fn.__name__] = tuple(ApiCall(v, g, r) for v, g, r in needs)
+        return fn
+    return mark
+
+
+class ApiError(Exception):
+    """A non-2xx answer (status > 0) or a transport failure (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Listing:
+    items: list[Any]
+    resource_version: str
+
+
+async def _check(resp: aiohttp.ClientResponse) -> None:
+    if not 200 <= resp.status <= 299:
+        body = (await resp.read())[:500].decode(errors="replace")
+        resp.release()
+        raise ApiError(resp.status, body)
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    await _check(resp)
+    try:
+        return json.loads(await resp.read())
+    except ValueError as exc:
+        raise ApiError(resp.status, f"not JSON: {exc}") from None
+    finally:
+        resp.release()
+
+
+def _listing(data: Any) -> Listing:
+    if not isinstance(data, dict) or not isinstance(data.get("items", []), list):
+        raise ApiError(200, "list answer is not a List object")
+    rv = (data.get("metadata") or {}).get("resourceVersion")
+    if not isinstance(rv, str) or not rv:
+        raise ApiError(200, "list answer has no metadata.resourceVersion")
+    return Listing(items=list(data.get("items") or []), resource_version=rv)
+
+
+class KubeApi:
+    def __init__(self, api_client: kclient.ApiClient) -> None:
+        self._client = api_client
+        self._core = kclient.CoreV1Api(api_client)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str = "") -> KubeApi:
+        """From a kubeconfig file, or (empty path) the pod's service account."""
+        conf = kclient.Configuration()
+        if kubeconfig:
+            await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=conf)
+        else:
+            kconfig.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+        return cls(kclient.ApiClient(conf))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _raw(self, call: Awaitable[Any]) -> aiohttp.ClientResponse:
+        try:
+            resp = await call
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ApiError(0, f"{type(exc).__name__}: {exc}") from None
+        assert isinstance(resp, aiohttp.ClientResponse)
+        return resp
+
+    async def _lines(self, call: Awaitable[Any]) -> AsyncIterator[bytes]:
+        """The raw lines of a watch stream; HTTP errors raise ApiError before the first."""
+        resp = await self._raw(call)
+        try:
+            await _check(resp)
+            while True:
+                try:
+                    line = await resp.content.readline()
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise ApiError(0, f"watch stream broke: {type(exc).__name__}: {exc}") \
+                        from None
+                if not line:
+                    return  # the server ended the watch (timeoutSeconds): watch again
+                yield line
+        finally:
+            resp.release()
+
+    @staticmethod
+    def _watch_args(resource_version: str, timeout_seconds: int) -> dict[str, Any]:
+        # The server ends the watch after timeout_seconds; the client gives it a margin
+        # before declaring the connection dead (a silent half-open TCP connection).
+        return {"watch": True, "resource_version": resource_version,
+                "allow_watch_bookmarks": True, "timeout_seconds": timeout_seconds,
+                "_preload_content": False,
+                "_request_timeout": aiohttp.ClientTimeout(
+                    total=None, sock_connect=10, sock_read=timeout_seconds + 30)}
+
+    # -- pods on this node -------------------------------------------------------------------
+
+    @_call(("list", "", "pods"))
+    async def list_pods(self, node: str) -> Listing:
+        resp = await self._raw(self._core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}", _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=60)))
+        return _listing(await _json(resp))
+
+    @_call(("watch", "", "pods"))
+    def watch_pods(self, node: str, resource_version: str,
+                   timeout_seconds: int) -> AsyncIterator[bytes]:
+        return self._lines(self._core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}",
+            **self._watch_args(resource_version, timeout_seconds)))
+
+    @_call(("patch", "", "pods"))
+    async def patch_pod_annotations(self, namespace: str, name: str,
+                                    annotations: dict[str, str | None]) -> None:
+        """Only these keys change (None removes one) and nothing else is sent, so it cannot
+        undo another writer's change. The client sends a dict body as a strategic merge
+        patch, which for a map like annotations is a plain merge."""
+        body = {"metadata": {"annotations": annotations}}
+        resp = await self._raw(self._core.patch_namespaced_pod(
+            name, namespace, body, _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=30)))
+        await _json(resp)
+
+    # -- namespaces ----------------------------------------------------------------------------
+
+    @_call(("list", "", "namespaces"))
+    async def list_namespaces(self) -> Listing:
+        resp = await self._raw(self._core.list_namespace(
+            _preload_content=False, _request_timeout=aiohttp.ClientTimeout(total=60)))
+        return _listing(await _json(resp))
+
+    @_call(("watch", "", "namespaces"))
+    def watch_namespaces(self, resource_version: str,
+                         timeout_seconds: int) -> AsyncIterator[bytes]:
+        return self._lines(self._core.list_namespace(
+            **self._watch_args(resource_version, timeout_seconds)))
+
+    # -- this node -----------------------------------------------------------------------------
+
+    @_call(("get", "", "nodes"))
+    async def get_node(self, name: str) -> dict[str, Any]:
+        resp = await self._raw(self._core.read_node(
+            name, _preload_content=False, _request_timeout=aiohttp.ClientTimeout(total=30)))
+        data = await _json(resp)
+        if not isinstance(data, dict):
+            raise ApiError(200, "node is not an object")
+        return data
+
+    @_call(("patch", "", "nodes"))
+    async def patch_node_json(self, name: str, ops: list[dict[str, Any]]) -> None:
+        """A JSON patch (RFC 6902; the client's content type for a list body): callers put
+        `test` ops first so the server applies it only to the version they read."""
+        resp = await self._raw(self._core.patch_node(
+            name, ops, _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=30)))
+        await _json(resp)
