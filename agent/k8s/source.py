@@ -56,6 +56,8 @@ class KubePodSource:
         # single-key get/set/pop on these, which are atomic under the GIL.
         self._by_name: dict[tuple[str, str], dict[str, Any]] = {}
         self._ns_labels: dict[str, dict[str, str]] = {}
+        self._identity: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name), kept
+        # past DELETED until the pod's sync has run (records without a uid match by name)
         self._attempts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.taint_removed = asyncio.Event()
@@ -96,6 +98,7 @@ class KubePodSource:
     def _on_pod(self, kind: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
         key = (_meta(pod, "namespace"), _meta(pod, "name"))
         uid = _meta(pod, "uid")
+        self._identity[uid] = key
         if kind == "DELETED":
             held = self._by_name.get(key)
             if held is not None and _meta(held, "uid") == uid:
@@ -155,7 +158,11 @@ class KubePodSource:
                 self.queue.add_after(uid, min(30.0, self.retry_seconds * 2 ** min(n - 1, 5)))
 
     def _records(self, uid: str) -> list[PodRecord]:
-        return [r for r in self.enroller.store.all() if r.uid == uid]
+        """The Enroller's records of this pod: by uid, or by namespace/name for a CNI record
+        without one (a runtime that does not pass K8S_POD_UID)."""
+        ns_name = self._identity.get(uid)
+        return [r for r in self.enroller.store.all()
+                if r.uid == uid or (not r.uid and ns_name == (r.namespace, r.name))]
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         # Enrollment and netns discovery enter namespaces: worker threads, as for the CNI.
@@ -168,6 +175,7 @@ class KubePodSource:
         if pod is None:
             for rec in records:
                 await self._release(rec, "pod deleted")
+            self._identity.pop(uid, None)
             return True
         namespace, name = _meta(pod, "namespace"), _meta(pod, "name")
         ns_labels = self._ns_labels.get(namespace)

@@ -161,11 +161,18 @@ def test_pods_enrolled_by_the_cni_are_annotated_and_stale_records_released(
                  "pod": {"namespace": "mesh", "name": "cni", "uid": "cni"}})
         enr.add({"container_id": "sandbox2", "netns": "/y", "ips": ["10.0.0.9"],
                  "pod": {"namespace": "mesh", "name": "vanished", "uid": "vanished"}})
+        # A runtime that passes no K8S_POD_UID: matched by namespace/name.
+        api.put("pods", pod("nouid", "mesh", uid="nouid", ip="10.0.0.3"))
+        enr.add({"container_id": "sandbox3", "netns": "/z", "ips": ["10.0.0.3"],
+                 "pod": {"namespace": "mesh", "name": "nouid", "uid": ""}})
         enr.added.clear()
         async with source_for(api, enr, tmp_path):
             await eventually(lambda: api.annotation("cni") == "enabled")
+            await eventually(lambda: api.annotation("nouid") == "enabled")
             await eventually(lambda: enr.deleted == ["sandbox2"])
             assert enr.added == []  # not enrolled twice
+            api.delete("pods", "nouid")
+            await eventually(lambda: enr.deleted == ["sandbox2", "sandbox3"])
         await api.stop()
     run(body())
 
