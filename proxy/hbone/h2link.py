@@ -7,6 +7,10 @@ was written to the local socket. So a slow application slows the remote sender, 
 we buffer is bounded by the windows we advertise. Sending waits for window and for the
 transport to drain (pause_writing), so a slow peer slows the local reader the same way.
 
+A stream has two ways to be consumed: the coroutine API (`read`/`write`), and a `StreamSink`
+(proxy/hbone/relay.py) that the link calls back synchronously as frames arrive, so a relayed
+chunk costs no task wake-up (see "Performance" in docs/hbone.md).
+
 Windows and frame size are ztunnel's: 4 MiB per stream, 16 MiB per connection, 1 MiB frames.
 """
 
@@ -16,7 +20,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -46,12 +50,32 @@ class StreamReset(ConnectionError):
         self.code = code
 
 
+class StreamSink(Protocol):
+    """Callbacks for a stream consumed without a task (the relay). Called from the link's
+    data_received (or connection_lost / resume_writing), so they must not block."""
+
+    def on_data(self) -> None:
+        """New chunks are in `stream._chunks`; the sink acknowledges what it wrote."""
+
+    def on_eof(self) -> None:
+        """The peer's END_STREAM (after the chunks it follows)."""
+
+    def on_reset(self) -> None:
+        """`stream.error` is set: the stream is gone, buffered chunks were dropped."""
+
+    def on_writable(self) -> None:
+        """Send window re-opened or the transport drained: sending may resume."""
+
+
 class Stream:
     """One CONNECT tunnel: an ordered byte stream each way, with half-close and reset."""
 
     def __init__(self, link: H2Link, stream_id: int) -> None:
         self.link, self.id = link, stream_id
-        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        # (data, flow-controlled length): received, not yet written out. A sink may replace
+        # the head with a memoryview of its unwritten tail after a partial write.
+        self._chunks: collections.deque[tuple[bytes | memoryview, int]] = collections.deque()
+        self.sink: StreamSink | None = None
         self._unacked = 0  # flow-controlled size of the chunk last handed to the reader
         self._data = asyncio.Event()
         self._window = asyncio.Event()
@@ -75,7 +99,7 @@ class Stream:
         if self.error is not None:
             raise self.error  # a reset discards what was buffered, as TCP RST does
         data, self._unacked = self._chunks.popleft()
-        return data
+        return bytes(data) if isinstance(data, memoryview) else data
 
     def _ack(self) -> None:
         if self._unacked:
@@ -137,13 +161,23 @@ class Stream:
             self.link.acknowledge(self.id, flow_len)  # nobody will read it: free the window
             return
         self._chunks.append((data, flow_len))
-        self._data.set()
+        if self.sink is not None:
+            self.sink.on_data()
+        else:
+            self._data.set()
 
     def _eof(self) -> None:
         self.remote_ended = True
         self._data.set()
         self._settle(StreamReset("stream ended before a response"))
+        if self.sink is not None:
+            self.sink.on_eof()
         self._maybe_done()
+
+    def _wake(self) -> None:
+        self._window.set()
+        if self.sink is not None:
+            self.sink.on_writable()
 
     def _fail(self, exc: StreamReset) -> None:
         if self.error is None:
@@ -155,6 +189,8 @@ class Stream:
             self.link.acknowledge(self.id, n)
         self._chunks.clear()
         self.link.forget(self)
+        if self.sink is not None:
+            self.sink.on_reset()
 
     def _settle(self, exc: StreamReset) -> None:
         if not self.response.done():
@@ -188,6 +224,10 @@ class H2Link(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self._writable = asyncio.Event()
         self._writable.set()
+        self.paused = False  # the transport's buffer is over its high-water mark
+        # Inside data_received: acknowledgements skip their own flush, the one at the end of
+        # data_received sends them (one TLS record and one write for all of a read's frames).
+        self._dispatching = False
         self.lost: BaseException | None = None
         self.goaway = False
         self.refused: str | None = None  # why on_ready refused the peer
@@ -221,8 +261,12 @@ class H2Link(asyncio.Protocol):
             self.flush()  # h2 queued a GOAWAY
             self.close()
             return
-        for ev in events:
-            self._dispatch(ev)
+        self._dispatching = True
+        try:
+            for ev in events:
+                self._dispatch(ev)
+        finally:
+            self._dispatching = False
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -237,10 +281,13 @@ class H2Link(asyncio.Protocol):
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
+        self.paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self.paused = False
         self._writable.set()
+        self._wake_writers()
 
     # -- h2 events -------------------------------------------------------------------------
 
@@ -256,7 +303,7 @@ class H2Link(asyncio.Protocol):
         elif isinstance(ev, h2.events.WindowUpdated):
             if ev.stream_id:
                 if (s := self.streams.get(ev.stream_id)) is not None:
-                    s._window.set()
+                    s._wake()
             else:
                 self._wake_writers()
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
@@ -289,8 +336,8 @@ class H2Link(asyncio.Protocol):
             self.close()
 
     def _wake_writers(self) -> None:
-        for s in self.streams.values():
-            s._window.set()
+        for s in list(self.streams.values()):  # a sink's callback may end its stream
+            s._wake()
 
     # -- used by streams and owners ----------------------------------------------------------
 
@@ -316,7 +363,8 @@ class H2Link(asyncio.Protocol):
         if n and self.lost is None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.acknowledge_received_data(n, stream_id)
-            self.flush()
+            if not self._dispatching:
+                self.flush()
 
     def forget(self, s: Stream) -> None:
         if self.streams.pop(s.id, None) is not None and not self.streams:
