@@ -27,16 +27,21 @@ try:
 except ImportError:  # pragma: no cover - setup installs python3-nftables
     _libnft = None
 
-# Freeing a libnftables context takes ~14 ms (measured on this kernel), ten times what the
-# transaction itself costs. Nothing on the pod start-up path needs to wait for it, so spent
-# contexts are freed on a background thread.
-_spent: queue.SimpleQueue[object] = queue.SimpleQueue()
+# Freeing a libnftables context takes 10-25 ms after a change (closing its netlink socket
+# waits for the kernel), ten times what the transaction itself costs. Nothing on the pod
+# start-up path needs to wait for it, so spent contexts are freed on a background thread.
+# But libnftables keeps some state process-wide (its interface cache is released by every
+# context free), so no two calls into it may overlap: every create, command and free holds
+# _LIBNFT. A free then delays the next transaction, never a caller that is done.
+_LIBNFT = threading.Lock()
+_spent: queue.SimpleQueue[list[object]] = queue.SimpleQueue()
 
 
 def _reap() -> None:
     while True:
-        ctx = _spent.get()
-        del ctx
+        holder = _spent.get()
+        with _LIBNFT:
+            holder.clear()  # the last reference: the context is freed here, under the lock
 
 
 threading.Thread(target=_reap, name="nft-ctx-reaper", daemon=True).start()
@@ -46,10 +51,10 @@ def nft(label: str, step: str, script: str) -> str:
     """Run an nft script in the current thread's netns; return what it printed."""
     if _libnft is None:
         return run(label, step, ["nft", "-f", "-"], stdin=script)
-    ctx = _libnft.Nftables()
-    rc, out, err = ctx.cmd(script)
-    _spent.put(ctx)
-    del ctx
+    with _LIBNFT:
+        holder: list[object] = [_libnft.Nftables()]
+        rc, out, err = holder[0].cmd(script)  # type: ignore[attr-defined]
+    _spent.put(holder)  # holder is the only reference: the reaper frees the context
     if rc != 0:
         raise RedirectError(label, step, f"nftables: {err.strip() or f'error {rc}'}")
     return str(out)
