@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.ebpf.loader import Loader, LoadError, PodOpts, netns_cookie
-from agent.redirect import routes
+from agent.redirect import routes, sysctl
 from agent.redirect.errors import RedirectError
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
 from agent.redirect.spec import TRANSPARENT_MARK, RedirectSpec
@@ -31,7 +31,7 @@ from agent.redirect.spec import TRANSPARENT_MARK, RedirectSpec
 POD_KEY = ChainKey("ebpf", "maps", "pods")
 LINK_KEY = ChainKey("ebpf", "links", "sk_lookup")
 RULE_KEY = ChainKey("ebpf", "netns", "reply-routing")
-_FWMARK_ACCEPT = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+_FWMARK_ACCEPT = "net.ipv4.tcp_fwmark_accept"
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
@@ -107,9 +107,8 @@ class EbpfBackend:
                 except NetlinkError as exc:
                     if exc.code not in (errno.EEXIST, errno.ENOENT):
                         raise
-        if on or os.path.exists(_FWMARK_ACCEPT):
-            with open(_FWMARK_ACCEPT, "w") as f:
-                f.write("1" if on else "0")
+        if on or os.path.exists(sysctl.path(_FWMARK_ACCEPT)):
+            sysctl.write(_FWMARK_ACCEPT, "1" if on else "0")
 
     def read(self, label: str, spec: RedirectSpec) -> OwnRules:
         rules = OwnRules()
@@ -126,8 +125,8 @@ class EbpfBackend:
             for fam in routes.families(ipr, spec):
                 if _has_rule(ipr, spec, fam):
                     rules.add(RULE_KEY, LiveRule(_rule_text(spec, fam)))
-        with contextlib.suppress(OSError), open(_FWMARK_ACCEPT) as f:
-            if f.read().strip() == "1":
+        with contextlib.suppress(OSError):
+            if sysctl.read(_FWMARK_ACCEPT) == "1":
                 rules.add(RULE_KEY, LiveRule("net.ipv4.tcp_fwmark_accept=1"))
         return rules
 

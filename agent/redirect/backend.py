@@ -45,7 +45,10 @@ def make_backend(backend: Backend | str, iptables_flavour: str = "auto") -> Rule
         from agent.ebpf.backend import EbpfBackend
         from agent.ebpf.loader import Loader
 
-        return EbpfBackend(Loader(pin_dir=bpf_pin_dir()))
+        # MESHNODE_BPF_CGROUP: the host's cgroup v2 root as mounted in a container (found
+        # from mountinfo otherwise, which inside a container is the container's own cgroup)
+        return EbpfBackend(Loader(pin_dir=bpf_pin_dir(),
+                                  cgroup=os.environ.get("MESHNODE_BPF_CGROUP", "")))
     flavour = detect_flavour() if iptables_flavour == "auto" else iptables_flavour
     return IptablesBackend(flavour)
 

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from agent.nodeagent.netnsfind import addresses
+from agent.redirect import sysctl
 from agent.redirect.netns import entered
 from agent.redirect.spec import TRANSPARENT_MARK
 from proxy import metrics
@@ -127,9 +128,8 @@ class PodProxy:
         """tcp_migrate_req: when a proxy closes its listener during an upgrade, connections
         waiting in its accept queue move to the new proxy's SO_REUSEPORT listener instead
         of being reset. It is per netns, so it is set in the pod's."""
-        with entered(self.netns_fd), contextlib.suppress(OSError), \
-                open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
-            f.write("1")
+        with entered(self.netns_fd), contextlib.suppress(OSError):
+            sysctl.write("net.ipv4.tcp_migrate_req", "1")
 
     async def _start_dns(self) -> None:
         from proxy.dns import DnsProxy

@@ -95,15 +95,19 @@ def test_host_mounts(objs: list[Obj]) -> None:
     agent = host_mounts(spec, "agent")
     assert {"/opt/cni/bin", "/etc/cni/net.d", "/proc", "/var/run/netns", "/sys/fs/bpf",
             "/sys/fs/cgroup", "/var/run/meshnode"} <= set(agent)
-    assert agent["/proc"] == {**agent["/proc"], "mountPath": "/host/proc", "readOnly": True}
+    # writable: per-netns sysctls are written through it (MESHNODE_PROC)
+    assert agent["/proc"] == {**agent["/proc"], "mountPath": "/host/proc"}
+    assert not agent["/proc"].get("readOnly")
     assert agent["/var/run/netns"]["mountPropagation"] == "HostToContainer"
     assert agent["/sys/fs/bpf"]["mountPropagation"] == "HostToContainer"
     assert not agent["/var/run/meshnode"].get("readOnly")
     proxy = host_mounts(spec, "proxy")
     # The sockets the two containers share live there.
     assert proxy["/var/run/meshnode"]["mountPath"] == agent["/var/run/meshnode"]["mountPath"]
-    # What needs no CNI, /proc or cgroup access does not get them.
-    assert not {"/opt/cni/bin", "/etc/cni/net.d", "/proc", "/sys/fs/cgroup"} & set(proxy)
+    # What needs no CNI or cgroup access does not get them; /proc only for its per-netns
+    # sysctl (tcp_migrate_req, written through MESHNODE_PROC).
+    assert not {"/opt/cni/bin", "/etc/cni/net.d", "/sys/fs/cgroup"} & set(proxy)
+    assert proxy["/proc"]["mountPath"] == "/host/proc"
 
 
 def test_install_dirs_are_the_host_cni_mounts(objs: list[Obj]) -> None:
@@ -144,10 +148,13 @@ def test_host_namespaces_priority_tolerations_strategy(objs: list[Obj]) -> None:
 def test_downward_api_env(objs: list[Obj]) -> None:
     want = {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
             "POD_NAMESPACE": "metadata.namespace", "INSTANCE_IP": "status.podIP"}
+    fixed = {"MESHNODE_PROC": "/host/proc", "MESHNODE_BPF_CGROUP": "/host/sys/fs/cgroup"}
     for name in ("agent", "proxy"):
+        envs = container(ds_spec(objs), name)["env"]
         env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
-               for e in container(ds_spec(objs), name)["env"]}
+               for e in envs if "valueFrom" in e}
         assert env == want, name
+        assert {e["name"]: e["value"] for e in envs if "value" in e} == fixed, name
 
 
 def test_resources_are_set(objs: list[Obj]) -> None:
@@ -253,8 +260,8 @@ def test_rbac_is_the_documented_minimum() -> None:
     role = find(objs, "ClusterRole", "meshnode-node")
     rules = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
              for r in rule["resources"] for v in rule["verbs"]}
-    assert rules == {("", "pods", v) for v in ("get", "list", "watch", "patch")} | \
-        {("", "namespaces", v) for v in ("get", "list", "watch")} | \
+    assert rules == {("", "pods", v) for v in ("list", "watch", "patch")} | \
+        {("", "namespaces", v) for v in ("list", "watch")} | \
         {("", "nodes", v) for v in ("get", "patch")}
     binding = find(objs, "ClusterRoleBinding", "meshnode-node")
     ds = find(objs, "DaemonSet", "meshnode-node")
