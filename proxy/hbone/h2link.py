@@ -26,6 +26,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 import structlog
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
@@ -38,8 +39,26 @@ STREAM_WINDOW = 4 << 20
 CONNECTION_WINDOW = 16 << 20
 MAX_FRAME = 1 << 20
 MAX_STREAMS = 100
+# Decrypted bytes land here (BufferedProtocol), not in a fresh bytes object per read: uvloop's
+# copying path allocates 256 KiB per TLS read whatever its size and loops until an
+# SSLWantReadError; the buffered one reads into this, then h2 copies into its frame buffer.
+READ_BUFFER = 128 * 1024
 
 Headers = list[tuple[str, str]]
+
+
+def _data_frame_body_repr(self: hyperframe.frame.DataFrame) -> str:
+    # h2 formats every received frame eagerly for a trace log (`repr(frame)` is an argument
+    # of logger.trace, computed even when nothing logs), and hyperframe's DATA repr
+    # serializes the whole body and hex-encodes all of it to show 20 hex digits: three
+    # copies of every received payload, twice its size in a str, per frame. Same text from
+    # the first 11 body bytes (hyperframe 6.x) instead.
+    head = (self.serialize_padding_data() + bytes(memoryview(self.data)[:11])
+            + b"\0" * min(self.pad_length, 11))
+    return hyperframe.frame._raw_data_repr(head[:11])
+
+
+hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[assignment]
 
 
 class StreamReset(ConnectionError):
@@ -202,7 +221,7 @@ class Stream:
             self.link.forget(self)
 
 
-class H2Link(asyncio.Protocol):
+class H2Link(asyncio.BufferedProtocol):
     """An HTTP/2 connection. `on_request` (server side) gets each new request's stream."""
 
     def __init__(self, client_side: bool,
@@ -232,6 +251,7 @@ class H2Link(asyncio.Protocol):
         self.goaway = False
         self.refused: str | None = None  # why on_ready refused the peer
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rbuf = memoryview(bytearray(READ_BUFFER))
         self.on_idle: Callable[[H2Link], None] | None = None
         self.peer: SpiffeId | None = None  # set by on_ready once the certificate is checked
         self.bundle: object = None  # client side: the CertBundle it was made with
@@ -251,7 +271,14 @@ class H2Link(asyncio.Protocol):
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # h2 copies what it keeps (its frame buffer), so _rbuf is free again on return.
+        self.data_received(self._rbuf[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.refused is not None:
             return
         try:

@@ -32,7 +32,7 @@ import h2.exceptions
 from proxy.forward import Traffic, reset
 from proxy.hbone.h2link import Stream, StreamReset
 
-CHUNK = 256 * 1024
+CHUNK = 64 * 1024
 
 
 class _Relay:
