@@ -9,6 +9,7 @@ the calling thread, so its netlink socket belongs to the netns that thread is in
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import re
 import threading
@@ -47,9 +48,22 @@ def _reap() -> None:
 threading.Thread(target=_reap, name="nft-ctx-reaper", daemon=True).start()
 
 
+# libnftables waits on its netlink socket with select(): a socket numbered FD_SETSIZE (1024)
+# or above aborts the whole process (glibc's fd_set check). A process with that many files
+# open gets the nft executable instead: slower, never fatal.
+_FD_SETSIZE = 1024
+_FD_MARGIN = 16  # libnftables opens a few descriptors of its own per call
+
+
+def _low_fds_left() -> bool:
+    probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # the lowest free number
+    os.close(probe)
+    return probe < _FD_SETSIZE - _FD_MARGIN
+
+
 def nft(label: str, step: str, script: str) -> str:
     """Run an nft script in the current thread's netns; return what it printed."""
-    if _libnft is None:
+    if _libnft is None or not _low_fds_left():
         return run(label, step, ["nft", "-f", "-"], stdin=script)
     with _LIBNFT:
         holder: list[object] = [_libnft.Nftables()]

@@ -1,8 +1,7 @@
-"""libnftables from many threads at once, as the agent does under a burst of pod starts.
-
-libnftables keeps some state process-wide (a context free releases its interface cache), so
-overlapping calls corrupt its heap and abort the process. The run happens in a child
-process: an abort must fail this test, not kill the test runner.
+"""libnftables under the agent's conditions: many threads at once (a burst of pod starts)
+and a process with many open files. libnftables keeps some state process-wide and waits on
+its netlink socket with select(); either can abort the whole process, so each run happens in
+a child process: an abort must fail the test, not kill the test runner.
 """
 
 from __future__ import annotations
@@ -47,4 +46,31 @@ CHILD = textwrap.dedent("""
 def test_concurrent_nftables_transactions_do_not_crash() -> None:
     r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                        timeout=240, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-3000:])
+
+
+HIGH_FDS = textwrap.dedent("""
+    import os, resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # a busy agent
+    from agent.lab import Lab
+    from agent.redirect import backend as engine
+    from agent.redirect.spec import RedirectSpec
+
+    impl, spec = engine.make_backend("nftables"), RedirectSpec()
+    with Lab("nf") as lab:
+        pod = lab.node("p")
+        engine.apply(pod.path, spec, impl)
+        assert engine.diff(pod.path, spec, impl).in_sync
+        engine.remove(pod.path, spec, impl)
+        assert not engine.read(pod.path, spec, impl).rules
+    print("ok")
+""")
+
+
+def test_a_process_with_over_1024_open_files_still_applies_nftables() -> None:
+    """libnftables select()s on its netlink socket: at fd 1024 or above glibc aborts the
+    process. The backend must not hand it such a socket."""
+    r = subprocess.run([sys.executable, "-c", HIGH_FDS], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-3000:])
