@@ -2,7 +2,8 @@
 against the direct path in the same run, and the agent's cost of a large discovery snapshot.
 
 Data path: the two-node lab of tests/mesh (pods a and b under netns "nodes" joined by a
-link, one control plane, an agent + proxy per node). First direct (pods not enrolled), then
+link, each node's agent + proxy inside the node's netns, one control plane in its own netns
+reached over the node network). First direct (pods not enrolled), then
 a → service VIP → b through both proxies over HBONE. Latency is sockperf's TCP ping-pong
 (1 KiB, one persistent connection, p50/p99 round trip); throughput is one iperf3 stream.
 
@@ -90,14 +91,16 @@ def measure_path(seconds: int = 3) -> dict[str, Any]:
                               "gbps": throughput(t.a, ip, PORTS["iperf"], seconds)}
 
             run_all("direct", t.b.ip4)
-            cp = ControlPlaneProc(Path(tmp) / "cp")
+            cp = ControlPlaneProc(Path(tmp) / "cp", t.cp)
             cp.write_mesh(_mesh_file(t.a, t.b, VIP))
-            started.append(cp.start())
+            started.append(cp)  # before start(): a failed start still gets stopped
+            cp.start()
             nodes = []
-            for name, pod in (("node1", t.a), ("node2", t.b)):
-                n = MeshNode(name, Path(tmp) / name, cp)
+            for name, node, pod in (("node1", t.node1, t.a), ("node2", t.node2, t.b)):
+                n = MeshNode(name, Path(tmp) / name, cp, node)
                 n.proxy.config.write_text(n.proxy.config.read_text() + "access_log: false\n")
-                started.append(n.start())
+                started.append(n)
+                n.start()
                 nodes.append(n)
                 assert cni("ADD", n.agent.socket, pod.path, f"c-{name}", [pod.ip4],
                            name=name).code == 0

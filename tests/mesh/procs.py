@@ -1,29 +1,90 @@
-"""The processes of the two-node mesh: one control plane, and per node an agent (with a
-`controlplane` section) and a proxy (with `mesh_socket`). Built on the agent and proxy
-harnesses by composition; every process is stopped by its own PID."""
+"""The processes of the two-node mesh: one control plane in its own netns, and per node an
+agent (with a `controlplane` section) and a proxy (with `mesh_socket`), both inside that
+node's netns. Built on the agent and proxy harnesses by composition: every process is
+forked from a thread that has entered the netns (so it starts there), and every HTTP call
+to a process's 127.0.0.1 port is made from inside that netns. Every process is stopped by
+its own PID."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.agent.harness import REPO, AgentProc, free_port, http_get
+from agent.lab import Node
+from agent.redirect.netns import entered
+from tests.agent.harness import REPO, AgentProc
 from tests.proxy.procs import ProxyProc
+
+CONTROL_PLANE_PORT = 15012  # istiod's; the control plane's netns is its own, nothing else binds
+
+
+@contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """This thread in `netns` for the block. A no-op when already there: `entered()` returns
+    to the thread's original netns on exit, so nesting it would leave the outer block early."""
+    if os.stat("/proc/thread-self/ns/net").st_ino == os.stat(netns).st_ino:
+        yield
+        return
+    with entered(netns):
+        yield
+
+
+@dataclass
+class NetnsAgentProc(AgentProc):
+    """The agent harness's agent, run inside `netns` (its HTTP port is that netns' own)."""
+
+    netns: str = ""
+
+    def start(self, wait_ready: bool = True) -> NetnsAgentProc:
+        with inside(self.netns):
+            super().start(wait_ready)
+        return self
+
+    def http(self, path: str) -> tuple[int, str]:
+        with inside(self.netns):
+            return super().http(path)
+
+    def pods(self, proxy_admin: str = "127.0.0.1:1") -> list[dict[str, Any]]:
+        with inside(self.netns):
+            return super().pods(proxy_admin)
+
+
+@dataclass
+class NetnsProxyProc(ProxyProc):
+    """The proxy harness's proxy, run inside `netns` (its admin port is that netns' own)."""
+
+    netns: str = ""
+
+    def start(self, wait_ready: bool = True) -> NetnsProxyProc:
+        with inside(self.netns):
+            super().start(wait_ready)
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        with inside(self.netns):
+            return super().get(path)
 
 
 @dataclass
 class ControlPlaneProc:
+    """`meshnode controlplane` inside `netns`, listening on that netns' address; its server
+    certificate names that address, so the agents verify it without a name override."""
+
     workdir: Path
-    port: int = field(default_factory=free_port)
+    netns: Node
+    port: int = CONTROL_PLANE_PORT
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -32,18 +93,26 @@ class ControlPlaneProc:
         self.state = self.workdir / "state"
         self.log = self.workdir / "controlplane.log"
 
+    @property
+    def address(self) -> str:
+        return f"{self.netns.ip4}:{self.port}"
+
     def _cmd(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "agent.cli.main", "controlplane", "--mesh", str(self.mesh),
-                "--state-dir", str(self.state), "--address", f"127.0.0.1:{self.port}", *extra]
+                "--state-dir", str(self.state), "--address", self.address,
+                "--server-name", "meshnode-controlplane", "--server-name", self.netns.ip4,
+                *extra]
 
     def start(self) -> ControlPlaneProc:
-        with open(self.log, "ab") as log:
+        seen = self.log.stat().st_size if self.log.exists() else 0  # a restart logs anew
+        with open(self.log, "ab") as log, inside(self.netns.path):
             self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"control plane exited: {self.log.read_text()[-2000:]}")
-            if self.root_cert.exists() and "serving" in self.log.read_text():
+            fresh = self.log.read_bytes()[seen:].decode(errors="replace")
+            if self.root_cert.exists() and "serving" in fresh:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"control plane not serving: {self.log.read_text()[-2000:]}")
@@ -75,28 +144,32 @@ class ControlPlaneProc:
 
 @dataclass
 class MeshNode:
-    """One node's agent + proxy, both in the host netns with their own sockets/ports."""
+    """One node's agent + proxy, both inside the node's netns; the agent dials the control
+    plane at its address on the node network."""
 
     name: str
     workdir: Path
     cp: ControlPlaneProc
+    node: Node
     cert_ttl_seconds: int = 3600
-    agent: AgentProc = field(init=False)
-    proxy: ProxyProc = field(init=False)
+    agent: NetnsAgentProc = field(init=False)
+    proxy: NetnsProxyProc = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = AgentProc(self.workdir / "agent", proxy_handoff=True, drift_interval=3600)
+        self.agent = NetnsAgentProc(self.workdir / "agent", proxy_handoff=True,
+                                    drift_interval=3600, netns=self.node.path)
         self.mesh_socket = str(self.agent.workdir / "mesh.sock")
         cfg = yaml.safe_load(self.agent.config.read_text())
         cfg["mesh_socket"] = self.mesh_socket
-        cfg["controlplane"] = {"address": f"127.0.0.1:{self.cp.port}",
+        cfg["controlplane"] = {"address": self.cp.address,
                                "root_cert": str(self.cp.root_cert),
                                "token": self.cp.token(self.name), "node_name": self.name,
                                "cluster_id": "Kubernetes",
                                "cert_ttl_seconds": self.cert_ttl_seconds}
         self.agent.config.write_text(yaml.safe_dump(cfg))
-        self.proxy = ProxyProc(self.workdir / "proxy", str(self.agent.workdir / "zds.sock"),
-                               extra={"dns_capture": False, "mesh_socket": self.mesh_socket})
+        self.proxy = NetnsProxyProc(self.workdir / "proxy", str(self.agent.workdir / "zds.sock"),
+                                    extra={"dns_capture": False, "mesh_socket": self.mesh_socket},
+                                    netns=self.node.path)
 
     def start(self) -> MeshNode:
         self.agent.start()
@@ -118,7 +191,7 @@ class MeshNode:
     def proxy_metric(self, name: str, **labels: str) -> float:
         """Sum of a proxy metric's samples whose labels include `labels`."""
         total = 0.0
-        for line in http_get(self.proxy.port, "/metrics")[1].splitlines():
+        for line in self.proxy.get("/metrics")[1].splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
                 continue
             got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ", 1)[0]))

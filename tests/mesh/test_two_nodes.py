@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent.lab import Lab
+from agent.redirect.netns import netns_inode
 from tests.agent.harness import cni
 from tests.mesh.apps import EchoServer, connect, exchange, sha
 from tests.mesh.procs import ControlPlaneProc, MeshNode
@@ -92,14 +93,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     started: list[Any] = []
     try:
         t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp")
+        cp = ControlPlaneProc(tmp / "cp", t.cp)
         cp.write_mesh(mesh_file(t))
-        started.append(cp.start())
+        started.append(cp)  # before start(): a failed start still gets its process stopped
+        cp.start()
         # node1's certificates live 40 s: renewed every ~20 s, so the rotation test sees one.
-        n1 = MeshNode("node1", tmp / "node1", cp, cert_ttl_seconds=40)
-        started.append(n1.start())
-        n2 = MeshNode("node2", tmp / "node2", cp)
-        started.append(n2.start())
+        n1 = MeshNode("node1", tmp / "node1", cp, t.node1, cert_ttl_seconds=40)
+        started.append(n1)
+        n1.start()
+        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
+        started.append(n2)
+        n2.start()
+        # Every process runs in its own node's netns (the control plane in its own).
+        for proc, where in ((cp.proc, t.cp), (n1.agent.proc, t.node1), (n1.proxy.proc, t.node1),
+                            (n2.agent.proc, t.node2), (n2.proxy.proc, t.node2)):
+            assert proc is not None, where.name
+            assert netns_inode(f"/proc/{proc.pid}/ns/net") == netns_inode(where.path), \
+                f"pid {proc.pid} is not in {where.name}"
         for node, pod, name in ((n1, t.a, "sleep"), (n2, t.b, "echo")):
             r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
             assert r.code == 0, r.stdout

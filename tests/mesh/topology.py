@@ -1,12 +1,19 @@
 """Two "nodes" on one machine: each node is a netns routing for its pods; pods are lab
-netns linked under their node; the two nodes are joined by one link.
+netns linked under their node; the two nodes are joined by one link; the control plane has
+a netns of its own, attached to node1 and reached by both nodes over the node network.
 
     pod a (198.18.41.1) ─ node1 ─(198.18.42.0/24)─ node2 ─ pod b (198.18.43.1)
+                            │
+          control plane (198.18.40.1)
 
-Agents and proxies run in the host netns with their own sockets and ports (see
-docs/architecture.md "The mesh path" for why that is equivalent for the data path: the
-proxy's sockets are made inside the pod netns, so where its process runs changes nothing
-on the wire). Only 198.18.0.0/15 addresses are used; Lab.close() deletes everything.
+Each node's agent and proxy run inside that node's netns (tests/mesh/procs.py): their
+admin/metrics ports are on the node's own 127.0.0.1, and each agent dials the control plane
+at 198.18.40.1 — node1 over its link to the control plane, node2 over the node link and
+through node1, so no node reaches it via localhost. The unix sockets between plugin, agent
+and proxy (CNI, ZDS, mesh.sock) are filesystem paths, shared by all netns.
+
+Only 198.18.0.0/15 addresses are used; Lab.close() deletes every netns (and with them the
+veth pairs and routes).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from agent.lab import Lab, Node
 from agent.redirect.netns import entered
 
 VIP = "198.19.41.10"
+CONTROL_PLANE_IP = "198.18.40.1"
 
 
 @dataclass
@@ -28,6 +36,7 @@ class Topology:
     node2: Node
     a: Node
     b: Node
+    cp: Node  # the control plane's netns; cp.ip4 == CONTROL_PLANE_IP
 
 
 def _route(node: Node, dst: str, gw: str) -> None:
@@ -42,14 +51,18 @@ def _forward(node: Node) -> None:
 
 def build(lab: Lab) -> Topology:
     n1, n2 = lab.node("n1"), lab.node("n2")
-    a, b = lab.node("a"), lab.node("b")
+    a, b, cp = lab.node("a"), lab.node("b"), lab.node("cp")
     lab.link(a, n1, subnet=41, ipv6=False)     # a = .41.1, node1 = .41.2
     lab.link(n1, n2, subnet=42, ipv6=False)    # node1 = .42.1, node2 = .42.2
     lab.link(b, n2, subnet=43, ipv6=False)     # b = .43.1, node2 = .43.2
+    lab.link(cp, n1, subnet=40, ipv6=False)    # control plane = .40.1, node1 = .40.2
+    assert cp.ip4 == CONTROL_PLANE_IP
     for n in (n1, n2):
         _forward(n)
     _route(a, "default", "198.18.41.2")
     _route(b, "default", "198.18.43.2")
+    _route(cp, "default", "198.18.40.2")
     _route(n1, "198.18.43.0/24", "198.18.42.2")
     _route(n2, "198.18.41.0/24", "198.18.42.1")
-    return Topology(lab, n1, n2, a, b)
+    _route(n2, "198.18.40.0/24", "198.18.42.1")
+    return Topology(lab, n1, n2, a, b, cp)
