@@ -239,9 +239,12 @@ class Loader:
     # -- load / unload ------------------------------------------------------------------
 
     def load(self) -> None:
-        """Compile, load, attach (or re-attach) and pin. Idempotent per process."""
+        """Compile, load, attach (or re-attach) and pin. Idempotent per process; loads again
+        if the pins went away (someone destroyed them: our fds point at detached objects)."""
         if self._bpf_obj is not None:
-            return
+            if os.path.exists(os.path.join(self.pin_dir, f"link_{PROGRAMS[0].name}")):
+                return
+            self.close()
         _check_environment(self.pin_dir)
         self.cgroup = self.cgroup or find_cgroup2()
         if _fs_type(self.cgroup) != CGROUP2_SUPER_MAGIC:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.redirect import routes
 from agent.redirect.errors import RedirectError
@@ -36,6 +36,9 @@ def bpf_pin_dir() -> str:
     return os.environ.get("MESHNODE_BPF_PIN_DIR", "/sys/fs/bpf/meshnode")
 
 
+_LOADERS: dict[tuple[str, str], Any] = {}
+
+
 def make_backend(backend: Backend | str, iptables_flavour: str = "auto") -> RuleBackend:
     backend = Backend(backend)
     if backend is Backend.NFTABLES:
@@ -47,8 +50,13 @@ def make_backend(backend: Backend | str, iptables_flavour: str = "auto") -> Rule
 
         # MESHNODE_BPF_CGROUP: the host's cgroup v2 root as mounted in a container (found
         # from mountinfo otherwise, which inside a container is the container's own cgroup)
-        return EbpfBackend(Loader(pin_dir=bpf_pin_dir(),
-                                  cgroup=os.environ.get("MESHNODE_BPF_CGROUP", "")))
+        where = (bpf_pin_dir(), os.environ.get("MESHNODE_BPF_CGROUP", ""))
+        # One loaded program set per pin dir and process: loading compiles (~1 s) and holds
+        # a few dozen descriptors, so backends made one after another share it.
+        loader = _LOADERS.get(where)
+        if loader is None:
+            loader = _LOADERS[where] = Loader(pin_dir=where[0], cgroup=where[1])
+        return EbpfBackend(loader)
     flavour = detect_flavour() if iptables_flavour == "auto" else iptables_flavour
     return IptablesBackend(flavour)
 

@@ -8,6 +8,7 @@ one thread can visit a pod's netns, do the work and come back, with no helper pr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -36,17 +37,28 @@ def netns_inode(netns: str | int) -> int:
     return os.stat(netns).st_ino if isinstance(netns, str) else os.fstat(netns).st_ino
 
 
+class _HomeFd:
+    """A thread's own netns fd, closed when the thread ends (its thread-local goes away);
+    an int alone would leak one descriptor per finished thread (executor churn)."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, TypeError):  # TypeError: interpreter shutdown
+            os.close(self.fd)
+
+
 _home = threading.local()
 
 
 def _home_fd() -> int:
     """This thread's own netns, opened once per thread: the proxy enters a pod's netns for
     every upstream socket it makes, and re-opening it each time is measurable there."""
-    fd: int | None = getattr(_home, "fd", None)
-    if fd is None:
-        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        _home.fd = fd
-    return fd
+    home: _HomeFd | None = getattr(_home, "fd", None)
+    if home is None:
+        home = _home.fd = _HomeFd()
+    return home.fd
 
 
 @contextmanager
