@@ -29,7 +29,7 @@ from agent.redirect import backend as engine
 from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "cni" / "meshnode-cni"
 
 
@@ -114,7 +114,7 @@ def _talk(node: Node, ip: str, port: int, payload: bytes) -> bool:
     return got == payload
 
 
-def run_demo(backend: str, flavour: str) -> int:
+def run_quick(backend: str, flavour: str) -> int:
     if backend == "ebpf":
         from agent.ebpf.pins import private_pins
 

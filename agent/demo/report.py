@@ -1,0 +1,75 @@
+"""What the demo prints after the traffic: each section read from the product's own
+surfaces (the `meshnode pods` and `meshnode redirect show` commands, the proxies' access
+logs and metrics), so an operator can run the same things on a real node."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.demo.mesh import PROXY_ADMIN
+from agent.demo.procs import REPO, Daemon, inside
+
+
+def meshnode(args: list[str], netns: str, env: dict[str, str] | None = None) -> str:
+    """`meshnode <args>` run inside `netns` (where the agent's and proxy's ports are)."""
+    with inside(netns):
+        p = subprocess.run([sys.executable, "-m", "agent.cli.main", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=30, env=env, check=False)
+    return p.stdout if p.returncode == 0 else f"(meshnode {args[0]} failed: {p.stderr.strip()})"
+
+
+def access_log(log: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"event": "connection"' in line:
+            out.append(json.loads(line))
+    return out
+
+
+def metric(proxy: Daemon, name: str, **labels: str) -> float:
+    """Sum of a proxy metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in proxy.get(f"http://{PROXY_ADMIN}/metrics")[1].splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ", 1)[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def short(principal: str | None) -> str:
+    """spiffe://cluster.local/ns/demo/sa/frontend -> sa/frontend (the report's width)."""
+    if not principal or principal == "None":
+        return "-"
+    return principal.removeprefix("spiffe://cluster.local/ns/").replace("/sa/", "/sa/")
+
+
+def connection_line(node: str, c: dict[str, Any]) -> str:
+    via = f" via {c['original_dst']}" if c.get("original_dst") not in (None, c["dst"]) else ""
+    transport = c.get("transport") or "plain"
+    who = (f"{c.get('source_principal') or '-'} -> {c.get('destination_principal') or '-'}"
+           if transport == "hbone" else "(no identity: not a mesh destination)")
+    status = f"  status {c['status']}" if c.get("status") not in (None, 200) else ""
+    return (f"{node} {c['direction']:<8} {transport:<5} {c['src']} -> {c['dst']}{via}\n"
+            f"        {who}\n"
+            f"        {c['bytes_sent']} B sent, {c['bytes_received']} B received{status}")
+
+
+def env_with(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **extra}
+
+
+def json_list(text: str) -> list[dict[str, Any]]:
+    try:
+        got = json.loads(text)
+    except ValueError:
+        return []
+    return [r for r in got if isinstance(r, dict)] if isinstance(got, list) else []
