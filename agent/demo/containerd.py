@@ -100,7 +100,7 @@ def _run(argv: Sequence[str], *, env: dict[str, str] | None = None, input: str =
                           timeout=timeout, check=False)
 
 
-def _kill_pid(pid: int, grace: float = 3.0) -> None:
+def kill_pid(pid: int, grace: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after `grace` s: only for processes of this demo, by PID."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -137,6 +137,11 @@ def processes_under(path: str) -> list[int]:
             if path in cmdline and not _zombie(int(entry.name)):
                 found.append(int(entry.name))
     return found
+
+
+def netns_names() -> list[str]:
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 @dataclass
@@ -278,11 +283,14 @@ class Containerd:
             for name in list(self.pods):
                 with contextlib.suppress(Exception):
                     self.remove(name)
+            with contextlib.suppress(Exception):  # one a Ctrl-C cut off mid `ctr run`
+                for name in self.ctr("container", "list", "-q", timeout=10).stdout.split():
+                    self.remove(name)
         if self.proc is not None:
-            _kill_pid(self.proc.pid)
+            kill_pid(self.proc.pid)
             self.proc = None
         for pid in processes_under(str(self.tmp)):
-            _kill_pid(pid, grace=1)
+            kill_pid(pid, grace=1)
         root = Path("/sys/fs/cgroup")
         for cg in [*root.glob(f"{self.tag}*"), *root.glob(f"*/{self.tag}*")]:
             with contextlib.suppress(OSError):

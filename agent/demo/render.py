@@ -46,11 +46,17 @@ def render(d: Demo) -> bool:
                   f"{rec.get('backend', ''):<9} {_proxy(rec.get('proxy')):<17} "
                   f"{rec.get('container_id', '')}")
 
+    _section("traffic")
+    for f in d.flows:
+        mark = "ok  " if f.as_expected else "FAIL"
+        got = f"delivered, {f.bytes} B back" if f.ok else f"refused ({f.detail or 'error'})"
+        print(f"  [{mark}] {f.what}: {f.src} -> {f.url}: {got}")
+
     _section("connections the proxies saw (access logs)")
     logs = {name: report.access_log(nd.proxy.log) for name, nd in d.nodes.items()}
     for name, entries in logs.items():
         for c in entries:
-            print("  " + report.connection_line(name, c))
+            print("  " + report.connection_line(name, c, by_ip))
 
     _section("denied by policy")
     denied = [c for c in logs["node2"] if c.get("status") == 401]
@@ -60,12 +66,6 @@ def render(d: Demo) -> bool:
     n_denied = report.metric(d.nodes["node2"].proxy, "meshnode_proxy_authz_denied_total",
                              policy=POLICY)
     print(f"  meshnode_proxy_authz_denied_total{{policy=\"{POLICY}\"}} on node2: {n_denied:g}")
-
-    _section("traffic")
-    for f in d.flows:
-        mark = "ok  " if f.as_expected else "FAIL"
-        got = "delivered" if f.ok else f"refused ({f.detail or 'error'})"
-        print(f"  [{mark}] {f.what}: {f.src} -> {f.url}: {got}")
 
     rt = d.runtimes["node1"]
     fe = rt.pods["frontend"]

@@ -43,20 +43,19 @@ def metric(proxy: Daemon, name: str, **labels: str) -> float:
     return total
 
 
-def short(principal: str | None) -> str:
-    """spiffe://cluster.local/ns/demo/sa/frontend -> sa/frontend (the report's width)."""
-    if not principal or principal == "None":
-        return "-"
-    return principal.removeprefix("spiffe://cluster.local/ns/").replace("/sa/", "/sa/")
+def connection_line(node: str, c: dict[str, Any], names: dict[str, str]) -> str:
+    """One access-log entry in three lines: who to whom, identities, bytes."""
+    def name(addr: str) -> str:
+        return names.get(addr.rsplit(":", 1)[0], "outside")
 
-
-def connection_line(node: str, c: dict[str, Any]) -> str:
     via = f" via {c['original_dst']}" if c.get("original_dst") not in (None, c["dst"]) else ""
     transport = c.get("transport") or "plain"
     who = (f"{c.get('source_principal') or '-'} -> {c.get('destination_principal') or '-'}"
-           if transport == "hbone" else "(no identity: not a mesh destination)")
-    status = f"  status {c['status']}" if c.get("status") not in (None, 200) else ""
-    return (f"{node} {c['direction']:<8} {transport:<5} {c['src']} -> {c['dst']}{via}\n"
+           if transport == "hbone" else "no identities: plain TCP passthrough")
+    status = f", status {c['status']}" if c.get("status") not in (None, 200) else ""
+    status += f", error: {c['error']}" if c.get("error") else ""
+    return (f"{node} {c['direction']:<8} {transport:<5} {name(c['src'])} -> {name(c['dst'])}"
+            f" ({c['dst']}{via})\n"
             f"        {who}\n"
             f"        {c['bytes_sent']} B sent, {c['bytes_received']} B received{status}")
 

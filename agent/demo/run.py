@@ -8,6 +8,7 @@ import contextlib
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.demo import mesh
-from agent.demo.containerd import Containerd, build_rootfs
+from agent.demo.containerd import Containerd, build_rootfs, kill_pid, netns_names, processes_under
 from agent.demo.mesh import PODS, NodeDaemons
 from agent.demo.procs import Daemon
 from agent.demo.topology import POD_SUBNETS, Topology, build
@@ -120,7 +121,16 @@ class Demo:
         for d in reversed(self.daemons):
             with contextlib.suppress(Exception):
                 d.stop()
+        # A Ctrl-C can land between a fork and the line that records its PID: every process
+        # of this run names our work dir (configs, rootfs, sockets), so what is left is
+        # found by it. The same for a netns made just before the interrupt: it has our tag.
+        for pid in processes_under(str(self.work)):
+            kill_pid(pid, grace=2)
         self.lab.close()
+        for name in netns_names():
+            if name.startswith(f"{self.lab.tag}-"):
+                subprocess.run(["ip", "netns", "delete", name], check=False,
+                               capture_output=True)
 
 
 @contextlib.contextmanager
@@ -160,8 +170,8 @@ def run_demo(backend: str, flavour: str) -> int:
 def _run(backend: str, flavour: str, pins: str) -> int:
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     work = Path(tempfile.mkdtemp(prefix="meshnode-demo-"))
-    print(f"meshnode demo: control plane + 2 nodes + containerd pods, backend {backend}\n",
-          flush=True)
+    print(f"meshnode demo: control plane + 2 nodes + containerd pods, backend {backend}\n"
+          f"(work dir {work}, logs there; all removed at the end)\n", flush=True)
     demo = Demo(backend, flavour, work, pins)
     ok, why = False, ""
     try:
