@@ -1,10 +1,10 @@
-"""`meshnode demo`: the whole path that exists today, on this machine, then cleaned up.
+"""`meshnode demo --quick`: one node, in about 3 s, then cleaned up.
 
 A real node agent and a real node proxy run as child processes; pods are network namespaces
 enrolled through the real CNI plugin (as a runtime would call it); traffic goes pod to pod
 (two proxy hops) and pod to a non-mesh host (one hop); then the report: pods, the
-connections the proxy saw, and one pod's rules with their counters. Control plane, mTLS and
-containerd pods join with later issues.
+connections the proxy saw, and one pod's rules with their counters. No control plane, no
+mTLS, no containerd: the full demo (run.py) has those.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.demo import report
+from agent.demo.containerd import CTR_NAMESPACE
 from agent.demo.mesh import DENIED, PODS, POLICY, PROXY_ADMIN, pod
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def render(d: Demo) -> bool:
     # ctr passes no K8S_POD_* args, so the agent knows pods by container and IP; the
     # workload name comes from the example mesh, by IP.
     by_ip = {p.ip: p.name for p in PODS}
+    names = {**by_ip, **{f"{CTR_NAMESPACE}-{p.name}": p.name for p in PODS}}
     print(f"  {'NODE':<6} {'WORKLOAD':<9} {'IP':<13} {'STATE':<9} {'BACKEND':<9} "
           f"{'PROXY':<17} CONTAINER")
     captured: set[str] = set()
@@ -56,7 +58,7 @@ def render(d: Demo) -> bool:
     logs = {name: report.access_log(nd.proxy.log) for name, nd in d.nodes.items()}
     for name, entries in logs.items():
         for c in entries:
-            print("  " + report.connection_line(name, c, by_ip))
+            print("  " + report.connection_line(name, c, names))
 
     _section("denied by policy")
     denied = [c for c in logs["node2"] if c.get("status") == 401]

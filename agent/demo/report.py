@@ -45,8 +45,12 @@ def metric(proxy: Daemon, name: str, **labels: str) -> float:
 
 def connection_line(node: str, c: dict[str, Any], names: dict[str, str]) -> str:
     """One access-log entry in three lines: who to whom, identities, bytes."""
-    def name(addr: str) -> str:
-        return names.get(addr.rsplit(":", 1)[0], "outside")
+    def name(addr: str, workload: str | None) -> str:
+        # By IP ("ip:port", "[v6]:port", IPv4-mapped), else by the proxy's workload name:
+        # with eBPF the app's connect() is rewritten to 127.0.0.1:15001, so the outbound
+        # log's src is loopback; ctr pods are named after their container.
+        host = addr.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+        return names.get(host) or names.get(workload or "") or "outside"
 
     via = f" via {c['original_dst']}" if c.get("original_dst") not in (None, c["dst"]) else ""
     transport = c.get("transport") or "plain"
@@ -54,7 +58,8 @@ def connection_line(node: str, c: dict[str, Any], names: dict[str, str]) -> str:
            if transport == "hbone" else "no identities: plain TCP passthrough")
     status = f", status {c['status']}" if c.get("status") not in (None, 200) else ""
     status += f", error: {c['error']}" if c.get("error") else ""
-    return (f"{node} {c['direction']:<8} {transport:<5} {name(c['src'])} -> {name(c['dst'])}"
+    return (f"{node} {c['direction']:<8} {transport:<5} {name(c['src'], c.get('src_workload'))} -> "
+            f"{name(c['dst'], c.get('dst_workload'))}"
             f" ({c['dst']}{via})\n"
             f"        {who}\n"
             f"        {c['bytes_sent']} B sent, {c['bytes_received']} B received{status}")

@@ -158,7 +158,27 @@ def _keep_logs(work: Path) -> Path:
     return dest
 
 
+TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "busybox", "nsenter",
+         "unshare", "ip", "nft", "iptables")
+
+
+def _missing() -> str:
+    """Why the demo cannot run here, before it touches anything ("" when it can)."""
+    import os
+
+    if os.geteuid() != 0:
+        return "the demo needs root (network namespaces, containerd, netfilter)"
+    tools = [t for t in TOOLS if shutil.which(t) is None]
+    if tools:
+        return f"missing tools: {', '.join(tools)} (`make setup` installs them)"
+    return ""
+
+
 def run_demo(backend: str, flavour: str) -> int:
+    why = _missing()
+    if why:
+        print(f"verdict: FAIL: {why}", flush=True)
+        return 1
     if backend == "ebpf":
         from agent.ebpf.pins import private_pins
 
@@ -184,7 +204,8 @@ def _run(backend: str, flavour: str, pins: str) -> int:
         print(f"\nerror: {why}", file=sys.stderr, flush=True)
     finally:
         with _interrupts_deferred():
-            kept = _keep_logs(work) if not ok else None
+            # Logs outlive the run only when something went wrong (not on Ctrl-C).
+            kept = _keep_logs(work) if not ok and why != "interrupted" else None
             demo.close()
             if pins:
                 _destroy_pins(pins)
