@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.ebpf.pins import private_pins
-from bench import cni_add, mesh_path, proxy_path, redirect_apply, redirect_cost
+from bench import cni_add, mesh_path, plots, proxy_path, redirect_apply, redirect_cost
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -29,6 +29,7 @@ def main() -> int:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
+    plots.render(results, DOC.parent / "img")  # embedded in the doc's "Plots" section
     body = (f"Measured {datetime.date.today()} on {platform.node()}: {os.cpu_count()} cores, "
             f"kernel {platform.release()}.\n\n" + redirect_apply.report(results["redirect"])
             + "\n" + cni_add.report(results["cni"]) + "\n"
