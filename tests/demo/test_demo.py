@@ -109,6 +109,7 @@ def test_ctrl_c_midway_cleans_up(after: str) -> None:
     out = "".join(seen) + rest
     assert p.returncode == 130, out
     assert "interrupted: cleaning up" in out
+    assert "logs kept in" not in out  # a Ctrl-C is not a failure worth a leftover dir
     assert out.strip().splitlines()[-1].startswith("verdict: FAIL: interrupted"), out
     assert leftovers(p.pid, out) == []
 
