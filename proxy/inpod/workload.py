@@ -211,7 +211,7 @@ class PodProxy:
     async def _outbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
         peer = client.getpeername()[:2]
-        src = (_plain(peer[0]), peer[1])
+        src = (self._pod_address(_plain(peer[0])), peer[1])
         if self.meshpath is not None:
             try:
                 target = self.meshpath.mesh.table.route(dst)
@@ -225,6 +225,18 @@ class PodProxy:
                 return
             dst = target.addr  # a plain endpoint of a service, or dst unchanged
         await self._proxy(client, "outbound", src, dst, transparent=False)
+
+    def _pod_address(self, ip: str) -> str:
+        """The app's address as the pod knows it. The eBPF backend sends connect() to the
+        proxy on loopback, so the app's socket is bound to 127.0.0.1 (or ::1) there, where
+        REDIRECT keeps the pod's own address; logs and metrics want the latter."""
+        if not ipaddress.ip_address(ip).is_loopback or not self.ips:
+            return ip
+        v6 = ":" in ip
+        same = sorted(a for a in self.ips if (":" in a) == v6
+                      and not ipaddress.ip_address(a).is_loopback
+                      and not ipaddress.ip_address(a).is_link_local)
+        return same[0] if same else ip
 
     async def _outbound_hbone(self, client: socket.socket, src: tuple[str, int],
                               orig: tuple[str, int], target: Target) -> None:

@@ -92,6 +92,9 @@ def test_two_hops_carry_64_mib_intact_and_name_both_pods(
     for c in conns:
         assert (c["src_workload"], c["dst_workload"]) == ("a", "b")
         assert c["bytes_sent"] == len(payload) and c["bytes_received"] == len(payload)
+        # the client pod's own address on both hops, also with eBPF (whose outbound
+        # connect() goes to the proxy over loopback)
+        assert str(c["src"]).rsplit(":", 1)[0] == "198.18.1.1", c
 
 
 def test_non_enrolled_destination_is_reached_through_outbound_only(
