@@ -7,6 +7,13 @@
                        cannot stop the node's proxy)
 
 It exposes internals and a shutdown switch, so it is only ever bound to loopback.
+
+Two proxies run on one node during a rolling upgrade (the proxy DaemonSet surges: the new
+one is up before the old one drains), both on the host network, so the admin port is bound
+with SO_REUSEPORT: both listen, and the kernel spreads new connections between them. Every
+answer says which instance gave it (`X-Meshnode-Proxy-Pod`: $POD_NAME from the downward API,
+when set; `X-Meshnode-Proxy-Pid`), so a readiness probe can tell its own proxy's answer from
+the other one's (deploy/proxy-daemonset.yaml).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 from typing import Any, Protocol
 
 import structlog
@@ -23,6 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 log = structlog.get_logger(__name__)
 
 ADMIN_PORT = 15000  # ztunnel's admin port
+POD_HEADER = "X-Meshnode-Proxy-Pod"
+PID_HEADER = "X-Meshnode-Proxy-Pid"
 
 
 class AdminState(Protocol):
@@ -75,8 +85,18 @@ async def _quit(request: web.Request) -> web.Response:
     return web.Response(text="shutdown now\n")
 
 
+async def _tag(_request: web.Request, response: web.StreamResponse) -> None:
+    """Name the instance on every answer: with SO_REUSEPORT, which of the node's proxies
+    answers a connection is the kernel's choice."""
+    pod = os.environ.get("POD_NAME", "")
+    if pod:
+        response.headers[POD_HEADER] = pod
+    response.headers[PID_HEADER] = str(os.getpid())
+
+
 def make_admin_app(state: AdminState) -> web.Application:
     app = web.Application()
+    app.on_response_prepare.append(_tag)
     app[STATE_KEY] = state
     app[_TASKS_KEY] = set()
     app.router.add_get("/config_dump", _config_dump)
@@ -89,11 +109,12 @@ def make_admin_app(state: AdminState) -> web.Application:
 async def start_admin(state: AdminState, port: int = ADMIN_PORT,
                       host: str = "127.0.0.1") -> web.AppRunner:
     """Serve the admin app on host:port (loopback by default); `await runner.cleanup()`
-    stops it."""
+    stops it. SO_REUSEPORT: another proxy on the node (the old one, draining, or the new
+    one, starting) may hold the same address."""
     runner = web.AppRunner(make_admin_app(state), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
     except BaseException:
         await runner.cleanup()
         raise

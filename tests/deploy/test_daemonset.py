@@ -1,4 +1,5 @@
-"""The node DaemonSet against the code it runs: least privilege, the host mounts, probes on
+"""The two node DaemonSets (agent: meshnode-node, proxy: meshnode-proxy) against the code they
+run: least privilege, the host mounts, update strategies that let the proxy surge, probes on
 endpoints the agent and the proxy really serve, and configs the daemons accept."""
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def objs(request: pytest.FixtureRequest) -> list[Obj]:
 
 
 def ds_spec(objs: list[Obj]) -> Obj:
+    """The agent's pod spec."""
     spec: Obj = find(objs, "DaemonSet", "meshnode-node")["spec"]["template"]["spec"]
+    return spec
+
+
+def proxy_spec(objs: list[Obj]) -> Obj:
+    spec: Obj = find(objs, "DaemonSet", "meshnode-proxy")["spec"]["template"]["spec"]
     return spec
 
 
@@ -63,7 +70,8 @@ def test_no_container_is_privileged(objs: list[Obj]) -> None:
 def test_capabilities_are_exactly_what_the_code_needs(objs: list[Obj]) -> None:
     spec = ds_spec(objs)
     assert set(container(spec, "agent")["securityContext"]["capabilities"]["add"]) == AGENT_CAPS
-    assert set(container(spec, "proxy")["securityContext"]["capabilities"]["add"]) == PROXY_CAPS
+    assert set(container(proxy_spec(objs), "proxy")["securityContext"]["capabilities"]["add"]) \
+        == PROXY_CAPS
 
 
 def test_what_the_api_server_would_refuse(objs: list[Obj]) -> None:
@@ -101,8 +109,8 @@ def test_host_mounts(objs: list[Obj]) -> None:
     assert agent["/var/run/netns"]["mountPropagation"] == "HostToContainer"
     assert agent["/sys/fs/bpf"]["mountPropagation"] == "HostToContainer"
     assert not agent["/var/run/meshnode"].get("readOnly")
-    proxy = host_mounts(spec, "proxy")
-    # The sockets the two containers share live there.
+    proxy = host_mounts(proxy_spec(objs), "proxy")
+    # The sockets the two DaemonSets share live there (same host path, same mount path).
     assert proxy["/var/run/meshnode"]["mountPath"] == agent["/var/run/meshnode"]["mountPath"]
     # What needs no CNI or cgroup access does not get them; /proc only for its per-netns
     # sysctl (tcp_migrate_req, written through MESHNODE_PROC).
@@ -130,31 +138,73 @@ def test_sockets_are_on_the_shared_host_dir(objs: list[Obj]) -> None:
     assert PluginEntry().agent_socket == a["cni_socket"]
 
 
-def test_host_namespaces_priority_tolerations_strategy(objs: list[Obj]) -> None:
-    ds = find(objs, "DaemonSet", "meshnode-node")
-    spec = ds_spec(objs)
-    assert spec["hostNetwork"] is True and spec["hostPID"] is True
-    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert spec["priorityClassName"] == "system-node-critical"
-    tolerations = spec["tolerations"]
-    assert {"operator": "Exists"} in tolerations  # every taint
-    assert any(t.get("key") == "meshnode.io/not-ready" for t in tolerations)
-    assert ds["spec"]["updateStrategy"] == {
+def test_host_namespaces_priority_tolerations(objs: list[Obj]) -> None:
+    agent, proxy = ds_spec(objs), proxy_spec(objs)
+    assert agent["hostNetwork"] is True and agent["hostPID"] is True
+    # The proxy receives netns fds: it needs no host PID namespace (and no API token).
+    assert proxy["hostNetwork"] is True and not proxy.get("hostPID")
+    assert proxy["automountServiceAccountToken"] is False
+    for spec in (agent, proxy):
+        assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+        assert spec["priorityClassName"] == "system-node-critical"
+        tolerations = spec["tolerations"]
+        assert {"operator": "Exists"} in tolerations  # every taint
+        assert any(t.get("key") == "meshnode.io/not-ready" for t in tolerations)
+    assert proxy["tolerations"] == agent["tolerations"]  # a proxy wherever pods are captured
+
+
+def test_the_agent_and_the_proxy_are_separate_daemonsets(objs: list[Obj]) -> None:
+    dss = {o["metadata"]["name"]: o for o in objs if o["kind"] == "DaemonSet"}
+    assert set(dss) == {"meshnode-node", "meshnode-proxy"}
+    assert [c["name"] for c in ds_spec(objs)["containers"]] == ["agent"]
+    assert [c["name"] for c in proxy_spec(objs)["containers"]] == ["proxy"]
+    # Distinct selectors: neither DaemonSet adopts the other's pods.
+    sel = {n: ds["spec"]["selector"]["matchLabels"] for n, ds in dss.items()}
+    assert sel["meshnode-node"] != sel["meshnode-proxy"]
+    for name, ds in dss.items():
+        labels = ds["spec"]["template"]["metadata"]["labels"]
+        assert sel[name].items() <= labels.items(), name
+        other = sel["meshnode-proxy" if name == "meshnode-node" else "meshnode-node"]
+        assert not other.items() <= labels.items(), name
+    # The plugin exempts only the agent's pods; the proxy's never reach CNI (host network),
+    # and must not look like the agent's either.
+    assert not "meshnode-proxy-".startswith(PluginEntry().agent_pod_name_prefix)
+
+
+def test_update_strategies(objs: list[Obj]) -> None:
+    """The proxy surges (the new one is ready before the old one drains); the agent cannot
+    (two would bind the same sockets) and need not (pods stay captured without it)."""
+    agent = find(objs, "DaemonSet", "meshnode-node")["spec"]
+    proxy = find(objs, "DaemonSet", "meshnode-proxy")["spec"]
+    assert agent["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert proxy["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     drain = config_file(objs, "proxy.yaml")["drain_seconds"]
-    assert spec["terminationGracePeriodSeconds"] > drain
+    assert proxy["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+
+
+def test_the_surging_proxy_declares_no_host_port(objs: list[Obj]) -> None:
+    """On the host network every containerPort is a hostPort; the scheduler would then keep
+    the surge pod off a node whose old pod holds it."""
+    for c in proxy_spec(objs)["containers"]:
+        assert not c.get("ports"), c["name"]
 
 
 def test_downward_api_env(objs: list[Obj]) -> None:
     want = {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
             "POD_NAMESPACE": "metadata.namespace", "INSTANCE_IP": "status.podIP"}
-    fixed = {"MESHNODE_PROC": "/host/proc", "MESHNODE_BPF_CGROUP": "/host/sys/fs/cgroup"}
-    for name in ("agent", "proxy"):
-        envs = container(ds_spec(objs), name)["env"]
+    fixed = {
+        "agent": {"MESHNODE_PROC": "/host/proc", "MESHNODE_BPF_CGROUP": "/host/sys/fs/cgroup"},
+        # the proxy attaches no cgroup program; it writes tcp_migrate_req through /host/proc
+        "proxy": {"MESHNODE_PROC": "/host/proc"},
+    }
+    for name, spec in (("agent", ds_spec(objs)), ("proxy", proxy_spec(objs))):
+        envs = container(spec, name)["env"]
         env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
                for e in envs if "valueFrom" in e}
         assert env == want, name
-        assert {e["name"]: e["value"] for e in envs if "value" in e} == fixed, name
+        assert {e["name"]: e["value"] for e in envs if "value" in e} == fixed[name], name
 
 
 def test_resources_are_set(objs: list[Obj]) -> None:
@@ -219,13 +269,20 @@ def test_agent_probes_hit_what_the_agent_serves(objs: list[Obj], tmp_path: Path)
 
 
 def test_proxy_probes_hit_what_the_proxy_serves(objs: list[Obj]) -> None:
-    host, _, port = config_file(objs, "proxy.yaml")["admin_address"].rpartition(":")
-    probes = _probes(container(ds_spec(objs), "proxy"))
-    assert probes[2]["path"] == "/healthz/ready"
+    address = config_file(objs, "proxy.yaml")["admin_address"]
+    host, _, port = address.rpartition(":")
+    c = container(proxy_spec(objs), "proxy")
+    probes = [c[k]["httpGet"] for k in ("startupProbe", "livenessProbe")]
     for probe in probes:
         assert (probe["host"], probe["port"]) == (host, int(port)), probe
-    statuses = _statuses(lambda: make_admin_app(_ProxyState()), [p["path"] for p in probes])
-    assert statuses == [200] * len(probes), probes
+    # Readiness asks its own proxy (X-Meshnode-Proxy-Pod): tests/proxy_admin runs this very
+    # command against two real proxies on one address.
+    cmd = c["readinessProbe"]["exec"]["command"]
+    assert cmd[:2] == ["python3", "-c"] and cmd[3:] == [address, "/healthz/ready"]
+    compile(cmd[2], "readinessProbe", "exec")
+    paths = [p["path"] for p in probes] + [cmd[4]]
+    statuses = _statuses(lambda: make_admin_app(_ProxyState()), paths)
+    assert statuses == [200] * len(paths), paths
 
 
 def test_probe_paths_are_not_just_any_path(tmp_path: Path) -> None:
@@ -265,6 +322,8 @@ def test_rbac_is_the_documented_minimum() -> None:
         {("", "nodes", v) for v in ("get", "patch")}
     binding = find(objs, "ClusterRoleBinding", "meshnode-node")
     ds = find(objs, "DaemonSet", "meshnode-node")
+    proxy = find(objs, "DaemonSet", "meshnode-proxy")["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in proxy and proxy["automountServiceAccountToken"] is False
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshnode-node",
                                     "namespace": "meshnode-system"}]
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "meshnode-node"
@@ -272,9 +331,10 @@ def test_rbac_is_the_documented_minimum() -> None:
                 or (o["kind"] == "ClusterRole" and o["metadata"]["name"] != "meshnode-node")]
 
 
-def test_yaml_parses_with_anchors_resolved() -> None:
-    """daemonset.yaml shares the env list through a YAML anchor: both containers get it."""
-    ds = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "daemonset.yaml")
-                        .read_text())
-    agent, proxy = ds["spec"]["template"]["spec"]["containers"]
-    assert agent["env"] == proxy["env"]
+def test_one_daemonset_per_file() -> None:
+    """daemonset.yaml is the agent's, proxy-daemonset.yaml the proxy's."""
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    for file, name in (("daemonset.yaml", "meshnode-node"),
+                       ("proxy-daemonset.yaml", "meshnode-proxy")):
+        (ds,) = [d for d in yaml.safe_load_all((deploy / file).read_text()) if d]
+        assert (ds["kind"], ds["metadata"]["name"]) == ("DaemonSet", name)

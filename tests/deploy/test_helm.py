@@ -97,10 +97,22 @@ def test_values_reach_the_objects() -> None:
                    "capture": {"backend": "nftables", "excludeOutboundPorts": [9000]},
                    "selection": {"mode": "namespaces", "namespaces": ["shop"]},
                    "tolerations": [{"key": "dedicated", "operator": "Exists"}]})
-    ds = find(objs, "DaemonSet", "meshnode-node")["spec"]["template"]["spec"]
-    assert {c["image"] for c in ds["containers"]} == {"registry.example/meshnode:1.2.3"}
-    assert ds["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    for name in ("meshnode-node", "meshnode-proxy"):
+        ds = find(objs, "DaemonSet", name)["spec"]["template"]["spec"]
+        assert {c["image"] for c in ds["containers"]} == {"registry.example/meshnode:1.2.3"}
+        assert ds["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     agent = config_file(objs, "agent.yaml")
     assert agent["capture"]["backend"] == "nftables"
     assert agent["capture"]["exclude_outbound_ports"] == [9000]
     assert agent["selection"]["namespaces"] == ["shop"]
+
+
+def test_proxy_values_reach_the_proxy_daemonset() -> None:
+    objs = render({"terminationGracePeriodSeconds": 100, "proxy": {"drainSeconds": 90}})
+    spec = find(objs, "DaemonSet", "meshnode-proxy")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 100
+    assert config_file(objs, "proxy.yaml")["drain_seconds"] == 90
+    # a config change rolls both DaemonSets
+    for name in ("meshnode-node", "meshnode-proxy"):
+        ann = find(objs, "DaemonSet", name)["spec"]["template"]["metadata"]["annotations"]
+        assert ann["checksum/config"]

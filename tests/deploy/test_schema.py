@@ -69,7 +69,8 @@ def test_generated_secrets_validate(tmp_path: Path) -> None:
 def test_the_validator_is_not_vacuous() -> None:
     """A typo'd field and a wrong type in the DaemonSet must fail, or the passes above mean
     nothing."""
-    (ds,) = [o for _f, o in plain() if o["kind"] == "DaemonSet"]
+    (ds,) = [o for _f, o in plain() if o["kind"] == "DaemonSet"
+             and o["metadata"]["name"] == "meshnode-node"]
     typo = {**ds, "spec": {**ds["spec"], "updateStrategyy": {}}}
     with pytest.raises(AssertionError, match="updateStrategyy"):
         check(typo, VERSIONS[0])
