@@ -16,7 +16,8 @@ from agent.redirect import backend as engine
 from agent.redirect.backend import RuleBackend
 
 # Suites that need root and a real kernel (namespaces, netfilter, containerd).
-KERNEL_SUITES = ("kernel", "agent", "e2e", "proxy", "dns", "zds", "ebpf", "mesh", "demo")
+KERNEL_SUITES = ("kernel", "agent", "e2e", "proxy", "dns", "zds", "ebpf", "mesh", "demo",
+                 "proxy_admin")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
