@@ -1,13 +1,15 @@
 """Compile bpf/redirect.c with bcc, attach it to the root cgroup v2, pin links and maps.
 
 Lifecycle:
-* `Loader(pin_dir).load()` compiles once (~1 s), loads three programs with their expected
-  attach types and attaches them to the cgroup v2 root through **bpf links** pinned as
+* `Loader(pin_dir).load()` compiles once (~1 s), loads every program (PROGRAMS, SK_LOOKUP)
+  with its expected attach type and attaches the cgroup ones to the cgroup v2 root through
+  **bpf links** pinned as
   `<pin_dir>/link_<name>`. Maps are pinned by bcc itself (`BPF_TABLE_PINNED`), so a
   restarted agent gets the same maps back, with every enrolled pod still in them. If a
   pinned link already exists (agent restart) the new program replaces the old one in place
   with BPF_LINK_UPDATE: there is no moment where nothing is attached.
-* Enrolling/removing a pod only writes the `pods` map, keyed by the pod's netns cookie.
+* Enrolling/removing a pod writes the `pods` map (keyed by the pod's netns cookie) and
+  `pod_ips`, and attaches/detaches the pod's sk_lookup link.
 * `destroy()` detaches the links (BPF_LINK_DETACH, so even another holder of the link fd
   cannot keep the programs attached) and removes every pin it owns.
 
