@@ -406,24 +406,33 @@ int mn_recvmsg4(struct bpf_sock_addr *ctx)
     return 1;
 }
 
-int mn_recvmsg6(struct bpf_sock_addr *ctx)
+// The proxy's loopback address as an AF_INET6 socket sees it: ::1 or ::ffff:127.0.0.1.
+static __always_inline int loopback6(u32 a, u32 b, u32 c, u32 d)
 {
-    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
-    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
-    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
-    int lo6 = a == 0 && b == 0 && c == 0 && d == bpf_htonl(1);
-    int lo4 = v4_mapped(a, b, c) && d == bpf_htonl(0x7f000001);
-    if (!lo6 && !lo4)
-        return 1;
-    struct origin *orig = dns_origin(ctx, port);
-    if (!orig)
-        return 1;
+    return (a == 0 && b == 0 && c == 0 && d == bpf_htonl(1)) ||
+           (v4_mapped(a, b, c) && d == bpf_htonl(0x7f000001));
+}
+
+// Show `orig` as the peer of an AF_INET6 socket (IPv4 origins are stored v4-mapped).
+static __always_inline int show_peer6(struct bpf_sock_addr *ctx, struct origin *orig)
+{
     ctx->user_ip6[0] = orig->ip[0];
     ctx->user_ip6[1] = orig->ip[1];
     ctx->user_ip6[2] = orig->ip[2];
     ctx->user_ip6[3] = orig->ip[3];
     ctx->user_port = orig->port;
     return 1;
+}
+
+int mn_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
+    u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
+    u16 port = bpf_ntohs((u16)MN_CTX(ctx->user_port));
+    if (!loopback6(a, b, c, d))
+        return 1;
+    struct origin *orig = dns_origin(ctx, port);
+    return orig ? show_peer6(ctx, orig) : 1;
 }
 
 // getpeername() on a redirected socket names the original destination, not the proxy:
@@ -446,20 +455,11 @@ int mn_getpeername6(struct bpf_sock_addr *ctx)
 {
     u32 a = MN_CTX(ctx->user_ip6[0]), b = MN_CTX(ctx->user_ip6[1]);
     u32 c = MN_CTX(ctx->user_ip6[2]), d = MN_CTX(ctx->user_ip6[3]);
-    int lo6 = a == 0 && b == 0 && c == 0 && d == bpf_htonl(1);
-    int lo4 = v4_mapped(a, b, c) && d == bpf_htonl(0x7f000001);
-    if (!lo6 && !lo4)
+    if (!loopback6(a, b, c, d))
         return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct origin *orig = cookie_origin.lookup(&cookie);
-    if (!orig)
-        return 1;
-    ctx->user_ip6[0] = orig->ip[0];
-    ctx->user_ip6[1] = orig->ip[1];
-    ctx->user_ip6[2] = orig->ip[2];
-    ctx->user_ip6[3] = orig->ip[3];
-    ctx->user_port = orig->port;
-    return 1;
+    return orig ? show_peer6(ctx, orig) : 1;
 }
 
 int mn_sock_release(struct bpf_sock *sk)

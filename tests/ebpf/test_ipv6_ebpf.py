@@ -57,6 +57,7 @@ def test_ipv6_outbound_lands_on_loopback_15001_with_original_dst(
             assert conn.getsockname()[0] == "::1"
             assert original_dst(conn) == (server.ip6, 80)
             assert conn.getpeername()[:2] == c.getsockname()[:2]
+            assert c.getpeername()[:2] == (server.ip6, 80)  # getpeername6
             assert loader.map_counts()["pair_origin"] == before["pair_origin"] + 1
             assert accepted_by(app, 0.2) is None, "the server saw the captured connection"
             conn.sendall(b"ping")
@@ -91,6 +92,7 @@ def test_v4_mapped_connect_is_captured_as_ipv4(pods: tuple[Node, Node],
                 assert c.family == socket.AF_INET6
                 conn = accepted_by(proxy)
                 assert conn is not None, f"v4-mapped connect not redirected ({listen})"
+                assert c.getpeername()[:2] == (f"::ffff:{server.ip4}", 8443)
                 with conn:
                     assert original_dst(conn) == (server.ip4, 8443)
                     if conn.family == socket.AF_INET6:

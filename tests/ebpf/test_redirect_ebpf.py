@@ -50,6 +50,8 @@ def test_outbound_tcp_lands_on_15001_with_original_dst(enrolled: tuple[Node, Nod
         with conn:
             assert original_dst(conn) == (server.ip4, 80)
             assert conn.getpeername() == c.getsockname()
+            # the app's own view: its peer is where it connected (getpeername4)
+            assert c.getpeername() == (server.ip4, 80)
             assert loader.map_counts()["pair_origin"] == before["pair_origin"] + 1
             assert accepted_by(app, 0.2) is None, "the server saw the captured connection"
             conn.sendall(b"ping")
