@@ -18,6 +18,7 @@ from types import TracebackType
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
+from agent.redirect import sysctl
 from agent.redirect.netns import entered
 
 IFA_F_NODAD = 0x02  # v6 addresses usable at once, no duplicate-address-detection wait
@@ -73,6 +74,18 @@ class Lab:
                     ipr.addr("add", index=idx, address=node.ip6, prefixlen=64,
                              flags=IFA_F_NODAD, family=socket.AF_INET6)
                 ipr.link("set", index=idx, state="up")
+
+    @staticmethod
+    def route(node: Node, dst: str, gw: str) -> None:
+        """`ip route add dst via gw` inside node ("default" for a default route)."""
+        with entered(node.path), IPRoute() as ipr:
+            ipr.route("add", dst=dst, gateway=gw)
+
+    @staticmethod
+    def forward(node: Node) -> None:
+        """Let node route between its links (a node netns carrying pods, a router)."""
+        with entered(node.path):
+            sysctl.write("net.ipv4.ip_forward", "1")
 
     def drop(self, node: Node) -> None:
         """Delete one node now (its netns, and the veth ends inside it)."""

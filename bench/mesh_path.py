@@ -23,35 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import Lab, Node
+
+# The same tools, servers and ports as the proxy benchmark, so the two read alike.
+from bench.proxy_path import PORTS, in_netns, latency, throughput
 from bench.stats import md_table
-
-PORTS = {"sockperf": 11111, "iperf": 5201}
-
-
-def _in(node: Node, argv: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", node.name, *argv]
-
-
-def _run(node: Node, argv: list[str], timeout: float = 60) -> str:
-    return subprocess.run(_in(node, argv), capture_output=True, text=True, check=True,
-                          timeout=timeout).stdout
-
-
-def latency(client: Node, ip: str, port: int, seconds: int) -> tuple[float, float]:
-    out = _run(client, ["sockperf", "ping-pong", "--tcp", "-i", ip, "-p", str(port), "-m",
-                        "1024", "-t", str(seconds), "--full-rtt"])
-    pct: dict[str, float] = {}
-    for line in out.splitlines():
-        if "percentile" in line and "=" in line:
-            key = line.split("percentile")[1].split("=")[0].strip()
-            pct[key] = float(line.split("=")[1].strip())
-    return pct["50.000"], pct["99.000"]
-
-
-def throughput(client: Node, ip: str, port: int, seconds: int) -> float:
-    out = _run(client, ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"],
-               timeout=seconds + 30)
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
 def _mesh_file(a: Node, b: Node, vip: str) -> dict[str, Any]:
@@ -77,18 +52,18 @@ def measure_path(seconds: int = 3) -> dict[str, Any]:
         t = build(lab)
         try:
             servers.append(subprocess.Popen(
-                _in(t.b, ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p",
+                in_netns(t.b, ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p",
                           str(PORTS["sockperf"])]),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            servers.append(subprocess.Popen(_in(t.b, ["iperf3", "-s", "-p",
+            servers.append(subprocess.Popen(in_netns(t.b, ["iperf3", "-s", "-p",
                                                       str(PORTS["iperf"])]),
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(1.0)
 
             def run_all(name: str, ip: str) -> None:
-                p50, p99 = latency(t.a, ip, PORTS["sockperf"], seconds)
+                p50, p99 = latency(t.a, ip, seconds)
                 rows[name] = {"p50_us": p50, "p99_us": p99,
-                              "gbps": throughput(t.a, ip, PORTS["iperf"], seconds)}
+                              "gbps": throughput(t.a, ip, seconds)}
 
             run_all("direct", t.b.ip4)
             cp = ControlPlaneProc(Path(tmp) / "cp", t.cp)

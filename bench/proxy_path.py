@@ -37,12 +37,12 @@ defaults
 """ for name, port in PORTS.items())
 
 
-def _in(node: Node, argv: list[str]) -> list[str]:
+def in_netns(node: Node, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", node.name, *argv]
 
 
 def _run(node: Node, argv: list[str], timeout: float = 60) -> str:
-    return subprocess.run(_in(node, argv), capture_output=True, text=True, check=True,
+    return subprocess.run(in_netns(node, argv), capture_output=True, text=True, check=True,
                           timeout=timeout).stdout
 
 
@@ -78,14 +78,16 @@ def measure(seconds: int = 3) -> dict[str, Any]:
         lab.link(client, server, subnet=9)
         sip = server.ip4
         try:
-            procs.append(subprocess.Popen(_in(server, ["sockperf", "server", "--tcp", "-i",
-                                                       "0.0.0.0", "-p", str(PORTS["sockperf"])]),
+            procs.append(subprocess.Popen(in_netns(server, ["sockperf", "server", "--tcp", "-i",
+                                                            "0.0.0.0", "-p",
+                                                            str(PORTS["sockperf"])]),
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            procs.append(subprocess.Popen(_in(server, ["iperf3", "-s", "-p",
-                                                       str(PORTS["iperf"])]),
+            procs.append(subprocess.Popen(in_netns(server, ["iperf3", "-s", "-p",
+                                                            str(PORTS["iperf"])]),
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            procs.append(subprocess.Popen(_in(server, [sys.executable, "-m", "bench.netload",
-                                                       "serve", str(PORTS["echo"])]),
+            procs.append(subprocess.Popen(in_netns(server, [sys.executable, "-m",
+                                                            "bench.netload", "serve",
+                                                            str(PORTS["echo"])]),
                                           cwd=Path(__file__).resolve().parents[1]))
             time.sleep(1.0)
 
@@ -99,7 +101,7 @@ def measure(seconds: int = 3) -> dict[str, Any]:
 
             hap_cfg = Path(tmp) / "haproxy.cfg"
             hap_cfg.write_text(HAPROXY_CFG.replace("{server}", sip))
-            hap = subprocess.Popen(_in(client, ["haproxy", "-f", str(hap_cfg), "-db"]),
+            hap = subprocess.Popen(in_netns(client, ["haproxy", "-f", str(hap_cfg), "-db"]),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             try:

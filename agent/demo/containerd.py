@@ -76,6 +76,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
 """
 
 
+def write_isolation(tmp: Path, tag: str) -> None:
+    """A private containerd's config and the two mount-namespace wrappers (containerd-ns.sh
+    and ctr-ns.sh, taking the command to exec) that keep its state and CNI dirs in `tmp`
+    without touching the host's; mounts carry `tag` so a leftover can be found."""
+    (tmp / "config.toml").write_text(_CONFIG.format(tmp=tmp))
+    for name, body in (("containerd-ns.sh", _CONTAINERD_BODY), ("ctr-ns.sh", _CTR_BODY)):
+        (tmp / name).write_text(_NS_SCRIPT.format(tmp=tmp, tag=tag, body=body.format(tag=tag)))
+
+
 def build_rootfs(dest: Path, payload_bytes: int) -> Path:
     """A busybox rootfs (static binary + applet links), with /www/data of ~`payload_bytes`
     for the demo's web server to serve."""
@@ -176,10 +185,7 @@ class Containerd:
         for name in ("bridge", "host-local", "loopback"):
             (self.tmp / "cni" / "bin" / name).symlink_to(SYSTEM_CNI_DIR / name)
         (self.tmp / "cni" / "bin" / "meshnode-cni").symlink_to(REPO / "cni" / "meshnode-cni")
-        (self.tmp / "config.toml").write_text(_CONFIG.format(tmp=self.tmp))
-        for name, body in (("containerd-ns.sh", _CONTAINERD_BODY), ("ctr-ns.sh", _CTR_BODY)):
-            (self.tmp / name).write_text(_NS_SCRIPT.format(tmp=self.tmp, tag=self.tag,
-                                                           body=body.format(tag=self.tag)))
+        write_isolation(self.tmp, self.tag)
         with open(self.tmp / "containerd.log", "wb") as log:
             # Each step execs, so the PID we hold is containerd's; own session: see procs.py.
             # nsenter, not `ip netns exec`: that remounts /sys for the netns, which hides

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from agent.lab import Lab, Node
-from agent.redirect.netns import entered
 
 CONTROL_PLANE_IP = "198.18.40.1"
 OUTSIDE_IP = "198.18.44.1"
@@ -35,15 +32,6 @@ class Topology:
     outside: Node           # a host outside the mesh; outside.ip4 == OUTSIDE_IP
 
 
-def _route(node: Node, dst: str, gw: str) -> None:
-    with entered(node.path), IPRoute() as ipr:
-        ipr.route("add", dst=dst, gateway=gw)
-
-
-def _forward(node: Node) -> None:
-    with entered(node.path), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("1")
-
 
 def build(lab: Lab) -> Topology:
     n1, n2 = lab.node("node1"), lab.node("node2")
@@ -53,11 +41,11 @@ def build(lab: Lab) -> Topology:
     lab.link(out, n2, subnet=44, ipv6=False)  # outside = .44.1, node2 = .44.2
     assert cp.ip4 == CONTROL_PLANE_IP and out.ip4 == OUTSIDE_IP
     for n in (n1, n2):
-        _forward(n)
-    _route(cp, "default", "198.18.40.2")
-    _route(out, "default", "198.18.44.2")
-    _route(n1, POD_SUBNETS["node2"], "198.18.42.2")
-    _route(n1, "198.18.44.0/24", "198.18.42.2")
-    _route(n2, POD_SUBNETS["node1"], "198.18.42.1")
-    _route(n2, "198.18.40.0/24", "198.18.42.1")
+        Lab.forward(n)
+    Lab.route(cp, "default", "198.18.40.2")
+    Lab.route(out, "default", "198.18.44.2")
+    Lab.route(n1, POD_SUBNETS["node2"], "198.18.42.2")
+    Lab.route(n1, "198.18.44.0/24", "198.18.42.2")
+    Lab.route(n2, POD_SUBNETS["node1"], "198.18.42.1")
+    Lab.route(n2, "198.18.40.0/24", "198.18.42.1")
     return Topology(lab, {"node1": n1, "node2": n2}, cp, out)

@@ -252,24 +252,12 @@ class PodProxy:
         try:
             error = await self.meshpath.outbound(client, src, target, conn.traffic)
         finally:
-            self.conns.pop(conn.id, None)
-            metrics.CONNECTIONS.dec()
-            metrics.CLOSED.labels(*labels).inc()
-            metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
-            metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
-            if self.cfg.access_log:
-                w = target.workload
-                access.info("connection", direction="outbound", transport="hbone",
-                            src=f"{src[0]}:{src[1]}", dst=f"{target.addr[0]}:{target.addr[1]}",
-                            original_dst=f"{orig[0]}:{orig[1]}",
-                            service=target.service.key if target.service else None,
-                            source_principal=me.identity if me else None,
-                            destination_principal=w.identity if w else None,
-                            src_workload=labels[1], src_namespace=labels[2],
-                            dst_workload=labels[3], dst_namespace=labels[4],
-                            bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
-                            duration_ms=round((time.time() - conn.started) * 1e3, 1),
-                            reset=conn.traffic.reset, error=error or None)
+            w = target.workload
+            self._closed(conn, labels, error, transport="hbone",
+                         original_dst=f"{orig[0]}:{orig[1]}",
+                         service=target.service.key if target.service else None,
+                         source_principal=me.identity if me else None,
+                         destination_principal=w.identity if w else None)
 
     async def _inbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
@@ -316,19 +304,24 @@ class PodProxy:
             if upstream is not None:
                 await relay(client, upstream, conn.traffic, zero_copy=self.cfg.zero_copy)
         finally:
-            self.conns.pop(conn.id, None)
-            metrics.CONNECTIONS.dec()
-            metrics.CLOSED.labels(*labels).inc()
-            metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
-            metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
-            if self.cfg.access_log:
-                access.info("connection", direction=direction, src=f"{src[0]}:{src[1]}",
-                            dst=f"{dst[0]}:{dst[1]}", src_workload=labels[1],
-                            src_namespace=labels[2], dst_workload=labels[3],
-                            dst_namespace=labels[4], bytes_sent=conn.traffic.a_to_b,
-                            bytes_received=conn.traffic.b_to_a,
-                            duration_ms=round((time.time() - conn.started) * 1e3, 1),
-                            reset=conn.traffic.reset, error=error or None)
+            self._closed(conn, labels, error)
+
+    def _closed(self, conn: Conn, labels: tuple[str, ...], error: str, **log: Any) -> None:
+        """A proxied connection ended: out of the table, its metrics, its access-log line
+        (`log`: what only some paths know, such as the tunnel's principals)."""
+        self.conns.pop(conn.id, None)
+        metrics.CONNECTIONS.dec()
+        metrics.CLOSED.labels(*labels).inc()
+        metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
+        metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
+        if self.cfg.access_log:
+            access.info("connection", direction=conn.direction,
+                        src=f"{conn.src[0]}:{conn.src[1]}", dst=f"{conn.dst[0]}:{conn.dst[1]}",
+                        **log, src_workload=labels[1], src_namespace=labels[2],
+                        dst_workload=labels[3], dst_namespace=labels[4],
+                        bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
+                        duration_ms=round((time.time() - conn.started) * 1e3, 1),
+                        reset=conn.traffic.reset, error=error or None)
 
     async def _connect(self, dst: tuple[str, int], as_src: tuple[str, int] | None
                        ) -> socket.socket:

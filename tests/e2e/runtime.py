@@ -49,66 +49,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# The isolation of a private containerd is the demo's (product code): one copy.
+from agent.demo.containerd import CNI_PATH, SYSTEM_CNI_DIR, write_isolation
+
 PREFIX = "mne2e"
-SYSTEM_CNI_DIR = Path("/usr/lib/cni")
 BASE_PLUGINS = ("bridge", "host-local", "loopback")
 APPLETS = ("sh", "sleep", "ip", "nc", "wget", "ifconfig", "cat", "echo", "ls", "ps", "httpd",
            "kill", "true", "false", "env", "hostname", "mkdir", "rm", "touch", "grep", "route",
            "ping", "netstat", "test", "[", "id", "printf", "head", "tail", "timeout")
 CTR_NAMESPACE = "mne2e"
-CNI_PATH = "/opt/cni/bin:/usr/lib/cni"  # what Debian's ctr 1.6 sets
 _TAG_RE = re.compile(rf"^{PREFIX}-(\d+)-[0-9a-f]+")
-
-# Runs inside a private mount namespace: overlay a parent dir (upper layer in the tmp dir)
-# so that mount points can be created under it without touching the host, then bind-mount.
-_NS_SCRIPT = """\
-set -eu
-T={tmp}
-ovl() {{
-  n=$(printf %s "$1" | tr / _)
-  mkdir -p "$T/ov/$2$n/u" "$T/ov/$2$n/w"
-  mount -t overlay {tag}-ov -o "lowerdir=$1,upperdir=$T/ov/$2$n/u,workdir=$T/ov/$2$n/w" "$1"
-}}
-{body}
-exec "$@"
-"""
-_CONTAINERD_BODY = """\
-ovl /run d
-mkdir -p /run/containerd
-mount -t tmpfs {tag}-run /run/containerd
-"""
-_CTR_BODY = """\
-ovl /etc c; ovl /opt c; ovl /var/lib c
-mkdir -p /etc/cni/net.d /opt/cni/bin /var/lib/cni
-mount --bind "$T/cni/net.d" /etc/cni/net.d
-mount --bind "$T/cni/bin" /opt/cni/bin
-mount --bind "$T/cni/cache" /var/lib/cni
-"""
-_CONFIG = """\
-version = 2
-root = "{tmp}/root"
-state = "{tmp}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{tmp}/run/containerd.sock"
-
-[ttrpc]
-  address = "{tmp}/run/containerd.sock.ttrpc"
-
-[debug]
-  level = "info"
-"""
-
 
 class HarnessError(RuntimeError):
     """A step of the harness failed; ``stderr`` holds what the failing tool said."""
@@ -390,10 +340,7 @@ class Runtime:
             (self.tmp / d).mkdir(parents=True, exist_ok=True)
         for name in BASE_PLUGINS:
             self.add_plugin(SYSTEM_CNI_DIR / name, name)
-        (self.tmp / "config.toml").write_text(_CONFIG.format(tmp=self.tmp))
-        for name, body in (("containerd-ns.sh", _CONTAINERD_BODY), ("ctr-ns.sh", _CTR_BODY)):
-            (self.tmp / name).write_text(
-                _NS_SCRIPT.format(tmp=self.tmp, tag=self.tag, body=body.format(tag=self.tag)))
+        write_isolation(self.tmp, self.tag)
 
         _run(["ip", "netns", "add", self.node], check=True)
         self._netns_created = True

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from agent.lab import Lab, Node
-from agent.redirect.netns import entered
 
 VIP = "198.19.41.10"
 CONTROL_PLANE_IP = "198.18.40.1"
@@ -39,15 +36,6 @@ class Topology:
     cp: Node  # the control plane's netns; cp.ip4 == CONTROL_PLANE_IP
 
 
-def _route(node: Node, dst: str, gw: str) -> None:
-    with entered(node.path), IPRoute() as ipr:
-        ipr.route("add", dst=dst, gateway=gw)
-
-
-def _forward(node: Node) -> None:
-    with entered(node.path), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("1")
-
 
 def build(lab: Lab) -> Topology:
     n1, n2 = lab.node("n1"), lab.node("n2")
@@ -58,11 +46,11 @@ def build(lab: Lab) -> Topology:
     lab.link(cp, n1, subnet=40, ipv6=False)    # control plane = .40.1, node1 = .40.2
     assert cp.ip4 == CONTROL_PLANE_IP
     for n in (n1, n2):
-        _forward(n)
-    _route(a, "default", "198.18.41.2")
-    _route(b, "default", "198.18.43.2")
-    _route(cp, "default", "198.18.40.2")
-    _route(n1, "198.18.43.0/24", "198.18.42.2")
-    _route(n2, "198.18.41.0/24", "198.18.42.1")
-    _route(n2, "198.18.40.0/24", "198.18.42.1")
+        Lab.forward(n)
+    Lab.route(a, "default", "198.18.41.2")
+    Lab.route(b, "default", "198.18.43.2")
+    Lab.route(cp, "default", "198.18.40.2")
+    Lab.route(n1, "198.18.43.0/24", "198.18.42.2")
+    Lab.route(n2, "198.18.41.0/24", "198.18.42.1")
+    Lab.route(n2, "198.18.40.0/24", "198.18.42.1")
     return Topology(lab, n1, n2, a, b, cp)
