@@ -94,5 +94,5 @@ def remove_stale_temps(directory: Path, *, max_age: float = STALE_TEMP_AGE_SECON
         except FileNotFoundError:
             continue
         removed.append(Path(entry.path))
-        log.info("cni_install.stale_temp_removed", path=entry.path)
+        log.info("cni_install_stale_temp_removed", path=entry.path)
     return removed

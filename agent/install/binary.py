@@ -86,11 +86,11 @@ def install_binary(source: Path, dest: Path) -> bool:
     if current.present and current.sha256 == src_sha:
         if current.mode != BINARY_MODE:
             os.chmod(dest, BINARY_MODE)
-            log.info("cni_install.binary_mode_fixed", path=str(dest))
+            log.info("cni_install_binary_mode_fixed", path=str(dest))
             return True
         return False
     atomic_write(dest, source.read_bytes(), mode=BINARY_MODE)
-    log.info("cni_install.binary_installed", path=str(dest), sha256=src_sha,
+    log.info("cni_install_binary_installed", path=str(dest), sha256=src_sha,
              replaced=current.present)
     return True
 
@@ -103,5 +103,5 @@ def remove_binary(dest: Path) -> bool:
         return False
     with contextlib.suppress(OSError):
         fsync_dir(dest.parent)
-    log.info("cni_install.binary_removed", path=str(dest))
+    log.info("cni_install_binary_removed", path=str(dest))
     return True

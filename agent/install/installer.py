@@ -174,7 +174,7 @@ class Installer:
                 if install_binary(cfg.plugin_source, cfg.binary_path):
                     changes.append(f"binary:{cfg.binary_path}")
             elif binary_info(cfg.binary_path).present:
-                log.warning("cni_install.plugin_source_missing", source=str(cfg.plugin_source),
+                log.warning("cni_install_plugin_source_missing", source=str(cfg.plugin_source),
                             keeping=str(cfg.binary_path))
             else:
                 raise InstallError(f"plugin source {cfg.plugin_source} not found")
@@ -183,7 +183,7 @@ class Installer:
             if changes:
                 self._state.last_install = Event.now(reason)
                 save_state(cfg.state_file, self._state)
-                log.info("cni_install.installed", reason=reason, changes=changes)
+                log.info("cni_install_installed", reason=reason, changes=changes)
             self.check()
             return changes
 
@@ -221,7 +221,7 @@ class Installer:
                         os.unlink(src)
                     fsync_dir(cfg.cni_net_dir)
                     changes.append(f"wrapped:{src}")
-                    log.info("cni_install.conf_wrapped", source=str(src), target=str(target))
+                    log.info("cni_install_conf_wrapped", source=str(src), target=str(target))
                 self._last_primary = target_name
             else:
                 self._last_primary = primary.filename
@@ -247,7 +247,7 @@ class Installer:
                 continue
             path = cfg.cni_net_dir / f.name
             if not conflist.plugins_of(new_doc):
-                log.warning("cni_install.entry_left_in_place", path=str(path),
+                log.warning("cni_install_entry_left_in_place", path=str(path),
                             why="removing it would leave no plugins")
                 continue
             try:
@@ -257,7 +257,7 @@ class Installer:
             except FileNotFoundError:
                 continue
             changes.append(f"entry_removed:{path}")
-            log.info("cni_install.entry_removed", path=str(path), count=removed)
+            log.info("cni_install_entry_removed", path=str(path), count=removed)
         return changes
 
     def repair(self, trigger: str = "event") -> RepairOutcome:
@@ -274,11 +274,11 @@ class Installer:
                 first = not self._installed_once
                 self.install(reason=trigger if first else reason)
             except NoPrimaryConfig as exc:
-                log.info("cni_install.waiting_for_primary_config", detail=str(exc))
+                log.info("cni_install_waiting_for_primary_config", detail=str(exc))
                 metrics.READY.set(0)
                 return RepairOutcome.WAITING
             except (InstallError, OSError) as exc:
-                log.error("cni_install.repair_failed", trigger=trigger, error=str(exc))
+                log.error("cni_install_repair_failed", trigger=trigger, error=str(exc))
                 metrics.READY.set(0)
                 return RepairOutcome.FAILED
             if first:
@@ -286,7 +286,7 @@ class Installer:
             metrics.REPAIRS.labels(reason=reason).inc()
             self._state.last_repair = Event.now(reason)
             save_state(self.config.state_file, self._state)
-            log.warning("cni_install.repaired", reason=reason, problems=list(result.problems),
+            log.warning("cni_install_repaired", reason=reason, problems=list(result.problems),
                         trigger=trigger)
             return RepairOutcome.REPAIRED
 
@@ -302,7 +302,7 @@ class Installer:
             self._installed_once = False
             self._last_primary = None
             metrics.READY.set(0)
-            log.info("cni_install.uninstalled", changes=changes)
+            log.info("cni_install_uninstalled", changes=changes)
             return changes
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -328,7 +328,7 @@ class Installer:
         if watcher is not None:
             watcher.stop()
         if upgrade:
-            log.info("cni_install.stopped", left_in_place=True)
+            log.info("cni_install_stopped", left_in_place=True)
             return
         self.uninstall()
 

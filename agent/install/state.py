@@ -65,4 +65,4 @@ def save_state(path: Path | None, state: InstallState) -> None:
         os.makedirs(path.parent, mode=0o755, exist_ok=True)
         atomic_write(path, (json.dumps(state.to_dict(), indent=2) + "\n").encode(), mode=0o644)
     except OSError as exc:
-        log.warning("cni_install.state_write_failed", path=str(path), error=str(exc))
+        log.warning("cni_install_state_write_failed", path=str(path), error=str(exc))

@@ -50,6 +50,6 @@ class RepairThrottle:
         metrics.THROTTLED.inc()
         if not self._warned:
             self._warned = True
-            log.warning("cni_install.repair_throttled", hint=FIGHT_HINT, burst=self.burst,
+            log.warning("cni_install_repair_throttled", hint=FIGHT_HINT, burst=self.burst,
                         rate_per_second=self.rate, wait_seconds=round(wait, 3))
         return wait

@@ -104,10 +104,10 @@ class InstallWatcher:
                     return
                 finally:
                     self._started.set()
-                log.info("cni_install.watching", dirs=[str(d) for d in self._dirs])
+                log.info("cni_install_watching", dirs=[str(d) for d in self._dirs])
                 self._loop(ino, watched)
         except Exception as exc:  # a dead watcher must say so, not vanish
-            log.error("cni_install.watcher_died", error=f"{type(exc).__name__}: {exc}")
+            log.error("cni_install_watcher_died", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._started.set()
 
@@ -136,7 +136,7 @@ class InstallWatcher:
                     if self._add_watches(ino, watched):
                         self._mark(now, "dir_recreated")
                 except OSError as exc:
-                    log.warning("cni_install.watch_failed", error=str(exc))
+                    log.warning("cni_install_watch_failed", error=str(exc))
             if now >= next_resync:
                 next_resync = now + self._cfg.resync_seconds
                 self._mark(now, "resync")
@@ -225,7 +225,7 @@ class InstallWatcher:
                     return
             outcome = self._installer.repair(trigger=trigger)
         except Exception as exc:  # keep watching whatever went wrong
-            log.error("cni_install.reconcile_error", error=f"{type(exc).__name__}: {exc}")
+            log.error("cni_install_reconcile_error", error=f"{type(exc).__name__}: {exc}")
             outcome = RepairOutcome.FAILED
         if outcome is RepairOutcome.FAILED:
             self._not_before = now + self._retry

@@ -90,7 +90,7 @@ class _Conn:
         if self.closed.is_set():
             return
         self.closed.set()
-        self.log.info("proxy connection closed", reason=reason)
+        self.log.info("zds_connection_closed", reason=reason)
         if self._pending is not None and not self._pending.done():
             self._pending.set_exception(ZdsError(f"connection closed: {reason}"))
         if self._reader is not None and self._reader is not asyncio.current_task():
@@ -102,7 +102,7 @@ class _Conn:
             hello, _ = await wire.recv(self.sock, zds_pb2.ZdsHello, max_fds=0)
         if hello.version != zds_pb2.V1:
             raise wire.ProtocolError(f"unsupported ZDS version {hello.version}")
-        self.log.info("proxy said hello", version="V1")
+        self.log.info("zds_proxy_hello", version="V1")
 
     def start_reader(self) -> None:
         self._reader = asyncio.create_task(self._read_acks(), name=f"zds-conn-{self.id}")
@@ -196,7 +196,7 @@ class ZdsServer:
     async def start(self) -> None:
         self._listener = self._listen()
         self._accept_task = asyncio.create_task(self._accept_loop(), name="zds-accept")
-        log.info("zds server listening", path=str(self.path))
+        log.info("zds_server_listening", path=str(self.path))
 
     def _listen(self) -> socket.socket:
         # 0700 dir: the socket hands out pod netns fds, only root may connect.
@@ -277,10 +277,10 @@ class ZdsServer:
         except OSError as e:
             raise ZdsError(f"cannot open netns {workload.netns}: {e}") from e
         blog = conn.log.bind(uid=workload.uid, pod=f"{workload.namespace}/{workload.name}")
-        blog.info("sending pod add to proxy")
+        blog.info("zds_pod_add_sending")
         err = ack_error(await conn.request(add_request(workload), fd))
         if err:
-            blog.error("proxy rejected pod add", error=err)
+            blog.error("zds_pod_add_rejected", error=err)
             raise ZdsError(f"proxy rejected {workload.uid}: {err}")
 
     async def delete(self, uid: str) -> None:
@@ -290,9 +290,9 @@ class ZdsServer:
         results = await asyncio.gather(*(c.request(req) for c in live), return_exceptions=True)
         for conn, res in zip(live, results, strict=True):
             if isinstance(res, BaseException):
-                conn.log.warning("pod delete not delivered", uid=uid, error=str(res))
+                conn.log.warning("zds_pod_delete_not_delivered", uid=uid, error=str(res))
             elif err := ack_error(res):
-                conn.log.warning("proxy rejected pod delete", uid=uid, error=err)
+                conn.log.warning("zds_pod_delete_rejected", uid=uid, error=err)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -303,7 +303,7 @@ class ZdsServer:
             try:
                 sock, _ = await loop.sock_accept(self._listener)
             except OSError as e:
-                log.error("accept failed", error=str(e))
+                log.error("zds_accept_failed", error=str(e))
                 await asyncio.sleep(self._accept_interval)
                 continue
             sock.setblocking(False)
@@ -324,14 +324,14 @@ class ZdsServer:
             pods = self._snapshot()
             self._conns.append(conn)
             self._count_changed()
-            conn.log.info("proxy connected", total=self.connection_count, pods=len(pods))
+            conn.log.info("zds_proxy_connected", total=self.connection_count, pods=len(pods))
             await self._send_snapshot(conn, pods)
             conn.snapshot_done = True
             await self._watch(conn)
         except (wire.WireError, ZdsError, OSError, TimeoutError) as e:
             conn.close(f"{type(e).__name__}: {e}")
         except Exception as e:  # a bug in snapshot(): drop this proxy, keep serving others
-            conn.log.exception("zds connection failed")
+            conn.log.exception("zds_connection_failed")
             conn.close(f"internal error: {e}")
         finally:
             conn.close("server closing")
@@ -339,7 +339,7 @@ class ZdsServer:
             if conn in self._conns:
                 self._conns.remove(conn)
                 self._count_changed()
-                log.info("proxy disconnected", conn=conn.id, total=self.connection_count)
+                log.info("zds_proxy_disconnected", conn=conn.id, total=self.connection_count)
 
     async def _send_snapshot(self, conn: _Conn, pods: list[Workload]) -> None:
         for w in pods:
@@ -347,18 +347,18 @@ class ZdsServer:
             try:
                 fd: int | None = open_netns(w.netns)
             except OSError as e:
-                plog.info("netns not available, sending keep", error=str(e))
+                plog.info("zds_snapshot_netns_unavailable", action="keep", error=str(e))
                 fd = None
             if fd is None:
                 req = zds_pb2.WorkloadRequest(keep=zds_pb2.KeepWorkload(uid=w.uid))
             else:
                 req = add_request(w)
             if err := ack_error(await conn.request(req, fd)):
-                plog.error("proxy rejected snapshot entry", error=err)
+                plog.error("zds_snapshot_entry_rejected", error=err)
         if err := ack_error(await conn.request(
                 zds_pb2.WorkloadRequest(snapshot_sent=zds_pb2.SnapshotSent()))):
-            conn.log.error("proxy rejected snapshot end", error=err)
-        conn.log.info("snapshot sent", pods=len(pods))
+            conn.log.error("zds_snapshot_end_rejected", error=err)
+        conn.log.info("zds_snapshot_sent", pods=len(pods))
 
     async def _watch(self, conn: _Conn) -> None:
         """Until the connection closes, check an idle one every `keepalive` seconds. The reader

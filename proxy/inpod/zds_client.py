@@ -99,8 +99,8 @@ class ZdsClient:
             try:
                 sock = await self._connect()
             except OSError as e:
-                log.warning("failed to connect to the node agent, retrying",
-                            path=self.path, error=str(e), retry_in=round(delay, 3))
+                log.warning("zds_connect_retry", path=self.path, error=str(e),
+                            retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -126,7 +126,7 @@ class ZdsClient:
             raise OSError(str(e)) from e
         self._sock = sock
         self._snapshot = set()
-        log.info("connected to the node agent", path=self.path)
+        log.info("zds_agent_connected", path=self.path)
         return sock
 
     async def _session(self, sock: socket.socket) -> bool:
@@ -140,9 +140,9 @@ class ZdsClient:
                 await wire.send(sock, zds_pb2.WorkloadResponse(ack=zds_pb2.Ack(error=error)))
                 served = True
         except wire.PeerClosed:
-            log.info("node agent closed the connection")
+            log.info("zds_agent_closed")
         except (wire.WireError, OSError) as e:
-            log.warning("dropping the node agent connection", error=f"{type(e).__name__}: {e}")
+            log.warning("zds_agent_connection_dropped", error=f"{type(e).__name__}: {e}")
         return served
 
     async def _dispatch(self, req: zds_pb2.WorkloadRequest, fds: list[int]) -> str:
@@ -187,7 +187,7 @@ class ZdsClient:
         if not self._ready:
             self._ready = True
             self.ready_event.set()
-        log.info("snapshot received", workloads=len(uids))
+        log.info("zds_snapshot_received", workloads=len(uids))
         return error
 
     @staticmethod
@@ -197,7 +197,7 @@ class ZdsClient:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.error("workload request failed", request=what, uid=uid, error=str(e))
+            log.error("zds_request_failed", request=what, uid=uid, error=str(e))
             # An empty error means success on the wire, so never send one for a failure.
             return str(e) or type(e).__name__
         return ""

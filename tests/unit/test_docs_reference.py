@@ -144,8 +144,8 @@ def test_the_extractors_see_the_code() -> None:
     assert metrics["istio_tcp_connections_opened_total"].labels[0] == "reporter"
     assert metrics["meshnode_proxy_dns_queries_total"].labels == ("proto",)
     assert "meshnode_hbone_handshake_failures_total" in metrics
-    assert {"pod_enrolled", "hbone_denied", "hbone_refused", "cni_install.repaired",
-            "proxy said hello", "NACK", "pod captured"} <= events
+    assert {"pod_enrolled", "hbone_denied", "hbone_refused", "cni_install_repaired",
+            "zds_proxy_hello", "NACK", "pod captured"} <= events
     # collections.Counter and yamlview's `.error()` are not metrics or log events.
     assert not {"must not be empty", "duplicate field"} & events
 
