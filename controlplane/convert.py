@@ -75,8 +75,11 @@ def workload_proto(w: WorkloadSpec, services: dict[str, ServiceSpec], cluster_id
         canonical_name=w.labels.get("app", w.name),
         canonical_revision=w.labels.get("version", "latest"),
         authorization_policies=w.policies,
-        status=wl.HEALTHY if w.healthy else wl.UNHEALTHY, cluster_id=cluster_id,
+        status=wl.HEALTHY if w.healthy else wl.UNHEALTHY, cluster_id=w.cluster or cluster_id,
         capacity=wrappers_pb2.UInt32Value(value=1))
+    if w.locality is not None:
+        region, zone, subzone = w.locality
+        out.locality.CopyFrom(wl.Locality(region=region, zone=zone, subzone=subzone))
     for key in w.services:
         out.services[key].ports.extend(
             wl.Port(service_port=p.port, target_port=p.target_port) for p in services[key].ports)

@@ -66,6 +66,8 @@ class WorkloadSpec:
     healthy: bool = True
     hbone: bool = True
     network: str = ""
+    cluster: str = ""                                # empty: the mesh's cluster_id
+    locality: tuple[str, str, str] | None = None     # region, zone, subzone
     line: int = 0
 
     def spiffe_id(self, trust_domain: str) -> str:
@@ -179,14 +181,30 @@ def _service(v: View) -> ServiceSpec:
                       selector=f["selector"].string_map() if "selector" in f else {},
                       line=v.line)
     if "load_balancing" in f:
-        lb = f["load_balancing"].mapping({"mode", "routing_preference", "health_policy"})
-        if "mode" in lb:
-            svc.lb_mode = lb["mode"].choice(LB_MODES)
-        if "routing_preference" in lb:
-            svc.lb_routing = [s.choice(LB_SCOPES) for s in lb["routing_preference"].items()]
-        if "health_policy" in lb:
-            svc.lb_health = lb["health_policy"].choice(LB_HEALTH)
+        _load_balancing(f["load_balancing"], svc)
     return svc
+
+
+def _load_balancing(v: View, svc: ServiceSpec) -> None:
+    lb = v.mapping({"mode", "routing_preference", "health_policy"})
+    if "mode" in lb:
+        svc.lb_mode = lb["mode"].choice(LB_MODES)
+    if "routing_preference" in lb:
+        for item in lb["routing_preference"].items():
+            scope = item.choice(LB_SCOPES)
+            if scope in svc.lb_routing:
+                raise item.error(f"scope {scope!r} listed twice")
+            svc.lb_routing.append(scope)
+    if "health_policy" in lb:
+        svc.lb_health = lb["health_policy"].choice(LB_HEALTH)
+    # As ztunnel: only strict and failover pick by locality; other modes ignore a preference,
+    # so a file that pairs them is a mistake worth naming.
+    picks = svc.lb_mode in ("strict", "failover")
+    if svc.lb_routing and not picks:
+        raise lb["routing_preference"].error(
+            f"applies only with mode strict or failover, not {svc.lb_mode!r}")
+    if picks and not svc.lb_routing:
+        raise lb["mode"].error(f"mode {svc.lb_mode!r} needs a routing_preference")
 
 
 def _port(v: View) -> PortSpec:
@@ -199,14 +217,17 @@ def _port(v: View) -> PortSpec:
 
 def _workload(v: View, mesh: Mesh) -> WorkloadSpec:
     f = v.mapping({"uid", "name", "namespace", "service_account", "ips", "node", "labels",
-                   "services", "status", "tunnel", "network"}, required=("name", "ips", "node"))
+                   "services", "status", "tunnel", "network", "cluster", "locality"},
+                  required=("name", "ips", "node"))
     name = f["name"].name()
     namespace = f["namespace"].name() if "namespace" in f else "default"
+    cluster = f["cluster"].name() if "cluster" in f else ""
     ips = [x.ip() for x in f["ips"].items()]
     if not ips:
         raise f["ips"].error("a workload needs at least one IP")
     wl = WorkloadSpec(
-        uid=f["uid"].string() if "uid" in f else f"{mesh.cluster_id}//Pod/{namespace}/{name}",
+        uid=(f["uid"].string() if "uid" in f
+             else f"{cluster or mesh.cluster_id}//Pod/{namespace}/{name}"),
         name=name, namespace=namespace,
         service_account=f["service_account"].name() if "service_account" in f else "default",
         ips=ips, node=f["node"].name(),
@@ -216,12 +237,22 @@ def _workload(v: View, mesh: Mesh) -> WorkloadSpec:
                  if "status" in f else True),
         hbone=(f["tunnel"].choice(["hbone", "none"]) == "hbone" if "tunnel" in f else True),
         network=f["network"].string() if "network" in f else "",
+        cluster=cluster,
+        locality=_locality(f["locality"]) if "locality" in f else None,
         line=v.line)
     if not wl.uid:
         raise f["uid"].error("must not be empty")
     for ref in f["services"].items() if "services" in f else []:
         wl.services.append(_resolve_service(ref, namespace, mesh))
     return wl
+
+
+def _locality(v: View) -> tuple[str, str, str]:
+    f = v.mapping({"region", "zone", "subzone"})
+    if not f:
+        raise v.error("an empty locality; name at least one of region, zone, subzone")
+    region, zone, subzone = (f[k].name() if k in f else "" for k in ("region", "zone", "subzone"))
+    return (region, zone, subzone)
 
 
 def _resolve_service(ref: View, namespace: str, mesh: Mesh) -> str:

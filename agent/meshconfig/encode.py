@@ -1,6 +1,8 @@
 """Discovery records → the channel's JSON, keeping only what the proxy acts on.
 
-Short keys: a 100k-workload snapshot goes through this on every proxy (re)connect.
+Short keys: a 100k-workload snapshot goes through this on every proxy (re)connect, so
+fields that are usually empty (network, locality, a non-default cluster, a routing
+preference) are left out when they are, and the proxy reads a missing key as empty.
 """
 
 from __future__ import annotations
@@ -10,23 +12,39 @@ from typing import Any
 from agent.identity.bundle import CertBundle
 from agent.xds.records import Cidr, Match, Policy, Port, Service, StringMatch, Workload
 
+# The cluster ztunnel assumes when a workload's cluster_id is empty; the proxy does the same.
+DEFAULT_CLUSTER = "Kubernetes"
+
 
 def _ports(ports: tuple[Port, ...]) -> list[list[int]]:
     return [[p.service_port, p.target_port] for p in ports]
 
 
 def workload(w: Workload) -> dict[str, Any]:
-    return {"uid": w.uid, "name": w.name, "ns": w.namespace, "ips": list(w.addresses),
-            "net": w.network, "node": w.node, "id": w.spiffe_id, "hbone": w.uses_hbone,
-            "healthy": w.status == 0, "pol": list(w.authorization_policies),
-            "svc": {k: _ports(p) for k, p in w.services}}
+    out: dict[str, Any] = {
+        "uid": w.uid, "name": w.name, "ns": w.namespace, "ips": list(w.addresses),
+        "node": w.node, "id": w.spiffe_id, "hbone": w.uses_hbone,
+        "healthy": w.status == 0, "pol": list(w.authorization_policies),
+        "svc": {k: _ports(p) for k, p in w.services}}
+    # For locality-aware endpoint picking (proxy/meshconfig/table.py), only when set.
+    if w.network:
+        out["net"] = w.network
+    if w.cluster_id and w.cluster_id != DEFAULT_CLUSTER:
+        out["cl"] = w.cluster_id
+    if w.locality is not None and any(w.locality):
+        out["loc"] = list(w.locality)  # [region, zone, subzone]
+    return out
 
 
 def service(s: Service) -> dict[str, Any]:
-    return {"key": s.key, "name": s.name, "ns": s.namespace, "host": s.hostname,
-            "vips": [[v.network, v.address] for v in s.vips if v.length is None],
-            "ports": _ports(s.ports), "lb": s.lb_mode, "health": s.lb_health_policy,
-            "sans": list(s.subject_alt_names)}
+    out: dict[str, Any] = {
+        "key": s.key, "name": s.name, "ns": s.namespace, "host": s.hostname,
+        "vips": [[v.network, v.address] for v in s.vips if v.length is None],
+        "ports": _ports(s.ports), "lb": s.lb_mode, "health": s.lb_health_policy,
+        "sans": list(s.subject_alt_names)}
+    if s.lb_routing_preference:
+        out["rp"] = list(s.lb_routing_preference)  # LoadBalancing.Scope values, in order
+    return out
 
 
 def _sm(ms: tuple[StringMatch, ...]) -> list[list[str]]:

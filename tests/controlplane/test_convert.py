@@ -44,6 +44,31 @@ def test_workload_and_service_protos() -> None:
     assert not svc.HasField("load_balancing")  # default mode: left out, as istiod does
 
 
+def test_locality_cluster_and_load_balancing_reach_the_protos() -> None:
+    m = mesh.parse(
+        "cluster_id: east\n"
+        "services:\n"
+        "  - name: echo\n"
+        "    ports: [{port: 80}]\n"
+        "    load_balancing:\n"
+        "      mode: strict\n"
+        "      routing_preference: [node, zone]\n"
+        "      health_policy: allow_all\n"
+        "workloads:\n"
+        "  - {name: a, ips: [10.0.0.1], node: n1,\n"
+        "     locality: {region: r1, zone: z1, subzone: s1}}\n"
+        "  - {name: b, ips: [10.0.0.2], node: n2, cluster: west}\n", "m.yaml")
+    services = {s.key: s for s in m.services}
+    a, b = (convert.workload_proto(w, services, m.cluster_id, "td") for w in m.workloads)
+    assert (a.locality.region, a.locality.zone, a.locality.subzone) == ("r1", "z1", "s1")
+    assert a.cluster_id == "east"
+    assert not b.HasField("locality") and b.cluster_id == "west"
+    lb = convert.service_proto(m.services[0]).load_balancing
+    assert lb.mode == wl.LoadBalancing.STRICT
+    assert list(lb.routing_preference) == [wl.LoadBalancing.NODE, wl.LoadBalancing.ZONE]
+    assert lb.health_policy == wl.LoadBalancing.ALLOW_ALL
+
+
 def test_wire_field_numbers_match_istio() -> None:
     # Hand-encoded: Address.workload (1) { uid (20) = "u", node (9) = "n" }. A field-number
     # slip in our .proto would put these bytes in the wrong fields.

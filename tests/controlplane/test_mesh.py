@@ -48,6 +48,13 @@ workloads:
     node: n1
 """
 
+LB = """\
+services:
+  - name: s
+    ports: [{port: 80}]
+    load_balancing:
+"""
+
 BAD = [
     # (file text, expected "line: field: message" fragment)
     ("workloads:\n  - name: a\n    ips: [10.0.0.1]\n    node: n1\n    nod: x\n",
@@ -83,6 +90,29 @@ BAD = [
     ("workloads: [\n", "m.yaml:2: (yaml):"),
     ("debug:\n  malformed_resources:\n    - {type: cluster, name: x}\n",
      "m.yaml:3: debug.malformed_resources[0].type: 'cluster' is not one of address"),
+    (WL + "    locality: {region: us-east, zon: a}\n",
+     "m.yaml:5: workloads[0].locality.zon: unknown field (allowed: region, subzone, zone)"),
+    (WL + "    locality:\n      region: us east\n",
+     "m.yaml:6: workloads[0].locality.region: 'us east' must be non-empty"),
+    (WL + "    locality: {}\n",
+     "m.yaml:5: workloads[0].locality: an empty locality"),
+    (WL + "    locality: us-east/a\n",
+     "m.yaml:5: workloads[0].locality: expected a mapping, got 'us-east/a'"),
+    (WL + "    cluster: ''\n",
+     "m.yaml:5: workloads[0].cluster: '' must be non-empty"),
+    (LB + "      routing_preference: [zone, rack]\n      mode: failover\n",
+     "m.yaml:5: services[0].load_balancing.routing_preference[1]: 'rack' is not one of region"),
+    (LB + "      routing_preference: [zone, zone]\n      mode: failover\n",
+     "m.yaml:5: services[0].load_balancing.routing_preference[1]: scope 'zone' listed twice"),
+    (LB + "      routing_preference: [node]\n",
+     "m.yaml:5: services[0].load_balancing.routing_preference: applies only with mode strict "
+     "or failover, not 'unspecified'"),
+    (LB + "      mode: strict\n",
+     "m.yaml:5: services[0].load_balancing.mode: mode 'strict' needs a routing_preference"),
+    (LB + "      mode: nearest\n",
+     "m.yaml:5: services[0].load_balancing.mode: 'nearest' is not one of unspecified"),
+    (LB + "      health_policy: some\n",
+     "m.yaml:5: services[0].load_balancing.health_policy: 'some' is not one of only_healthy"),
 ]
 
 
@@ -128,3 +158,46 @@ def test_explicit_service_reference_and_policy_fields() -> None:
     assert pol.rules[0].sources[0].not_namespaces == ["data", "kube-*"]
     assert pol.rules[0].sources[0].source_ips == [ipaddress.ip_network("10.0.0.0/8")]
     assert pol.rules[1] == mesh.RuleSpec([], [])
+
+
+def test_locality_cluster_and_load_balancing() -> None:
+    m = parse("""\
+        cluster_id: east
+        services:
+          - name: echo
+            ports: [{port: 80}]
+            load_balancing:
+              mode: FAILOVER
+              routing_preference: [network, region, zone, subzone]
+              health_policy: allow_all
+          - name: local
+            ports: [{port: 81}]
+            load_balancing: {mode: strict, routing_preference: [node]}
+          - name: plain
+            ports: [{port: 82}]
+            load_balancing: {mode: passthrough}
+        workloads:
+          - name: a
+            ips: [10.0.0.1]
+            node: n1
+            locality: {region: us-east-1, zone: us-east-1a, subzone: rack_7}
+          - name: b
+            ips: [10.0.0.2]
+            node: n2
+            cluster: west
+            locality: {zone: z1}
+          - name: c
+            ips: [10.0.0.3]
+            node: n2
+        """)
+    echo, local, plain = m.services
+    assert (echo.lb_mode, echo.lb_health) == ("failover", "allow_all")
+    assert echo.lb_routing == ["network", "region", "zone", "subzone"]
+    assert (local.lb_mode, local.lb_routing) == ("strict", ["node"])
+    assert (plain.lb_mode, plain.lb_routing) == ("passthrough", [])
+    a, b, c = m.workloads
+    assert a.locality == ("us-east-1", "us-east-1a", "rack_7") and a.cluster == ""
+    assert a.uid == "east//Pod/default/a"
+    assert b.locality == ("", "z1", "") and b.cluster == "west"
+    assert b.uid == "west//Pod/default/b"  # the workload's own cluster names its uid
+    assert c.locality is None
