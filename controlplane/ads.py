@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane import nodeauth
+from controlplane import metrics, nodeauth
 from controlplane.session import Session
 from controlplane.store import MeshStore
 
@@ -44,12 +45,13 @@ class AdsService:
                                          ) -> AsyncIterator[Any]:
         node = nodeauth.node_from_metadata(self.token_key, context.invocation_metadata())
         if node is None:
-            log.warning("ADS stream refused", peer=context.peer(), reason="no valid node token")
+            log.warning("ads_stream_refused", peer=context.peer(), reason="no valid node token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failure")
         assert node is not None
         session = Session(peer=context.peer(), node_name=node)
-        log.info("ADS stream open", peer=session.peer, node=node)
+        log.info("ads_stream_opened", peer=session.peer, node=node)
         self.sessions.add(session)
+        metrics.ADS_CLIENTS.labels(node=node).inc()
         reader = aiter(requests)
         try:
             with self.store.changes() as changed:
@@ -66,18 +68,26 @@ class AdsService:
                                 return
                             for resp in session.on_request(req, self.store.snapshot,
                                                            self.store.version):
+                                metrics.PUSHES.labels(type_url=resp.type_url,
+                                                      trigger="request").inc()
                                 yield resp
                             next_req = asyncio.ensure_future(anext(reader))
                         if next_change in done:
                             # Cleared before computing: a change landing while we send is
                             # picked up by the next round, never lost.
                             changed.clear()
+                            changed_at = self.store.changed_at
                             for resp in session.on_snapshot(self.store.snapshot,
                                                             self.store.version):
-                                log.info("push", node=node, type_url=resp.type_url,
+                                log.info("ads_push", node=node, type_url=resp.type_url,
                                          updated=len(resp.resources),
                                          removed=len(resp.removed_resources))
+                                metrics.PUSHES.labels(type_url=resp.type_url,
+                                                      trigger="change").inc()
                                 yield resp
+                                # Resumed once gRPC took the message: the push is sent.
+                                if changed_at is not None:
+                                    metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
                             next_change = asyncio.ensure_future(changed.wait())
                 finally:
                     for task in (next_req, next_change):
@@ -87,4 +97,5 @@ class AdsService:
                             await task
         finally:
             self.sessions.discard(session)
-            log.info("ADS stream closed", peer=session.peer, node=node)
+            metrics.ADS_CLIENTS.labels(node=node).dec()
+            log.info("ads_stream_closed", peer=session.peer, node=node)

@@ -19,7 +19,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from controlplane import nodeauth, pki
+from controlplane import metrics, nodeauth, pki
 from controlplane.store import MeshStore
 from meshpb.istio import ca_pb2
 
@@ -38,9 +38,13 @@ class CaConfig:
 
 
 class Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    """`code`: the gRPC status returned; `reason`: the bounded label of
+    meshnode_controlplane_csr_refused_total (controlplane/metrics.py)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 class CertificateService:
@@ -66,14 +70,17 @@ class CertificateService:
                                  ) -> ca_pb2.IstioCertificateResponse:
         node = nodeauth.node_from_metadata(self.token_key, context.invocation_metadata())
         if node is None:
-            log.warning("CSR refused", peer=context.peer(), reason="no valid node token")
+            metrics.CSR_REFUSED.labels(reason=metrics.UNAUTHENTICATED).inc()
+            log.warning("ca_csr_refused", peer=context.peer(), reason="no valid node token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
         assert node is not None
         try:
             chain = self.sign(request, node)
         except Refused as exc:
-            log.warning("CSR refused", peer=context.peer(), node=node, reason=str(exc))
+            metrics.CSR_REFUSED.labels(reason=exc.reason).inc()
+            log.warning("ca_csr_refused", peer=context.peer(), node=node, reason=str(exc))
             await context.abort(exc.code, str(exc))
+        metrics.CSR_SIGNED.inc()
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
     def sign(self, request: ca_pb2.IstioCertificateRequest, node: str) -> list[str]:
@@ -83,19 +90,22 @@ class CertificateService:
         match = _SPIFFE.match(identity)
         if match is None:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{identity!r} is not spiffe://<trust-domain>/ns/<ns>/sa/<sa>")
+                          f"{identity!r} is not spiffe://<trust-domain>/ns/<ns>/sa/<sa>",
+                          metrics.BAD_IDENTITY)
         td, ns, sa = match.groups()
         if td != self.store.trust_domain:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
-                          f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})")
+                          f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})",
+                          metrics.FOREIGN_TRUST_DOMAIN)
         if not self.store.mesh.has_identity_on_node(ns, sa, node):
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
-                          f"no workload with identity {identity} on node {node!r}")
+                          f"no workload with identity {identity} on node {node!r}",
+                          metrics.NODE_NOT_AUTHORIZED)
         ttl = self._ttl(request.validity_duration)
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
         leaf = pki.sign_workload(self.root, public_key, identity, ttl)
-        log.info("certificate signed", node=node, identity=identity,
+        log.info("ca_certificate_signed", node=node, identity=identity,
                  serial=f"{leaf.serial_number:x}", not_after=leaf.not_valid_after_utc.isoformat())
         # Leaf first, root last, one PEM per element each ending in a newline (what ztunnel
         # expects from istiod).
@@ -103,7 +113,8 @@ class CertificateService:
 
     def _ttl(self, seconds: int) -> datetime.timedelta:
         if seconds < 0:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "validity_duration is negative")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "validity_duration is negative",
+                          metrics.BAD_TTL)
         wanted = datetime.timedelta(seconds=seconds) if seconds else self.config.default_ttl
         return min(wanted, self.config.max_ttl)
 
@@ -113,19 +124,22 @@ def _parse_csr(text: str) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(text.encode())
     except ValueError:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                      "csr is not a PEM PKCS#10 certificate request") from None
+                      "csr is not a PEM PKCS#10 certificate request", metrics.BAD_CSR) from None
     if not csr.is_signature_valid:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr signature does not verify")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr signature does not verify",
+                      metrics.BAD_CSR)
     key = csr.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"csr key curve {key.curve.name} is not P-256 or P-384")
+                          f"csr key curve {key.curve.name} is not P-256 or P-384", metrics.BAD_CSR)
     elif isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr RSA key is under 2048 bits")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr RSA key is under 2048 bits",
+                          metrics.BAD_CSR)
     else:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr key must be ECDSA or RSA")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr key must be ECDSA or RSA",
+                      metrics.BAD_CSR)
     return csr
 
 
@@ -137,14 +151,17 @@ def _requested_identity(request: ca_pb2.IstioCertificateRequest,
     except x509.ExtensionNotFound:
         uris = []
     if len(uris) > 1:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has more than one URI SAN")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has more than one URI SAN",
+                      metrics.BAD_CSR)
     fields = request.metadata.fields
     impersonated = (fields[IMPERSONATED_IDENTITY].string_value
                     if IMPERSONATED_IDENTITY in fields else "")
     if impersonated and uris and uris[0] != impersonated:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"csr SAN {uris[0]} differs from ImpersonatedIdentity {impersonated}")
+                      f"csr SAN {uris[0]} differs from ImpersonatedIdentity {impersonated}",
+                      metrics.BAD_IDENTITY)
     identity = impersonated or (uris[0] if uris else "")
     if not identity:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has no URI SAN")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "csr has no URI SAN",
+                      metrics.BAD_IDENTITY)
     return identity

@@ -1,7 +1,9 @@
 """The control plane process: Delta ADS and the CA on one TLS gRPC port, plus the file watch.
 
 One port (Istio's 15012, "XDS and CA over TLS") carries both services, as istiod does; the
-server certificate is signed by the CA root, so node agents need only `root-cert.pem`.
+server certificate is signed by the CA root, so node agents need only `root-cert.pem`. A second,
+plain-HTTP port (istiod's monitoring port 15014) serves /metrics, /healthz and /readyz
+(controlplane/http.py) when `metrics_address` is set.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import grpc
 import structlog
+from aiohttp import web
 
-from controlplane import nodeauth, pki
+from controlplane import http, nodeauth, pki
 from controlplane.ads import AdsService
 from controlplane.ca import CaConfig, CertificateService
 from controlplane.mesh import MeshError, parse
@@ -43,6 +46,10 @@ class ControlPlaneConfig:
     server_names: list[str] = field(default_factory=lambda: list(DEFAULT_SERVER_NAMES))
     default_cert_ttl: datetime.timedelta = datetime.timedelta(hours=24)
     max_cert_ttl: datetime.timedelta = datetime.timedelta(days=7)
+    # HOST:PORT of /metrics, /healthz, /readyz (port 0: any free port). None: not served; the
+    # CLI's default is 127.0.0.1:15014, this one is None so that in-process control planes
+    # (tests) do not compete for one fixed port.
+    metrics_address: str | None = None
 
     @property
     def root_cert_path(self) -> Path:
@@ -75,13 +82,17 @@ class ControlPlane:
             self.root = pki.load_or_create_root(config.root_cert_path, config.root_key_path,
                                                 config.trust_domain)
         self.token_key = nodeauth.load_or_create_key(config.token_key_path)
+        self._metrics_at = (http.split_address(config.metrics_address)
+                            if config.metrics_address is not None else None)
         self.store = MeshStore(mesh, config.trust_domain)
         self.watcher = MeshWatcher(config.mesh, self.store, served)
         self.ads = AdsService(self.store, self.token_key)
         self.ca = CertificateService(self.root, self.store, self.token_key,
                                      CaConfig(config.default_cert_ttl, config.max_cert_ttl))
         self.port = 0
+        self.metrics_port = 0  # the bound monitoring port once started (0: not served)
         self._server: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
     def node_token(self, node: str) -> str:
@@ -106,13 +117,28 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.config.address}")
         await server.start()
         self._server = server
+        if self._metrics_at is not None:
+            try:
+                self._http, self.metrics_port = await http.start(self.ready, *self._metrics_at)
+            except BaseException as exc:
+                self._server = None
+                await server.stop(0)
+                if isinstance(exc, OSError):
+                    raise OSError(f"cannot serve metrics on {self.config.metrics_address}: "
+                                  f"{exc.strerror or exc}") from None
+                raise
         self._watch_task = asyncio.create_task(self.watcher.run(), name="mesh-watch")
         self._watch_task.add_done_callback(_watch_ended)
-        log.info("control plane serving", address=self.config.address, port=self.port,
+        log.info("controlplane_serving", address=self.config.address, port=self.port,
+                 metrics_address=self.config.metrics_address, metrics_port=self.metrics_port,
                  trust_domain=self.config.trust_domain, root_cert=str(self.config.root_cert_path),
                  workloads=len(self.store.mesh.workloads), services=len(self.store.mesh.services),
                  policies=len(self.store.mesh.policies))
         return self.port
+
+    def ready(self) -> bool:
+        """ADS and the CA are served (what /readyz answers)."""
+        return self._server is not None
 
     async def stop(self, grace: float = 0.5) -> None:
         if self._watch_task is not None:
@@ -121,8 +147,11 @@ class ControlPlane:
                 await self._watch_task
             self._watch_task = None
         if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+            server, self._server = self._server, None  # /readyz says 503 while draining
+            await server.stop(grace)
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
 
     async def run(self) -> None:
         await self.start()
@@ -136,8 +165,7 @@ class ControlPlane:
 def _watch_ended(task: asyncio.Task[None]) -> None:
     # Without the watch the file's edits are silently ignored: that must be loud.
     if not task.cancelled() and task.exception() is not None:
-        log.error("mesh file watch stopped; edits are no longer picked up",
-                  error=repr(task.exception()))
+        log.error("mesh_watch_stopped", error=repr(task.exception()))
 
 
 def _split_names(names: list[str]) -> tuple[list[str], list[ipaddress.IPv4Address

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane import metrics
 from controlplane.resources import SERVED_TYPES, Entry, Snapshot
 
 log = structlog.get_logger("controlplane.ads")
@@ -58,7 +59,7 @@ class Session:
         if req.HasField("node") and req.node.id:
             self.node_id = req.node.id
         if type_url not in SERVED_TYPES:
-            log.warning("unknown type", peer=self.peer, type_url=type_url)
+            log.warning("ads_unknown_type", peer=self.peer, type_url=type_url)
             return []
         st = self.types.get(type_url)
         first = st is None
@@ -85,17 +86,18 @@ class Session:
         if not nonce:
             return
         if nonce != st.nonce:
-            log.debug("stale nonce", peer=self.peer, type_url=type_url, nonce=nonce,
+            log.debug("ads_stale_nonce", peer=self.peer, type_url=type_url, nonce=nonce,
                       expected=st.nonce)
             return
         if req.HasField("error_detail"):
             st.nacks += 1
-            log.warning("NACK", peer=self.peer, node=self.node_name, type_url=type_url,
+            metrics.NACKS.labels(type_url=type_url).inc()
+            log.warning("ads_nack", peer=self.peer, node=self.node_name, type_url=type_url,
                         nonce=nonce, code=req.error_detail.code,
                         error_detail=req.error_detail.message)
         else:
             st.acks += 1
-            log.debug("ACK", peer=self.peer, type_url=type_url, nonce=nonce)
+            log.debug("ads_ack", peer=self.peer, type_url=type_url, nonce=nonce)
 
     def _subscribe(self, st: TypeState, req: Any, first: bool) -> bool:
         subs = list(req.resource_names_subscribe)

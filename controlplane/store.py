@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import structlog
 
-from controlplane import convert
+from controlplane import convert, metrics
 from controlplane.mesh import Mesh
-from controlplane.resources import Delta, Snapshot, diff
+from controlplane.resources import SERVED_TYPES, Delta, Snapshot, diff
 
 log = structlog.get_logger("controlplane")
 
@@ -23,21 +24,35 @@ class MeshStore:
         self.snapshot: Snapshot = convert.snapshot(mesh, trust_domain)
         # Starts at 1 so that every response carries a non-empty system_version_info.
         self.version = 1
+        # time.monotonic() of the change behind the served version (push latency is measured
+        # from it); None until a change after start.
+        self.changed_at: float | None = None
         self._waiters: set[asyncio.Event] = set()
+        metrics.MESH_LOADED.set(time.time())
+        self._export()
 
-    def update(self, mesh: Mesh) -> dict[str, Delta]:
-        """Swap in a new mesh; returns the per-type delta (empty: nothing to push)."""
+    def update(self, mesh: Mesh, changed_at: float | None = None) -> dict[str, Delta]:
+        """Swap in a new mesh; returns the per-type delta (empty: nothing to push).
+        `changed_at`: time.monotonic() when the file changed (default: now)."""
         _warn_test_hook(mesh)
         new = convert.snapshot(mesh, self.trust_domain)
         deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
         self.mesh = mesh
+        metrics.MESH_LOADED.set(time.time())
         if not any(deltas.values()):
             return {}
         self.snapshot = new
         self.version += 1
+        self.changed_at = time.monotonic() if changed_at is None else changed_at
+        self._export()
         for ev in self._waiters:
             ev.set()
         return {t: d for t, d in deltas.items() if d}
+
+    def _export(self) -> None:
+        metrics.MESH_VERSION.set(self.version)
+        for type_url in SERVED_TYPES:
+            metrics.RESOURCES.labels(type_url=type_url).set(len(self.snapshot.get(type_url, {})))
 
     @contextmanager
     def changes(self) -> Iterator[asyncio.Event]:
@@ -52,5 +67,4 @@ class MeshStore:
 
 def _warn_test_hook(mesh: Mesh) -> None:
     if mesh.malformed:
-        log.warning("test hook: serving malformed resources (debug.malformed_resources)",
-                    names=[m.name for m in mesh.malformed])
+        log.warning("test_hook_malformed_resources", names=[m.name for m in mesh.malformed])

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import structlog
 from asyncinotify import Inotify, Mask
 
+from controlplane import metrics
 from controlplane.mesh import MeshError, parse
 from controlplane.store import MeshStore
 
@@ -31,6 +33,7 @@ class MeshWatcher:
         self._digest = hashlib.sha256(served).hexdigest()
         self.reloads = 0
         self.rejects = 0
+        metrics.MESH_FILE_VALID.set(1)
 
     async def run(self) -> None:
         names = {self.path.name, "..data"}
@@ -41,20 +44,25 @@ class MeshWatcher:
                 event = await anext(events)
                 if event.name is not None and str(event.name) not in names:
                     continue
+                changed_at = time.monotonic()  # push latency counts from here (debounce too)
                 while True:
                     try:
                         await asyncio.wait_for(anext(events), DEBOUNCE_SECONDS)
                     except TimeoutError:
                         break
-                self.reload()
+                self.reload(changed_at)
 
-    def reload(self) -> bool:
-        """Re-read the file if its bytes changed; True if a new mesh is being served."""
+    def reload(self, changed_at: float | None = None) -> bool:
+        """Re-read the file if its bytes changed; True if a new mesh is being served.
+        `changed_at`: time.monotonic() of the change on disk (default: now)."""
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            log.error("mesh file unreadable; serving the last good mesh", path=str(self.path),
-                      error=exc.strerror)
+            # Re-parse whatever comes back next, even the same bytes: "valid" must return.
+            self._digest = ""
+            metrics.MESH_RELOADS.labels(result="error").inc()
+            metrics.MESH_FILE_VALID.set(0)
+            log.error("mesh_file_unreadable", path=str(self.path), error=exc.strerror)
             return False
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
@@ -64,11 +72,15 @@ class MeshWatcher:
             mesh = parse(data.decode(errors="replace"), str(self.path))
         except MeshError as exc:
             self.rejects += 1
-            log.error("mesh file rejected; serving the last good mesh", error=str(exc))
+            metrics.MESH_RELOADS.labels(result="error").inc()
+            metrics.MESH_FILE_VALID.set(0)
+            log.error("mesh_file_rejected", error=str(exc))
             return False
-        deltas = self.store.update(mesh)
+        deltas = self.store.update(mesh, changed_at)
         self.reloads += 1
-        log.info("mesh reloaded", version=self.store.version,
+        metrics.MESH_RELOADS.labels(result="ok").inc()
+        metrics.MESH_FILE_VALID.set(1)
+        log.info("mesh_reloaded", version=self.store.version,
                  changes={t.rsplit(".", 1)[-1]: {"updated": d.updated, "removed": d.removed}
                           for t, d in deltas.items()})
         return True

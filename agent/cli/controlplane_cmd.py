@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="mesh file (YAML): services, workloads, policies; watched for edits")
     p.add_argument("--address", default="0.0.0.0:15012",
                    help="listen address for ADS and the CA, TLS (default 0.0.0.0:15012)")
+    p.add_argument("--metrics-address", default="127.0.0.1:15014", metavar="HOST:PORT",
+                   help="plain-HTTP /metrics, /healthz, /readyz (default 127.0.0.1:15014, "
+                        "istiod's monitoring port; '' turns it off)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-cert", metavar="PEM", help="CA root certificate (with --root-key)")
     p.add_argument("--root-key", metavar="PEM", help="CA root private key (with --root-cert)")
@@ -44,7 +47,8 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         root_key=Path(a.root_key) if a.root_key else None,
         state_dir=Path(a.state_dir), token_key=Path(a.token_key) if a.token_key else None,
         server_names=a.server_name or list(DEFAULT_SERVER_NAMES),
-        max_cert_ttl=datetime.timedelta(seconds=a.max_cert_ttl))
+        max_cert_ttl=datetime.timedelta(seconds=a.max_cert_ttl),
+        metrics_address=a.metrics_address or None)
     try:
         if a.print_node_token:
             print(nodeauth.mint(nodeauth.load_or_create_key(cfg.token_key_path),
@@ -56,6 +60,6 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         cp = ControlPlane(cfg)
     except (mesh.MeshError, pki.PkiError) as exc:
         raise UserError(str(exc)) from None
-    except ValueError as exc:  # a malformed token key file
+    except ValueError as exc:  # a malformed token key file, a bad --metrics-address
         raise UserError(str(exc)) from None
     return daemon.run(cp.run(), a.log_level)

@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE
 from controlplane.server import ControlPlane, ControlPlaneConfig
@@ -111,6 +113,29 @@ def decode(resource: Any) -> Any:
     return msg
 
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def http_get(cp: ControlPlane, path: str) -> tuple[int, str, str]:
+    """GET on the monitoring port (start with metrics_address=...): status, type, body."""
+    async with aiohttp.ClientSession() as s, \
+            s.get(f"http://127.0.0.1:{cp.metrics_port}{path}") as r:
+        return r.status, r.headers.get("Content-Type", ""), await r.text()
+
+
+async def scrape(cp: ControlPlane) -> Samples:
+    """/metrics over real HTTP, parsed: (sample name, labels) -> value."""
+    status, _, text = await http_get(cp, "/metrics")
+    assert status == 200
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when the series is not exposed (yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
 async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]],
                      timeout: float = 3) -> None:
     loop = asyncio.get_running_loop()
@@ -126,5 +151,6 @@ async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]],
         await asyncio.sleep(0.02)
 
 
-__all__ = ["ADDRESS_TYPE", "AUTHORIZATION_TYPE", "AdsClient", "auth", "channel",
-           "control_plane", "decode", "eventually", "names", "run"]
+__all__ = ["ADDRESS_TYPE", "AUTHORIZATION_TYPE", "AdsClient", "Samples", "auth", "channel",
+           "control_plane", "decode", "eventually", "http_get", "names", "run", "sample",
+           "scrape"]

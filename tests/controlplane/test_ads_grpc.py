@@ -104,7 +104,7 @@ def test_malformed_resource_is_nacked_and_not_resent(tmp_path: Path) -> None:
                 await c.expect_silence()
                 (session,) = cp.ads.sessions
                 await eventually(lambda: session.types[ADDRESS_TYPE].nacks == 1)
-            nack = [e for e in logs if e["event"] == "NACK"]
+            nack = [e for e in logs if e["event"] == "ads_nack"]
             assert nack and nack[0]["error_detail"].startswith("bad-1: ")
             assert session.types[ADDRESS_TYPE].acks == 0
             c.close()
@@ -173,7 +173,7 @@ def test_file_edits_push_deltas_and_a_bad_file_keeps_the_last_good_mesh(tmp_path
                     mesh.write_text(good.replace("ips: [10.1.2.2]", "ips: [10.1.2.256]"))
                     await eventually(lambda: cp.watcher.rejects == 1)
                     await c.expect_silence()
-                errs = [e for e in logs if e["event"].startswith("mesh file rejected")]
+                errs = [e for e in logs if e["event"] == "mesh_file_rejected"]
                 assert "mesh.yaml:24: workloads[1].ips[0]" in errs[0]["error"]
                 assert "default/deny-sleep" in cp.store.snapshot[AUTHORIZATION_TYPE]
 

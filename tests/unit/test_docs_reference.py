@@ -145,7 +145,7 @@ def test_the_extractors_see_the_code() -> None:
     assert metrics["meshnode_proxy_dns_queries_total"].labels == ("proto",)
     assert "meshnode_hbone_handshake_failures_total" in metrics
     assert {"pod_enrolled", "hbone_denied", "hbone_refused", "cni_install_repaired",
-            "zds_proxy_hello", "NACK", "pod captured"} <= events
+            "zds_proxy_hello", "ads_nack", "pod captured"} <= events
     # collections.Counter and yamlview's `.error()` are not metrics or log events.
     assert not {"must not be empty", "duplicate field"} & events
 
