@@ -9,6 +9,7 @@ tcp_migrate_req), then lets live connections finish for up to `drain_seconds`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from typing import Any
 
@@ -58,6 +59,10 @@ class ProxyServer:
         if self.mesh is not None:
             self.mesh.start()
         self.zds.start()
+        # Everything so far (modules, config, admin app) lives as long as the process: move it
+        # out of the collector's reach, so a full collection on the data path scans only what
+        # connections allocate (a p99 cost; ztunnel has no collector at all).
+        gc.freeze()
         log.info("proxy_started", agent=self.cfg.zds_socket, admin=self.cfg.admin_address,
                  zero_copy=self.cfg.zero_copy)
         await self._stop.wait()

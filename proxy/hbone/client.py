@@ -26,6 +26,7 @@ from proxy.forward import Traffic, reset
 from proxy.hbone import metrics, peer
 from proxy.hbone.h2link import H2Link, Stream, StreamReset
 from proxy.hbone.relay import relay
+from proxy.hbone.tls import TlsTransport
 from proxy.identity.certs import CertStore, NoCertificate
 from proxy.identity.spiffe import SpiffeId
 
@@ -149,13 +150,13 @@ class HboneClient:
         link = H2Link(True, on_ready=lambda lk: peer.check(lk, expect))
         link.bundle = bundle
         link.on_idle = self._idle
-        loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(lambda: link, sock=tcp, ssl=ctx, server_hostname="",
-                                         ssl_handshake_timeout=self.connect_timeout)
+            tls = await TlsTransport.open(tcp, ctx, server_side=False,
+                                          timeout=self.connect_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self._failed("handshake", f"{authority(addr)}: {type(exc).__name__}: {exc}")
             raise HboneError(f"TLS to {authority(addr)}: {exc}") from None
+        tls.start(link)
         if link.refused is not None:
             self._failed("peer", f"{authority(addr)}: {link.refused}")
             raise HboneError(f"TLS to {authority(addr)}: {link.refused}")

@@ -6,8 +6,9 @@ a reset on the socket becomes RST_STREAM(CONNECT_ERROR) and a RST_STREAM, or the
 tunnel's connection, becomes a TCP reset (SO_LINGER 0) on the socket.
 
 Driven by readiness callbacks, not coroutines (as proxy/forward.py's splice pump): the
-socket stays registered for reads, and one wake-up does recv → DATA frame → TLS write in a
-single call; DATA from the link is sent to the socket from the link's own data_received.
+socket stays registered for reads, and one wake-up does recv (into a buffer that leaves room
+for the frame header) → DATA header → one TLS write; DATA from the link is sent to the
+socket from the link's own read callback.
 The coroutine version (two tasks with sock_recv_into / sock_sendall) cost two task
 switches and four epoll_ctl calls per chunk, which dominated small-message latency.
 
@@ -25,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
-
-import h2.exceptions
 
 from proxy.forward import Traffic, reset
+from proxy.hbone.frames import HEADER
 from proxy.hbone.h2link import Stream, StreamReset
 
 CHUNK = 64 * 1024
@@ -43,8 +42,10 @@ class _Relay:
         self.loop, self.sock, self.stream, self.t = loop, sock, stream, t
         self.sock_is_a = sock_is_a  # Traffic counts a->b / b->a by who opened the connection
         self.fd = sock.fileno()
-        self.buf = bytearray(CHUNK)
+        # DATA frames are built in place: the header goes in front of what recv_into read.
+        self.buf = bytearray(HEADER + CHUNK)
         self.view = memoryview(self.buf)
+        self.payload = self.view[HEADER:]
         self.reading = False
         self.writing = False
         self.up_done = False    # the socket's EOF was forwarded as END_STREAM
@@ -87,17 +88,15 @@ class _Relay:
         if link.paused:
             self._want_read(False)  # on_writable (resume_writing) turns it back on
             return
-        conn = link.h2
-        try:
-            window = conn.local_flow_control_window(s.id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
-            self._finish(True)
-            return
+        window = s.sendable()
         if window <= 0:
-            self._want_read(False)  # on_writable (WINDOW_UPDATE) turns it back on
+            if s.error is not None or s.local_ended:
+                self._finish(True)
+            else:
+                self._want_read(False)  # on_writable (WINDOW_UPDATE) turns it back on
             return
         try:
-            n = self.sock.recv_into(self.buf, min(window, conn.max_outbound_frame_size, CHUNK))
+            n = self.sock.recv_into(self.payload, min(window, CHUNK))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -109,12 +108,7 @@ class _Relay:
             s.end()
             self._maybe_finish()
             return
-        try:
-            conn.send_data(s.id, self.view[:n])
-        except h2.exceptions.ProtocolError:  # e.g. the connection got a GOAWAY
-            self._finish(True)
-            return
-        link.flush()  # serializes into new bytes: the buffer is free again
+        link.send_data(s, self.view, n)  # the transport copies what it cannot send now
         self._count(n, True)
 
     def on_writable(self) -> None:
@@ -178,12 +172,10 @@ class _Relay:
     # -- the end -----------------------------------------------------------------------------
 
     def _count(self, n: int, to_stream: bool) -> None:
-        t = self.t
         if to_stream == self.sock_is_a:
-            t.a_to_b += n
+            self.t.a_to_b += n
         else:
-            t.b_to_a += n
-        t.last_activity = time.monotonic()
+            self.t.b_to_a += n
 
     def _maybe_finish(self) -> None:
         if self.up_done and self.down_done:

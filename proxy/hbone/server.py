@@ -28,6 +28,7 @@ from proxy.forward import Traffic, reset
 from proxy.hbone import metrics, peer
 from proxy.hbone.h2link import H2Link, Headers, Stream
 from proxy.hbone.relay import relay
+from proxy.hbone.tls import TlsTransport
 from proxy.identity.certs import CertStore, NoCertificate
 from proxy.identity.spiffe import SpiffeId
 
@@ -106,14 +107,14 @@ class HboneServer:
         src = (_plain(src[0]), src[1])
         link = H2Link(False, on_ready=peer.check,
                       on_request=lambda s, h: self._spawn(link, s, h, src))
-        loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(lambda: link, sock, ssl=ctx,
-                                               ssl_handshake_timeout=self.handshake_timeout)
+            tls = await TlsTransport.open(sock, ctx, server_side=True,
+                                          timeout=self.handshake_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
-            # The transport, which owns the socket now, has closed it.
+            # TlsTransport owns the socket now and has closed it.
             self._refused("handshake", f"{type(exc).__name__}: {exc}", src)
             return
+        tls.start(link)
         if link.refused is not None:
             self._refused("peer", link.refused, src)
             return
@@ -124,8 +125,7 @@ class HboneServer:
         except asyncio.CancelledError:
             # The pod is going away: drop the connection (its streams reset their apps).
             # The transport owns and closes the socket, so a caller's reset(sock) is a no-op.
-            if link.transport is not None:
-                link.transport.abort()
+            link.abort()
             raise
         finally:
             self.links.discard(link)

@@ -214,7 +214,7 @@ class PodProxy:
         src = (self._pod_address(_plain(peer[0])), peer[1])
         if self.meshpath is not None:
             try:
-                target = self.meshpath.mesh.table.route(dst)
+                target = self.meshpath.mesh.table.route(dst, self.meshpath.workload())
             except NoEndpoint as exc:
                 log.warning("no_endpoint", uid=self.uid, dst=f"{dst[0]}:{dst[1]}",
                             error=str(exc))
@@ -357,7 +357,7 @@ class PodProxy:
             await asyncio.sleep(min(max(idle / 4, 0.05), 5.0))
             now = time.monotonic()
             for c in list(self.conns.values()):
-                if now - c.traffic.last_activity > idle and c.task is not None:
+                if c.traffic.idle_for(now) > idle and c.task is not None:
                     c.task.cancel()  # relay resets both sides
 
     def dump(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
 import structlog
@@ -76,6 +77,10 @@ class MeshConfigClient:
             elif msg["t"] in ("snapshot", "delta"):
                 self.table.apply(msg)
                 if msg["t"] == "snapshot":
+                    if not self.synced.is_set():
+                        # The table is most of the heap and lives on: keep the collector's
+                        # full passes off it, as at start-up (proxy/server.py).
+                        gc.freeze()
                     self.synced.set()
                     log.info("meshconfig_snapshot", workloads=len(self.table.workloads),
                              services=len(self.table.services),
