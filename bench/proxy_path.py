@@ -46,16 +46,26 @@ def _run(node: Node, argv: list[str], timeout: float = 60) -> str:
                           timeout=timeout).stdout
 
 
-def latency(client: Node, ip: str, seconds: int) -> tuple[float, float]:
+def ping_pong(client: Node, ip: str, seconds: int) -> dict[str, float]:
+    """sockperf's TCP ping-pong, 1 KiB: round-trip percentiles (µs) and how many round
+    trips the whole run made (warm-up included, for CPU per round trip)."""
     out = _run(client, ["sockperf", "ping-pong", "--tcp", "-i", ip, "-p",
                         str(PORTS["sockperf"]), "-m", "1024", "-t", str(seconds), "--full-rtt"])
-    pct: dict[str, float] = {}
+    res: dict[str, float] = {}
     for line in out.splitlines():
         # "sockperf: ---> percentile 50.000 =   45.123"
         if "percentile" in line and "=" in line:
             key = line.split("percentile")[1].split("=")[0].strip()
-            pct[key] = float(line.split("=")[1].strip())
-    return pct["50.000"], pct["99.000"]
+            res[key] = float(line.split("=")[1].strip())
+        # "sockperf: [Total Run] RunTime=1.001 sec; ...; ReceivedMessages=44818"
+        elif "[Total Run]" in line and "ReceivedMessages=" in line:
+            res["round_trips"] = float(line.rsplit("ReceivedMessages=", 1)[1].split(";")[0])
+    return res
+
+
+def latency(client: Node, ip: str, seconds: int) -> tuple[float, float]:
+    r = ping_pong(client, ip, seconds)
+    return r["50.000"], r["99.000"]
 
 
 def conn_rate(client: Node, ip: str, seconds: float) -> float:

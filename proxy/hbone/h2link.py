@@ -155,6 +155,7 @@ class Stream:
         if self.local_ended or self.error is not None:
             return
         self.local_ended = True
+        self.link.h2_output = True
         try:
             self.link.h2.end_stream(self.id)
         except h2.exceptions.ProtocolError:
@@ -167,6 +168,7 @@ class Stream:
         if self.error is not None or (self.local_ended and self.remote_ended):
             return
         self._fail(StreamReset("reset locally", code))
+        self.link.h2_output = True
         try:
             self.link.h2.reset_stream(self.id, code)
         except h2.exceptions.ProtocolError:
@@ -255,6 +257,9 @@ class H2Link(asyncio.BufferedProtocol):
         # sends them (one TLS record and one write for all of a read's frames).
         self._dispatching = False
         self._wbuf = bytearray()  # our control frames, queued behind h2's output
+        # h2 may have queued output: set before every h2 call that can send, cleared when it
+        # is drained (draining costs two allocations, and the hot path needs none).
+        self.h2_output = False
         self.lost: BaseException | None = None
         self.goaway = False
         self.refused: str | None = None  # why on_ready refused the peer
@@ -280,6 +285,7 @@ class H2Link(asyncio.BufferedProtocol):
         if self.refused is not None:
             transport.abort()
             return
+        self.h2_output = True
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
         self.flush()
@@ -296,13 +302,16 @@ class H2Link(asyncio.BufferedProtocol):
             self._in[:pending] = self._view[self._start:self._end]
             self._start, self._end = 0, pending
         if len(self._in) - pending < room:  # a frame bigger than the buffer: grow (≤ 1 MiB)
-            self._view.release()
-            self._in.extend(bytes(pending + room - len(self._in)))
-            self._view = memoryview(self._in)
+            # A new buffer, not a resize: views of the old one may still be alive (the
+            # transport's last read), and a bytearray with views cannot change size.
+            grown = bytearray(pending + room)
+            grown[:pending] = self._view[:pending]
+            self._in, self._view = grown, memoryview(grown)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        if self.refused is not None or self.lost is not None:
+        if self.refused is not None or self.lost is not None \
+                or self._end - self._start < self._need:  # a frame's middle (bulk transfer)
             return
         self._dispatching = True
         try:
@@ -345,7 +354,6 @@ class H2Link(asyncio.BufferedProtocol):
             self._to_h2(view[pos:pos + take])
             self._preface -= take
             pos += take
-        batch = pos  # start of frames for h2 not yet handed over
         self._need = 0
         while end - pos >= frames.HEADER:
             length, ftype, flags, sid = frames.header(buf, pos)
@@ -355,24 +363,22 @@ class H2Link(asyncio.BufferedProtocol):
             if end - pos < size:
                 self._need = size
                 break
-            if ftype == frames.DATA or ftype == frames.WINDOW_UPDATE:
-                if batch < pos:
-                    self._to_h2(view[batch:pos])
-                if self.lost is not None or self.transport is None \
-                        or self.transport.is_closing():
-                    pos = end
-                    break
-                if ftype == frames.DATA:
-                    self._on_data(pos, length, flags, sid)
-                else:
-                    self._on_window_update(pos, length, sid)
-                batch = pos + size
+            if ftype == frames.DATA:
+                self._on_data(pos, length, flags, sid)
+            elif ftype == frames.WINDOW_UPDATE:
+                self._on_window_update(pos, length, sid)
+            else:
+                # One frame at a time: h2 applies SETTINGS as it parses them, and a stream
+                # opened by an earlier HEADERS must take the initial window in force then.
+                self._to_h2(view[pos:pos + size])
             pos += size
-        if batch < pos:
-            self._to_h2(view[batch:pos])
+            if self.lost is not None or self.transport is None or self.transport.is_closing():
+                pos = end
+                break
         self._start, self._end = (pos, end) if pos < end else (0, 0)
 
     def _to_h2(self, data: memoryview) -> None:
+        self.h2_output = True
         for ev in self.h2.receive_data(data):  # h2 copies what it keeps
             self._dispatch(ev)
 
@@ -425,6 +431,7 @@ class H2Link(asyncio.BufferedProtocol):
     def _protocol_error(self, code: int | None, reason: str) -> None:
         log.warning("hbone_protocol_error", error=reason)
         if code is not None:
+            self.h2_output = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection(error_code=code)
         self.flush()
@@ -452,7 +459,8 @@ class H2Link(asyncio.BufferedProtocol):
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             changed = ev.changed_settings.get(SettingCodes.INITIAL_WINDOW_SIZE)
             if changed is not None:  # §6.9.2: applies to every open stream, by the delta
-                delta = changed.new_value - (changed.original_value or DEFAULT_WINDOW)
+                old = changed.original_value
+                delta = changed.new_value - (DEFAULT_WINDOW if old is None else old)
                 for s in self.streams.values():
                     s.send_window += delta
             self._wake_writers()
@@ -479,11 +487,13 @@ class H2Link(asyncio.BufferedProtocol):
         sid = self.h2.get_next_available_stream_id()
         s = Stream(self, sid)
         self.streams[sid] = s
+        self.h2_output = True
         self.h2.send_headers(sid, headers)
         self.flush()
         return s
 
     def respond(self, s: Stream, status: int, end: bool) -> None:
+        self.h2_output = True
         try:
             self.h2.send_headers(s.id, [(":status", str(status))], end_stream=end)
         except h2.exceptions.ProtocolError:
@@ -500,11 +510,8 @@ class H2Link(asyncio.BufferedProtocol):
         frames.put_data_header(frame, n, s.id)
         s.send_window -= n
         self.send_window -= n
-        if self._wbuf:
-            # Whatever we queued before goes first. h2's output needs no check here: every
-            # h2 call outside buffer_updated is followed by a flush, and buffer_updated ends
-            # with one (draining h2.data_to_send costs two allocations per call).
-            self.flush()
+        if self._wbuf or self.h2_output:
+            self.flush()  # whatever h2 or we queued before goes first
         if self.transport is not None:
             self.transport.write(memoryview(frame)[:frames.HEADER + n])
 
@@ -521,7 +528,9 @@ class H2Link(asyncio.BufferedProtocol):
 
     def _release_connection(self, n: int) -> None:
         if inc := self._recv_window.release(n):
-            self._wbuf += self.h2.data_to_send()  # keep h2's earlier frames first
+            if self.h2_output:  # h2's earlier frames go first
+                self.h2_output = False
+                self._wbuf += self.h2.data_to_send()
             self._wbuf += frames.window_update(0, inc)
 
     def forget(self, s: Stream) -> None:
@@ -532,7 +541,10 @@ class H2Link(asyncio.BufferedProtocol):
                 self.on_idle(self)
 
     def flush(self) -> None:
-        out = self.h2.data_to_send()
+        out = b""
+        if self.h2_output:
+            self.h2_output = False
+            out = self.h2.data_to_send()
         if self._wbuf:
             out, self._wbuf = bytes(self._wbuf) + out, bytearray()
         if out and self.transport is not None:
@@ -556,6 +568,7 @@ class H2Link(asyncio.BufferedProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         if self.lost is None and self.refused is None:
+            self.h2_output = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection()
             self.flush()

@@ -226,8 +226,9 @@ class TlsTransport:
             self._sock.unwrap()  # sends close_notify; does not wait for the peer's
         # Unread bytes in the receive queue would make close() send a RST, not a FIN.
         with contextlib.suppress(OSError):
-            while socket.socket.recv(self._sock, 65536, socket.MSG_DONTWAIT):
-                pass
+            for _ in range(16):  # bounded: a peer that keeps sending gets its RST
+                if not socket.socket.recv(self._sock, 65536, socket.MSG_DONTWAIT):
+                    break
         self._lose(None)
 
     def _lose(self, exc: Exception | None) -> None:
