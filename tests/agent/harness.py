@@ -46,6 +46,7 @@ class AgentProc:
     selection: dict[str, Any] = field(default_factory=dict)
     install: dict[str, Any] = field(default_factory=dict)
     proxy_handoff: bool = False  # issue-3 tests: enrollment without a node proxy
+    env: dict[str, str] | None = None  # added to this process's environment (None: ours)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -72,7 +73,8 @@ class AgentProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli.main", "agent", "--config", str(self.config)],
-                stdout=log, stderr=log, cwd=REPO)
+                stdout=log, stderr=log, cwd=REPO,
+                env={**os.environ, **self.env} if self.env is not None else None)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

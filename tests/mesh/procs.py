@@ -152,12 +152,15 @@ class MeshNode:
     cp: ControlPlaneProc
     node: Node
     cert_ttl_seconds: int = 3600
+    backend: str = "nftables"  # the agent's capture backend
+    env: dict[str, str] | None = None  # added to the agent's and the proxy's environment
     agent: NetnsAgentProc = field(init=False)
     proxy: NetnsProxyProc = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = NetnsAgentProc(self.workdir / "agent", proxy_handoff=True,
-                                    drift_interval=3600, netns=self.node.path)
+        self.agent = NetnsAgentProc(self.workdir / "agent", backend=self.backend,
+                                    proxy_handoff=True, drift_interval=3600, env=self.env,
+                                    netns=self.node.path)
         self.mesh_socket = str(self.agent.workdir / "mesh.sock")
         cfg = yaml.safe_load(self.agent.config.read_text())
         cfg["mesh_socket"] = self.mesh_socket
@@ -169,7 +172,7 @@ class MeshNode:
         self.agent.config.write_text(yaml.safe_dump(cfg))
         self.proxy = NetnsProxyProc(self.workdir / "proxy", str(self.agent.workdir / "zds.sock"),
                                     extra={"dns_capture": False, "mesh_socket": self.mesh_socket},
-                                    netns=self.node.path)
+                                    env=self.env, netns=self.node.path)
 
     def start(self) -> MeshNode:
         self.agent.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ class ProxyProc:
     zds_socket: str
     name: str = "proxy"
     extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # added to this process's environment (None: ours)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -37,7 +39,8 @@ class ProxyProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli.main", "proxy", "--config", str(self.config)],
-                stdout=log, stderr=log, cwd=REPO)
+                stdout=log, stderr=log, cwd=REPO,
+                env={**os.environ, **self.env} if self.env is not None else None)
         deadline = time.monotonic() + 15
         while wait_ready and time.monotonic() < deadline:
             if self.proc.poll() is not None:
