@@ -135,9 +135,11 @@ def redirect_apply(r: dict[str, Any], out: Path) -> Path:
 
 def mesh_path(r: dict[str, Any], out: Path) -> Path:
     rows = r["path"]["rows"]
-    keys = [k for k in ("direct", "mesh_hbone") if k in rows]
-    labels = ["direct\n(pod a → pod b)" if k == "direct" else
-              "mesh: a → VIP → proxy →\nHBONE mTLS → proxy → b" for k in keys]
+    names = {"direct": "direct\n(pod a → pod b)",
+             "mesh_hbone": "mesh, nftables capture:\na → VIP → proxy →\nHBONE mTLS → proxy → b",
+             "mesh_hbone_ebpf": "mesh, eBPF capture:\nthe same path"}
+    keys = [k for k in names if k in rows]
+    labels = [names[k] for k in keys]
     colours = ["#7f7f7f" if k == "direct" else MESHNODE for k in keys]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     x = range(len(keys))

@@ -319,7 +319,7 @@ class H2Link(asyncio.BufferedProtocol):
         except FrameError as exc:
             self._protocol_error(exc.code, str(exc))
         except h2.exceptions.ProtocolError as exc:  # h2 has queued its GOAWAY
-            self._protocol_error(None, str(exc))
+            self._protocol_error(None, f"{type(exc).__name__}: {exc}")
         finally:
             self._dispatching = False
         self.flush()
@@ -418,7 +418,10 @@ class H2Link(asyncio.BufferedProtocol):
             return
         s = self.streams.get(sid)
         if s is None:
-            return  # a stream that just ended: nothing left to send on it
+            # Not a stream we send on: h2 judges it (on an idle stream a connection error,
+            # on a closed one ignored); its windows for streams we don't hold don't matter.
+            self._to_h2(self._view[at:at + frames.HEADER + length])
+            return
         if inc == 0:
             s.reset(frames.PROTOCOL_ERROR)
             return
