@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from agent import monitoring
 
 DEFAULT_METRICS_PORT = 15014  # istiod's "HTTP monitoring" port
 
@@ -27,22 +28,8 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def make_app(ready: Callable[[], bool]) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        ok = ready()
-        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
-
-    async def metrics(_: web.Request) -> web.Response:
-        # CONTENT_TYPE_LATEST carries a version and charset, which aiohttp's content_type
-        # argument refuses, so it goes in as a raw header.
-        return web.Response(body=generate_latest(REGISTRY),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
-    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
-                    web.get("/readyz", readyz)])
+    app.add_routes(monitoring.routes(ready))
     return app
 
 
