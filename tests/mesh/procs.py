@@ -208,3 +208,62 @@ class MeshNode:
             if f'"event": "{event}"' in line:
                 out.append(json.loads(line))
         return out
+
+
+# A pod's app for tests that must tell endpoints apart: every connection gets the server's
+# name and a newline, then EOF. Each connection is served in a thread of its own; the
+# server's write side is shut before it waits for the client's EOF, so nothing is lost to
+# an RST.
+_NAME_SERVER = r"""
+import socket, sys, threading
+name, port = sys.argv[1].encode() + b"\n", int(sys.argv[2])
+srv = socket.create_server(("0.0.0.0", port), backlog=128)
+print("serving", flush=True)
+def answer(c):
+    with c:
+        try:
+            c.settimeout(10)
+            c.sendall(name)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=answer, args=(c,), daemon=True).start()
+"""
+
+
+@dataclass
+class NameServer:
+    """A TCP server process inside `pod`'s netns that answers every connection with `name`
+    (see `_NAME_SERVER`). Stopped by its own PID."""
+
+    pod: Node
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NameServer:
+        with inside(self.pod.path):
+            self.proc = subprocess.Popen([sys.executable, "-c", _NAME_SERVER, self.name,
+                                          str(self.port)], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "serving" once it listens, b"" if it died
+        if line.strip() != b"serving":
+            self.stop()
+            raise RuntimeError(f"name server {self.name} in {self.pod.name} did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None

@@ -6,6 +6,11 @@ a netns of its own, attached to node1 and reached by both nodes over the node ne
                             │
           control plane (198.18.40.1)
 
+`build(lab, pod_c=True)` adds a third pod on node1, next to a (for tests that need two
+endpoints of one service on different nodes, one of them local to the client):
+
+    pod c (198.18.44.1) ─ node1
+
 Each node's agent and proxy run inside that node's netns (tests/mesh/procs.py): their
 admin/metrics ports are on the node's own 127.0.0.1, and each agent dials the control plane
 at 198.18.40.1 — node1 over its link to the control plane, node2 over the node link and
@@ -34,10 +39,11 @@ class Topology:
     a: Node
     b: Node
     cp: Node  # the control plane's netns; cp.ip4 == CONTROL_PLANE_IP
+    c: Node | None = None  # a second pod on node1, only with build(lab, pod_c=True)
 
 
 
-def build(lab: Lab) -> Topology:
+def build(lab: Lab, pod_c: bool = False) -> Topology:
     n1, n2 = lab.node("n1"), lab.node("n2")
     a, b, cp = lab.node("a"), lab.node("b"), lab.node("cp")
     lab.link(a, n1, subnet=41, ipv6=False)     # a = .41.1, node1 = .41.2
@@ -53,4 +59,10 @@ def build(lab: Lab) -> Topology:
     Lab.route(n1, "198.18.43.0/24", "198.18.42.2")
     Lab.route(n2, "198.18.41.0/24", "198.18.42.1")
     Lab.route(n2, "198.18.40.0/24", "198.18.42.1")
-    return Topology(lab, n1, n2, a, b, cp)
+    c = None
+    if pod_c:
+        c = lab.node("c")
+        lab.link(c, n1, subnet=44, ipv6=False)  # c = .44.1, node1 = .44.2
+        Lab.route(c, "default", "198.18.44.2")
+        Lab.route(n2, "198.18.44.0/24", "198.18.42.1")
+    return Topology(lab, n1, n2, a, b, cp, c)
