@@ -35,17 +35,29 @@ _FWMARK_ACCEPT = "net.ipv4.tcp_fwmark_accept"
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
-def pod_addresses() -> tuple[str, ...]:
-    """This netns's own global addresses (the CNI has set them up before we run)."""
+def _addr_dump(ipr: IPRoute) -> tuple[tuple[str, ...], bool]:
+    """One address dump of this netns: its own global addresses (the CNI has set them up
+    before we run), and whether lo has an IPv6 address (`routes.families`' test for IPv6
+    being usable here), so an enroll needs a single round trip for both."""
     out = []
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            ip = msg.get_attr("IFA_ADDRESS")
-            if ip and msg["index"] != routes.LOOPBACK_IFINDEX:
-                a = ipaddress.ip_address(ip)
-                if not (a.is_link_local or a.is_loopback):
-                    out.append(str(a))
-    return tuple(sorted(out))
+    v6_on_lo = False
+    for msg in ipr.get_addr():
+        ip = msg.get_attr("IFA_ADDRESS")
+        if msg["index"] == routes.LOOPBACK_IFINDEX:
+            v6_on_lo = v6_on_lo or msg["family"] == socket.AF_INET6
+        elif ip:
+            a = ipaddress.ip_address(ip)
+            if not (a.is_link_local or a.is_loopback):
+                out.append(str(a))
+    return tuple(sorted(out)), v6_on_lo
+
+
+def pod_addresses(ipr: IPRoute | None = None) -> tuple[str, ...]:
+    """This netns's own global addresses, over `ipr` if given (else a socket of its own)."""
+    if ipr is not None:
+        return _addr_dump(ipr)[0]
+    with IPRoute() as own:
+        return _addr_dump(own)[0]
 
 
 def _rule_text(spec: RedirectSpec, fam: int) -> str:
@@ -85,28 +97,38 @@ class EbpfBackend:
         return self.loader
 
     def apply(self, label: str, spec: RedirectSpec) -> None:
+        """One netlink socket, in the pod's netns (the calling thread's), for everything:
+        the address dump (the pod's addresses and which families are usable) and the reply
+        routing rules; it is closed on every path."""
         opts = self._opts(label, spec)
         loader = self._loaded(label)
         try:
-            if opts.inbound_port:
-                self._reply_routing(spec, on=True)
-            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                loader.enroll_cookie(netns_cookie(), opts, pod_addresses(), fd)
-            finally:
-                os.close(fd)
+            with IPRoute() as ipr:
+                try:
+                    addrs, v6_on_lo = _addr_dump(ipr)
+                    fams = [f for f in spec.families if f == 4 or v6_on_lo]
+                    if opts.inbound_port:
+                        self._reply_routing(ipr, spec, fams, on=True)
+                    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        loader.enroll_cookie(netns_cookie(), opts, addrs, fd)
+                    finally:
+                        os.close(fd)
+                except (OSError, NetlinkError, LoadError):
+                    with contextlib.suppress(OSError, NetlinkError):  # report the first
+                        self._reply_routing(ipr, spec, routes.families(ipr, spec), on=False)
+                    raise
         except (OSError, NetlinkError, LoadError) as exc:
-            self._reply_routing(spec, on=False)
             raise RedirectError(label, "ebpf enroll", str(exc)) from None
 
-    def _reply_routing(self, spec: RedirectSpec, on: bool) -> None:
-        with IPRoute() as ipr:
-            for fam in routes.families(ipr, spec):
-                try:
-                    _rule(ipr, "add" if on else "del", spec, fam)
-                except NetlinkError as exc:
-                    if exc.code not in (errno.EEXIST, errno.ENOENT):
-                        raise
+    @staticmethod
+    def _reply_routing(ipr: IPRoute, spec: RedirectSpec, fams: list[int], on: bool) -> None:
+        for fam in fams:
+            try:
+                _rule(ipr, "add" if on else "del", spec, fam)
+            except NetlinkError as exc:
+                if exc.code not in (errno.EEXIST, errno.ENOENT):
+                    raise
         if on or os.path.exists(sysctl.path(_FWMARK_ACCEPT)):
             sysctl.write(_FWMARK_ACCEPT, "1" if on else "0")
 
@@ -136,7 +158,8 @@ class EbpfBackend:
         if self._loaded(label).unenroll_cookie(cookie):
             removed.append(f"pods map entry and sk_lookup link for netns cookie {cookie}")
         try:
-            self._reply_routing(spec, on=False)
+            with IPRoute() as ipr:
+                self._reply_routing(ipr, spec, routes.families(ipr, spec), on=False)
         except (OSError, NetlinkError) as exc:
             raise RedirectError(label, "ebpf remove", str(exc)) from None
         return removed

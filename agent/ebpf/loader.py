@@ -29,6 +29,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,12 @@ class Loader:
     _bpf_obj: Any = field(default=None, repr=False)
     _links: dict[str, int] = field(default_factory=dict, repr=False)
     _sk_lookup_fd: int = field(default=-1, repr=False)
+    # The `pod_ips` keys of each pod (by netns cookie): read from the pinned map once per
+    # load (agent start or takeover: the map outlives the agent), then kept as this loader
+    # writes it, so enrolling or removing a pod touches only its own entries instead of
+    # scanning the map. Worker threads enroll pods in parallel: `_addrs_lock`.
+    _pod_keys: dict[int, frozenset[bytes]] = field(default_factory=dict, repr=False)
+    _addrs_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def netns_dir(self) -> str:
@@ -288,6 +295,7 @@ class Loader:
             b.cleanup()
             raise
         self._bpf_obj = b
+        self._index_addrs()
         for cookie in dead:
             # Pods deleted while no agent ran (no CNI DEL reached us): forget them.
             self.unenroll_cookie(cookie)
@@ -351,6 +359,8 @@ class Loader:
         if self._bpf_obj is not None:
             self._bpf_obj.cleanup()
             self._bpf_obj = None
+        with self._addrs_lock:
+            self._pod_keys.clear()
 
     def destroy(self) -> None:
         """Detach everything and remove every pin under pin_dir that we own."""
@@ -434,14 +444,50 @@ class Loader:
             v.in_ports[i] = port
         return v
 
-    def _set_addrs(self, cookie: int, addrs: tuple[str, ...]) -> None:
+    def _scan_addrs(self) -> dict[int, set[bytes]]:
+        """Every pod's keys in the pinned `pod_ips` map: a full scan, O(entries)."""
+        found: dict[int, set[bytes]] = {}
+        for k, v in self._table("pod_ips").items():
+            found.setdefault(int(v.value), set()).add(bytes(k))
+        return found
+
+    def _index_addrs(self) -> None:
+        with self._addrs_lock:
+            keys = self._scan_addrs()
+            # enrolled pods without an address are known too (their removal needs no scan)
+            self._pod_keys = {int(k.value): frozenset(keys.pop(int(k.value), ()))
+                              for k in self._table("pods")}
+            # and entries of no enrolled pod (an enroll cut short), to be removed with it
+            self._pod_keys.update((c, frozenset(ks)) for c, ks in keys.items())
+
+    def _set_addrs(self, cookie: int, addrs: tuple[str, ...] | None) -> None:
+        """Make the pod's `pod_ips` entries exactly `addrs` (None: remove the pod), touching
+        only its own keys."""
         t = self._table("pod_ips")
-        want = {addr_key(a) for a in addrs}
-        for k, v in list(t.items()):
-            if int(v.value) == cookie and bytes(k) not in want:
-                del t[k]
-        for raw in want:
-            t[t.Key.from_buffer_copy(raw)] = t.Leaf(cookie)
+        want = frozenset(addr_key(a) for a in addrs or ())
+        with self._addrs_lock:
+            old = self._pod_keys.get(cookie)
+            if old is None:
+                # A pod this loader does not know. Netns cookies are never reused, so a new
+                # pod has no entries; removing one (a DEL for a pod enrolled by another
+                # process since our load, or never enrolled) scans, to delete exactly its
+                # entries whoever wrote them.
+                old = frozenset(self._scan_addrs().get(cookie, ())) if addrs is None \
+                    else frozenset()
+            for raw in old - want:
+                k = t.Key.from_buffer_copy(raw)
+                with contextlib.suppress(KeyError):
+                    # the address may belong to another pod by now (re-used IP): not ours
+                    if int(t[k].value) == cookie:
+                        del t[k]
+            for raw in want:
+                t[t.Key.from_buffer_copy(raw)] = t.Leaf(cookie)
+            # a key another pod took over stays in its old owner's set until that pod is
+            # re-applied or removed: harmless, the owner check above skips it
+            if addrs is None:
+                self._pod_keys.pop(cookie, None)
+            else:
+                self._pod_keys[cookie] = want
 
     def _link_netns(self, cookie: int, netns_fd: int) -> None:
         pin = os.path.join(self.netns_dir, str(cookie))
@@ -477,7 +523,7 @@ class Loader:
             found = True
         except KeyError:
             pass
-        self._set_addrs(cookie, ())
+        self._set_addrs(cookie, None)
         return found
 
     def read_cookie(self, cookie: int) -> PodOpts | None:
