@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 from agent.lab import Lab, Node
 from agent.redirect.netns import entered
 from tests.agent.harness import cni
-from tests.mesh.procs import ControlPlaneProc, MeshNode, NameServer
+from tests.mesh.procs import ControlPlaneProc, MeshNode, NameServer, certs_of, wait_for
 from tests.mesh.topology import VIP, Topology, build
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables)")
@@ -68,16 +68,6 @@ def mesh_file(t: Topology, gen: int, lb: dict[str, Any] | None = None,
     return {"services": [echo, marker], "workloads": workloads}
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def ask(pod: Node, ip: str, port: int, timeout: float = 5) -> str:
     """Connect from `pod`, read the answer to EOF: the endpoint's name, or "" when the
     connection was refused, reset or closed without an answer."""
@@ -93,10 +83,6 @@ def ask(pod: Node, ip: str, port: int, timeout: float = 5) -> str:
         except OSError:
             return ""
     return data.decode(errors="replace").strip()
-
-
-def certs_of(node: MeshNode) -> set[str]:
-    return {c["identity"] for c in node.proxy_mesh().get("certificates", [])}
 
 
 def table_services(node: MeshNode) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from agent.lab import Lab
 from agent.redirect.netns import netns_inode
 from tests.agent.harness import cni
 from tests.mesh.apps import EchoServer, connect, exchange, sha
-from tests.mesh.procs import ControlPlaneProc, MeshNode
+from tests.mesh.procs import ControlPlaneProc, MeshNode, certs_of, wait_for
 from tests.mesh.topology import VIP, Topology, build
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables)")
@@ -65,20 +65,6 @@ class Mesh:
 
     def set_mesh(self, **kw: Any) -> None:
         self.cp.write_mesh(mesh_file(self.t, **kw))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def certs_of(node: MeshNode) -> set[str]:
-    return {c["identity"] for c in node.proxy_mesh().get("certificates", [])}
 
 
 def serial_of(node: MeshNode, identity: str) -> str:
