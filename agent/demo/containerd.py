@@ -85,14 +85,15 @@ def write_isolation(tmp: Path, tag: str) -> None:
         (tmp / name).write_text(_NS_SCRIPT.format(tmp=tmp, tag=tag, body=body.format(tag=tag)))
 
 
-def build_rootfs(dest: Path, payload_bytes: int) -> Path:
+def build_rootfs(dest: Path, payload_bytes: int = 0,
+                 applets: Sequence[str] = APPLETS) -> Path:
     """A busybox rootfs (static binary + applet links), with /www/data of ~`payload_bytes`
     for the demo's web server to serve."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "run", "var", "www", "root"):
         (dest / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, dest / "bin" / "busybox")
-    for applet in APPLETS:
+    for applet in applets:
         (dest / "bin" / applet).symlink_to("busybox")
     # Text, so that the response reads back cleanly through `ctr task exec`'s stdout.
     line = b"meshnode demo payload, served by busybox httpd\n"

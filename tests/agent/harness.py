@@ -86,13 +86,7 @@ class AgentProc:
         raise RuntimeError(f"agent not ready: {self.log.read_text()[-2000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def http(self, path: str) -> tuple[int, str]:
@@ -141,3 +135,15 @@ def cni(cmd: str, agent_socket: str, netns: str, container_id: str, ips: list[st
     p = subprocess.run([str(PLUGIN)], input=json.dumps(conf), capture_output=True, text=True,
                        env=env, timeout=30)
     return CniResult(p.returncode, p.stdout, p.stderr)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
+                 timeout: float = 10) -> None:
+    """Signal a process we started, wait up to `timeout` s, then SIGKILL it and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

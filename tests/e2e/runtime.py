@@ -50,7 +50,14 @@ from types import TracebackType
 from typing import Any
 
 # The isolation of a private containerd is the demo's (product code): one copy.
-from agent.demo.containerd import CNI_PATH, SYSTEM_CNI_DIR, write_isolation
+from agent.demo.containerd import (
+    CNI_PATH,
+    SYSTEM_CNI_DIR,
+    kill_pid,
+    processes_under,
+    write_isolation,
+)
+from agent.demo.containerd import build_rootfs as demo_rootfs
 
 PREFIX = "mne2e"
 BASE_PLUGINS = ("bridge", "host-local", "loopback")
@@ -78,17 +85,9 @@ class CniError(HarnessError):
 
 
 def build_rootfs(dest: Path) -> Path:
-    """A minimal busybox rootfs: /bin/busybox plus applet symlinks, and the dirs runc needs."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "run", "var", "www", "root"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, dest / "bin" / "busybox")
-    for applet in APPLETS:
-        (dest / "bin" / applet).symlink_to("busybox")
+    """The demo's busybox rootfs with the applets these tests use, and a page to serve."""
+    demo_rootfs(dest, applets=APPLETS)
     (dest / "www" / "index.html").write_text("mne2e-ok\n")
-    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (dest / "etc" / "group").write_text("root:x:0:\n")
-    (dest / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
     return dest
 
 
@@ -122,42 +121,9 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def _kill_pid(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM, wait up to `grace` s, then SIGKILL: for processes we started, by PID."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        if not _pid_alive(pid) or _is_zombie(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
 def processes_of(tag: str) -> list[int]:
     """Live (non-zombie) processes whose command line mentions `tag`: containerd, shims."""
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        if any(tag in a for a in _cmdline(int(entry.name))) and not _is_zombie(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return processes_under(tag)
 
 
 def netns_names() -> list[str]:
@@ -203,7 +169,7 @@ def reap_leftovers() -> list[str]:
     tags |= {n.removesuffix("-node") for n in netns_names() if dead(n)}
     for tag in sorted(tags):
         for pid in processes_of(f"{tmp}/{tag}"):  # containerd, shims: only ours by path
-            _kill_pid(pid, grace=1)
+            kill_pid(pid, grace=1)
             removed.append(f"pid {pid}")
         for cg in _cgroup_dirs(tag):
             _remove_cgroup(cg)
@@ -379,16 +345,16 @@ class Runtime:
                     self._force_remove(cid)
         for c in self.containers.values():
             if c.holder is not None:
-                _kill_pid(c.holder.pid, grace=1)
+                kill_pid(c.holder.pid, grace=1)
         self.containers.clear()
         if self._proc is not None:
-            _kill_pid(self._proc.pid)
+            kill_pid(self._proc.pid, grace=5)
             self._proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
         for pid in processes_of(str(self.tmp)):  # e.g. a shim whose task could not be deleted
-            _kill_pid(pid, grace=1)
+            kill_pid(pid, grace=1)
         for cg in _cgroup_dirs(self.tag):
             _remove_cgroup(cg)
         if self._netns_created:
@@ -522,7 +488,7 @@ class Runtime:
         deadline = time.monotonic() + 5
         while _cmdline(holder.pid)[:1] != [argv0] or c.netns_inode() == node_ino:
             if holder.poll() is not None or time.monotonic() > deadline:
-                _kill_pid(holder.pid, grace=1)
+                kill_pid(holder.pid, grace=1)
                 raise HarnessError("netns holder did not start")
             time.sleep(0.01)
         _run(["nsenter", f"--net={c.netns_path()}", "ip", "link", "set", "lo", "up"], check=True)
@@ -536,7 +502,7 @@ class Runtime:
         except BaseException:
             c.attachments = networks  # DEL everything, as CRI does after a failed ADD
             self._undo_failed(c)
-            _kill_pid(holder.pid, grace=1)
+            kill_pid(holder.pid, grace=1)
             raise
         c.pid = self._require_pid(cid)
         self.containers[cid] = c
@@ -642,7 +608,7 @@ class Runtime:
             error = exc
         self._force_remove(container_id)
         if c.holder is not None:
-            _kill_pid(c.holder.pid, grace=1)
+            kill_pid(c.holder.pid, grace=1)
         if error is not None:
             raise error
 

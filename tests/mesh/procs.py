@@ -24,7 +24,7 @@ import yaml
 
 from agent.lab import Node
 from agent.redirect.netns import entered
-from tests.agent.harness import REPO, AgentProc
+from tests.agent.harness import REPO, AgentProc, stop_process
 from tests.proxy.procs import ProxyProc
 
 CONTROL_PLANE_PORT = 15012  # istiod's; the control plane's netns is its own, nothing else binds
@@ -126,13 +126,7 @@ class ControlPlaneProc:
                               text=True, check=True, cwd=REPO).stdout.strip()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def write_mesh(self, mesh: dict[str, Any]) -> None:
@@ -257,13 +251,7 @@ class NameServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=5)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None

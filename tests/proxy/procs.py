@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.agent.harness import REPO, free_port, http_get
+from tests.agent.harness import REPO, free_port, http_get, stop_process
 
 
 @dataclass
@@ -53,13 +53,7 @@ class ProxyProc:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self.proc = None
 
     def get(self, path: str) -> tuple[int, str]:
