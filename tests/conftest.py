@@ -107,3 +107,14 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Rul
         # child, the CLI) finds this module's private ones.
         monkeypatch.setenv("MESHNODE_BPF_PIN_DIR", request.getfixturevalue("ebpf_pin_dir"))
     return engine.make_backend(b, f)
+
+
+NETFILTER_BACKENDS = [b for b in BACKENDS if b[0] != "ebpf"]
+
+
+@pytest.fixture(params=NETFILTER_BACKENDS,
+                ids=[f"{b}-{f}" if b == "iptables" else b for b, f in NETFILTER_BACKENDS])
+def netfilter_impl(request: pytest.FixtureRequest) -> RuleBackend:
+    """The backends that keep rules in chains (eBPF keeps map entries: tests/ebpf)."""
+    b, f = request.param
+    return engine.make_backend(b, f)

@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 
-# Ambient's defaults, so meshnode can drive a real ztunnel (see BRIEF.md).
+# Ambient's defaults, so meshnode can drive a real ztunnel (docs/compatibility.md).
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 TUNNEL_PORT = 15008

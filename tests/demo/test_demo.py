@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(150)]
 def _tools() -> None:
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)}")
+        # make setup installs them all: a missing one is a broken setup, not a skip.
+        pytest.fail(f"missing tools (run make setup): {', '.join(missing)}")
 
 
 def start(*args: str) -> subprocess.Popen[str]:

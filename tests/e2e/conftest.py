@@ -22,7 +22,8 @@ def _e2e_prereqs() -> None:
         pytest.fail("e2e tests need root (containerd, network and mount namespaces)")
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)}")
+        # make setup installs them all: a missing one is a broken setup, not a skip.
+        pytest.fail(f"missing tools (run make setup): {', '.join(missing)}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.install import InstallConfig
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "istio" / "install"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "istio" / "install"
 OUR_TYPE = "meshnode-cni"
 
 CALICO = {

@@ -49,28 +49,49 @@ def connect(node: Node, ip: str, port: int, timeout: float = 5) -> socket.socket
 
 def exchange(node: Node, ip: str, port: int, payload: bytes, timeout: float = 5) -> str:
     """Send payload, half-close, read the echo to EOF; sha256 of what came back ("" when
-    the connection was refused or reset)."""
+    the connection was refused, reset or timed out). A test that expects a failure asserts
+    its kind with `outcome()`, never with a falsy `exchange()`."""
+    kind, digest = outcome(node, ip, port, payload, timeout)
+    return digest if kind == "echo" else ""
+
+
+def outcome(node: Node, ip: str, port: int, payload: bytes,
+            timeout: float = 5) -> tuple[str, str]:
+    """What one exchange met: ("echo", sha256 of the reply), or ("refused"|"reset"|
+    "closed"|"timeout", "") (closed: an orderly EOF with no reply byte), or
+    ("error", "<OSError text>") for anything else, so an assertion names what it expects."""
     try:
         s = connect(node, ip, port, timeout)
-    except OSError:
-        return ""
+    except ConnectionRefusedError:
+        return "refused", ""
+    except TimeoutError:
+        return "timeout", ""
+    except OSError as exc:
+        return "error", str(exc)
     h = hashlib.sha256()
+    got = 0
     with s:
+        def send() -> None:
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # reset by a denial: the reader sees it too
+        sender = threading.Thread(target=send)
+        sender.start()
         try:
-            def send() -> None:
-                try:
-                    s.sendall(payload)
-                    s.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass  # reset by a denial: the reader sees it too
-            sender = threading.Thread(target=send)
-            sender.start()
             while data := s.recv(1 << 16):
                 h.update(data)
+                got += len(data)
+        except ConnectionResetError:
+            return "reset", ""
+        except TimeoutError:
+            return "timeout", ""
+        except OSError as exc:
+            return "error", str(exc)
+        finally:
             sender.join()
-        except OSError:
-            return ""
-    return h.hexdigest()
+    return ("echo", h.hexdigest()) if got else ("closed", "")
 
 
 def sha(b: bytes) -> str:

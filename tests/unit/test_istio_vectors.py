@@ -16,7 +16,7 @@ import pytest
 from agent.redirect import iptables_rules, nftables_rules
 from agent.redirect.spec import PROBE_SOURCE_V6, Profile, RedirectSpec
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "istio"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "istio"
 TEST_V6_PROBE = "e9ac:1e77:90ca:399f:4d6d:ece2:2f9b:3164"
 VIFS = ("fake1s0f0", "fake1s0f1")
 
