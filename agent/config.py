@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agent import addr
 from agent.redirect.spec import Backend, Profile, RedirectSpec
 
 T = TypeVar("T")
@@ -35,7 +36,9 @@ class CaptureConfig:
     fallback: str = ""
     iptables_flavour: str = "auto"
     profile: str = "meshnode"
-    ipv6: bool = False
+    # true: dual stack; false: IPv4 only (IPv6 passes untouched); "auto": per pod, dual
+    # stack when the pod has an IPv6 address (agent/nodeagent/ipfamily.py)
+    ipv6: bool | str = "auto"
     dns_capture: bool = True
     inbound_capture: bool = True
     virtual_interfaces: list[str] = field(default_factory=list)
@@ -45,7 +48,8 @@ class CaptureConfig:
 
     def spec(self) -> RedirectSpec:
         return RedirectSpec(
-            profile=Profile(self.profile), ipv6=self.ipv6, dns_capture=self.dns_capture,
+            profile=Profile(self.profile), ipv6=self.ipv6 is True,
+            dns_capture=self.dns_capture,
             inbound_capture=self.inbound_capture,
             virtual_interfaces=tuple(self.virtual_interfaces),
             exclude_outbound_cidrs=tuple(self.exclude_outbound_cidrs),
@@ -143,6 +147,8 @@ class AgentConfig:
                               "or nftables (or empty)")
         if self.capture.iptables_flavour not in ("auto", "nft", "legacy"):
             raise ConfigError("capture.iptables_flavour: must be auto, nft or legacy")
+        if not isinstance(self.capture.ipv6, bool) and self.capture.ipv6 != "auto":
+            raise ConfigError("capture.ipv6: must be true, false or auto")
         if self.selection.mode not in ("all", "namespaces"):
             raise ConfigError("selection.mode: must be all or namespaces")
         if self.drift_interval_seconds <= 0:
@@ -154,16 +160,55 @@ class AgentConfig:
                 raise ConfigError("controlplane: address and root_cert are required")
             if bool(cp.token) == bool(cp.token_file):
                 raise ConfigError("controlplane: set exactly one of token and token_file")
+        self._validate_addresses()
         k8s = self.kubernetes
         if k8s.enabled and not k8s.node():
             raise ConfigError("kubernetes.node_name: required (or $NODE_NAME) when enabled")
         if k8s.watch_timeout_seconds <= 0 or k8s.retry_seconds <= 0:
             raise ConfigError("kubernetes: watch_timeout_seconds and retry_seconds must be > 0")
 
+    def _validate_addresses(self) -> None:
+        """Every address and socket path, before any socket is made."""
+        check_address("http_address", self.http_address)
+        sockets = {"cni_socket": self.cni_socket}
+        if self.proxy_handoff:
+            sockets["zds_socket"] = self.zds_socket
+        cp = self.controlplane
+        if cp is not None:
+            sockets["mesh_socket"] = self.mesh_socket
+            # Dialled, so a DNS name is fine (the Service name in a cluster).
+            check_address("controlplane.address", cp.address, hostname=True)
+            if cp.ca_address:
+                check_address("controlplane.ca_address", cp.ca_address, hostname=True)
+        seen: dict[str, str] = {}
+        for key, path in sockets.items():
+            check_socket_path(key, path)
+            if path in seen:
+                # The second server would unlink the first one's socket and take its path.
+                raise ConfigError(f"{key}: the same path as {seen[path]}")
+            seen[path] = key
+
+
+def check_address(key: str, value: str, *, hostname: bool = False,
+                  port_zero: bool = False) -> tuple[str, int]:
+    """`addr.host_port` with the key in the error."""
+    try:
+        return addr.host_port(value, hostname=hostname, port_zero=port_zero)
+    except addr.AddressError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def check_socket_path(key: str, value: str) -> str:
+    try:
+        return addr.unix_path(value)
+    except addr.AddressError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
 
 def build_dataclass(cls: type[Any], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got "
+                          f"{type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -214,6 +259,14 @@ def load_yaml(cls: type[T], path: str | None) -> T:
 
 
 def load(path: str | None) -> AgentConfig:
-    cfg = load_yaml(AgentConfig, path)
-    cfg.validate()
+    try:
+        cfg = load_yaml(AgentConfig, path)
+        cfg.validate()
+    except ConfigError as exc:
+        raise prefixed(exc) from None
     return cfg
+
+
+def prefixed(exc: ConfigError) -> ConfigError:
+    """`config: KEY: why`: the one line a daemon prints when its config file is refused."""
+    return ConfigError(f"config: {exc}")

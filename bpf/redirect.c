@@ -672,6 +672,11 @@ int mn_sk_lookup(struct bpf_sk_lookup *ctx)
     if (!o || !o->inbound_port || port == o->tunnel_port || port == o->inbound_port ||
         in_port_excluded(o, port))
         return SK_PASS;
+    // IPv4-only capture: IPv6 reaches the app untouched, as with the netfilter backends.
+    // Capturing it anyway would hand it to the proxy with no IPv6 reply routing in the pod
+    // (the app's SYN-ACK would leave by the interface), and the client would see a reset.
+    if (family == MN_AF_INET6 && !o->ipv6)
+        return SK_PASS;
     struct pair_key t = {.proxy_ip = {k.ip[0], k.ip[1], k.ip[2], k.ip[3]},
                          .client_port = bpf_ntohs(rport), .proxy_port = port};
     mn_addr(family, r4, r6a, r6b, r6c, r6d, t.client_ip);

@@ -73,6 +73,8 @@ class AdsService:
                                 yield resp
                             next_req = asyncio.ensure_future(anext(reader))
                         if next_change in done:
+                            if self.store.closed:
+                                return  # stopping: end the stream with status OK
                             # Cleared before computing: a change landing while we send is
                             # picked up by the next round, never lost.
                             changed.clear()

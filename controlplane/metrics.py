@@ -36,6 +36,11 @@ MESH_RELOADS = Counter(
     "meshnode_controlplane_mesh_reloads",
     "Mesh file reloads after a change on disk, by result (ok: served; error: unreadable or "
     "invalid, the last good mesh stays served)", ["result"], registry=REGISTRY)
+MESH_READS_HELD_BACK = Counter(
+    "meshnode_controlplane_mesh_reads_held_back",
+    "Mesh file reads not acted on at once because they would take resources away (a file "
+    "caught mid-write looks like this): re-read after a pause, acted on only once stable; "
+    "by reason (empty, invalid, unreadable, removes)", ["reason"], registry=REGISTRY)
 MESH_FILE_VALID = Gauge(
     "meshnode_controlplane_mesh_file_valid",
     "1 when the mesh file on disk is the one served; 0 after a rejected or unreadable edit",
@@ -73,3 +78,11 @@ for _reason in REFUSAL_REASONS:
     CSR_REFUSED.labels(reason=_reason)
 for _result in ("ok", "error"):
     MESH_RELOADS.labels(result=_result)
+# `reason` values of MESH_READS_HELD_BACK.
+HELD_EMPTY = "empty"            # no content, while a non-empty mesh is served
+HELD_INVALID = "invalid"        # does not parse or validate (a partial document)
+HELD_UNREADABLE = "unreadable"  # gone or unreadable (a delete-then-create swap)
+HELD_REMOVES = "removes"        # valid, but served resources would be removed
+HELD_BACK_REASONS = (HELD_EMPTY, HELD_INVALID, HELD_UNREADABLE, HELD_REMOVES)
+for _reason in HELD_BACK_REASONS:
+    MESH_READS_HELD_BACK.labels(reason=_reason)

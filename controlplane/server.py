@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import grpc
 import structlog
 from aiohttp import web
 
+from agent import addr
 from controlplane import http, nodeauth, pki
 from controlplane.ads import AdsService
 from controlplane.ca import CaConfig, CertificateService
@@ -30,6 +32,7 @@ log = structlog.get_logger("controlplane")
 
 DEFAULT_PORT = 15012
 DEFAULT_SERVER_NAMES = ["meshnode-controlplane", "localhost", "127.0.0.1", "::1"]
+DEFAULT_DRAIN_SECONDS = 5.0
 
 
 @dataclass
@@ -69,6 +72,10 @@ class ControlPlane:
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
+        # Checked before anything is read or bound (ValueError names the key).
+        _check_listen("address", config.address)
+        self._metrics_at = (_check_listen("metrics_address", config.metrics_address)
+                            if config.metrics_address is not None else None)
         try:
             served = config.mesh.read_bytes()
         except OSError as exc:
@@ -82,8 +89,6 @@ class ControlPlane:
             self.root = pki.load_or_create_root(config.root_cert_path, config.root_key_path,
                                                 config.trust_domain)
         self.token_key = nodeauth.load_or_create_key(config.token_key_path)
-        self._metrics_at = (http.split_address(config.metrics_address)
-                            if config.metrics_address is not None else None)
         self.store = MeshStore(mesh, config.trust_domain)
         self.watcher = MeshWatcher(config.mesh, self.store, served)
         self.ads = AdsService(self.store, self.token_key)
@@ -141,6 +146,8 @@ class ControlPlane:
         return self._server is not None
 
     async def stop(self, grace: float = 0.5) -> None:
+        """Stop accepting, end every ADS stream cleanly (status OK: the client reconnects,
+        to us again or to another replica), give other calls (CSRs) up to `grace` seconds."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,18 +155,35 @@ class ControlPlane:
             self._watch_task = None
         if self._server is not None:
             server, self._server = self._server, None  # /readyz says 503 while draining
-            await server.stop(grace)
+            stopping = asyncio.ensure_future(server.stop(grace))
+            await asyncio.sleep(0)  # the listener closes first: no new stream after close()
+            self.store.close()
+            await stopping
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
 
-    async def run(self) -> None:
+    async def run(self, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
+        """The process: serve until SIGTERM or SIGINT, then stop gracefully (exit 0)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await self.start()
         try:
-            assert self._server is not None
-            await self._server.wait_for_termination()
+            await stop.wait()
+            log.info("controlplane_stopping", streams=len(self.ads.sessions),
+                     drain_seconds=drain_seconds)
         finally:
-            await self.stop()
+            await self.stop(drain_seconds)
+        log.info("controlplane_stopped")
+
+
+def _check_listen(key: str, value: str) -> tuple[str, int]:
+    try:
+        return addr.host_port(value, port_zero=True)
+    except addr.AddressError as exc:
+        raise ValueError(f"{key}: {exc}") from None
 
 
 def _watch_ended(task: asyncio.Task[None]) -> None:

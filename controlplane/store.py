@@ -28,6 +28,7 @@ class MeshStore:
         # from it); None until a change after start.
         self.changed_at: float | None = None
         self._waiters: set[asyncio.Event] = set()
+        self.closed = False  # set by close(): every ADS stream ends
         metrics.MESH_LOADED.set(time.time())
         self._export()
 
@@ -49,15 +50,35 @@ class MeshStore:
             ev.set()
         return {t: d for t, d in deltas.items() if d}
 
+    @property
+    def empty(self) -> bool:
+        return not any(self.snapshot.values())
+
+    def removals(self, mesh: Mesh) -> int:
+        """How many served resources `mesh` would take away (what a half-written file looks
+        like: the watch holds such a read back until it is stable)."""
+        new = convert.snapshot(mesh, self.trust_domain)
+        return sum(len(diff(entries, new.get(t, {})).removed)
+                   for t, entries in self.snapshot.items())
+
     def _export(self) -> None:
         metrics.MESH_VERSION.set(self.version)
         for type_url in SERVED_TYPES:
             metrics.RESOURCES.labels(type_url=type_url).set(len(self.snapshot.get(type_url, {})))
 
+    def close(self) -> None:
+        """The process is stopping: wake every ADS stream, which sees `closed` and ends
+        cleanly (its client gets status OK and reconnects) instead of being cut."""
+        self.closed = True
+        for ev in self._waiters:
+            ev.set()
+
     @contextmanager
     def changes(self) -> Iterator[asyncio.Event]:
         """An event set on every change; each ADS stream computes its own delta when woken."""
         ev = asyncio.Event()
+        if self.closed:
+            ev.set()  # a stream that slipped in while stopping ends at once
         self._waiters.add(ev)
         try:
             yield ev

@@ -13,8 +13,12 @@ rules match (a rule with no matches counts as matching); a rule if ANY of its ma
 a match if every field it sets matches (each field: ANY value for the positive list, NONE
 for the `not_` list). A match that sets no field never matches, and a policy with no groups
 matches nothing: an ALLOW policy with no rules denies everything, as in Istio. Principals are
-compared without the "spiffe://" prefix (Istio writes "cluster.local/ns/x/sa/y"), and a
-connection with no peer identity fails every identity-based field.
+compared without the "spiffe://" prefix (Istio writes "cluster.local/ns/x/sa/y").
+
+A connection with no peer identity (plaintext inbound on 15006, as ztunnel's inbound
+passthrough) fails `principals` and `service_accounts` and passes their `not_` forms; its
+namespace is the empty string, as in ztunnel, so `namespaces` fails for any value that needs
+a character. So an ALLOW by identity never admits it; a DENY by address or port does apply.
 """
 
 from __future__ import annotations

@@ -165,7 +165,8 @@ class DnsProxy:
 
     def __init__(self, netns_fd: int, udp_sock: socket.socket, tcp_listener: socket.socket,
                  mark: int = PROXY_MARK, fallback: Sequence[Upstream] = (),
-                 timeout: float = 5.0, name: str = "", bpf_pin_dir: str = "") -> None:
+                 timeout: float = 5.0, name: str = "", bpf_pin_dir: str = "",
+                 refuse: Callable[[Upstream], bool] | None = None) -> None:
         # Our own reference: the caller may close its fd while we still make sockets there.
         self._netns_fd = os.dup(netns_fd)
         self._udp = udp_sock
@@ -174,6 +175,10 @@ class DnsProxy:
         self._fallback = tuple(fallback)
         self._timeout = timeout
         self._bpf_pin_dir = bpf_pin_dir
+        # The pod proxy's loop guard: True for an upstream that is one of the proxy's own
+        # listeners (a query sent straight to 127.0.0.1:15053 names 15053 itself as its
+        # resolver, and asking it would loop); it counts and logs the refusal.
+        self._refuse = refuse or (lambda _up: False)
         self.name = name or f"netns-inode:{os.fstat(self._netns_fd).st_ino}"
         self._local_port = int(udp_sock.getsockname()[1])
         self.udp = DnsCounters()
@@ -355,8 +360,9 @@ class DnsProxy:
         host, port = _unmap(str(client[0])), int(client[1])
         answer: bytes | None = None
         try:
-            upstreams = await self._udp_upstreams(host, port, local)
-            if not upstreams:
+            found = await self._udp_upstreams(host, port, local)
+            upstreams = [u for u in found if not self._refuse(u)]
+            if not found:
                 self._log.warning("dns_no_upstream", client=host, port=port, proto="udp")
             for up in upstreams:
                 answer = await self._ask_udp(up, query)
@@ -429,6 +435,7 @@ class DnsProxy:
             except OSError as exc:
                 self._log.warning("dns_tcp_no_original_dst", error=str(exc))
                 targets = list(self._fallback)
+            targets = [t for t in targets if not self._refuse(t)]
             up: socket.socket | None = None
             for target in targets:
                 up = await self._connect_tcp(target)

@@ -16,3 +16,12 @@ ACTIVE_PODS = Gauge("workload_manager_active_proxy_count", "Pods the proxy serve
 PODS_STARTED = Counter("workload_manager_proxies_started", "Pod proxies started")
 PODS_STOPPED = Counter("workload_manager_proxies_stopped", "Pod proxies stopped")
 CONNECTIONS = Gauge("meshnode_proxy_active_connections", "Connections being relayed")
+# Issue 12: what the loop guard and the limits refused, and what the error-log budget dropped.
+# `reason`: loop (the destination is one of the proxy's own listeners), pod_limit /
+# global_limit (connections), pod_pending_limit / global_pending_limit (upstream dials).
+REFUSED = Counter("meshnode_proxy_connections_refused",
+                  "Connections refused before any upstream dial (loop guard, limits)",
+                  ["direction", "reason"])
+PENDING_CONNECTS = Gauge("meshnode_proxy_pending_connects", "Upstream dials not yet answered")
+LOG_SUPPRESSED = Counter("meshnode_proxy_log_suppressed",
+                         "Error log lines dropped by the per-pod rate limit", ["event"])

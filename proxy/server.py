@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from agent import addr
 from proxy.admin import start_admin
 from proxy.config import ProxyConfig
 from proxy.inpod.manager import WorkloadManager
@@ -54,8 +55,8 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        host, _, port = self.cfg.admin_address.rpartition(":")
-        admin = await start_admin(self, int(port), host or "127.0.0.1")
+        host, port = addr.host_port(self.cfg.admin_address)  # validated: [v6]:port too
+        admin = await start_admin(self, port, host)
         if self.mesh is not None:
             self.mesh.start()
         self.zds.start()

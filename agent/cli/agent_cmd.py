@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from agent.cli.output import add_output_flag, emit, table_text
+
+if TYPE_CHECKING:
+    from agent.nodeagent.server import Agent
+
+log = structlog.get_logger("agent")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,16 +35,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_agent(a: argparse.Namespace) -> int:
     from agent import config
-    from agent.cli import daemon
+    from agent.cli import daemon, sockets
     from agent.nodeagent.server import Agent
 
-    return daemon.run(Agent(config.load(a.config)).run(), a.log_level)
+    cfg = config.load(a.config)  # every address and path checked: no socket made yet
+    agent = Agent(cfg)
+    try:
+        return daemon.run(_run_agent(agent), a.log_level)
+    finally:
+        # Whatever the exit (SIGTERM, a start-up failure, a bug), no socket stays behind for
+        # the plugin or the proxy to find and wait on.
+        sockets.remove_unserved([cfg.cni_socket, cfg.zds_socket, cfg.mesh_socket])
+
+
+async def _run_agent(agent: Agent) -> None:
+    try:
+        await agent.run()
+    except BaseException as exc:
+        # A start-up failure (the HTTP port in use...) leaves the servers started so far
+        # listening: close them, which also removes their sockets.
+        await _close_servers(agent)
+        if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) \
+                and str(agent.cfg.http_address.rpartition(":")[2]) in str(exc):
+            # The agent's only TCP listener: name its key, as for a bad value.
+            from agent.cli.errors import UserError
+
+            raise UserError(f"config: http_address: cannot listen on "
+                            f"{agent.cfg.http_address}: {os.strerror(exc.errno)}") from None
+        raise
+
+
+async def _close_servers(agent: Agent) -> None:
+    closers = [agent.cni.stop()]
+    if agent.zds is not None:
+        closers.append(agent.zds.close())
+    if agent.mesh is not None:
+        closers.append(agent.mesh.stop())
+    for closer in closers:
+        try:
+            await closer
+        except Exception as exc:  # the original failure is the one to report
+            log.warning("agent_close_failed", error=repr(exc))
 
 
 def cmd_pods(a: argparse.Namespace) -> int:
     from agent import config
+    from agent.cli.errors import check_flag_address
     from agent.nodeagent.pods import PodStore
 
+    check_flag_address("--proxy-admin", a.proxy_admin, hostname=True)
     cfg = config.load(a.config)
     # Read from the agent's state on disk, so this works while the agent is down too.
     store = PodStore(cfg.pods_dir) if cfg.pods_dir.is_dir() else None

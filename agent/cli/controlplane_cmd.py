@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="print the node token for NODE and exit (nothing is served)")
     p.add_argument("--check", action="store_true",
                    help="validate the mesh file and exit (0: good)")
+    p.add_argument("--drain-seconds", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: how long in-flight calls get to finish before the "
+                        "process exits (default 5; ADS streams are ended at once)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_controlplane)
@@ -37,10 +40,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_controlplane(a: argparse.Namespace) -> int:
     from agent.cli import daemon
-    from agent.cli.errors import UserError
+    from agent.cli.errors import UserError, check_flag_address
     from controlplane import mesh, nodeauth, pki
     from controlplane.server import DEFAULT_SERVER_NAMES, ControlPlane, ControlPlaneConfig
 
+    # Before anything is read or bound. Port 0 (any free port) is fine: the bound ports are
+    # logged in `controlplane_serving`.
+    check_flag_address("--address", a.address, port_zero=True)
+    if a.metrics_address:
+        check_flag_address("--metrics-address", a.metrics_address, port_zero=True)
+    if not 0 <= a.drain_seconds <= 3600:
+        raise UserError(f"--drain-seconds: {a.drain_seconds:g} out of range 0-3600")
     cfg = ControlPlaneConfig(
         mesh=Path(a.mesh), address=a.address, trust_domain=a.trust_domain,
         root_cert=Path(a.root_cert) if a.root_cert else None,
@@ -62,4 +72,4 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # a malformed token key file, a bad --metrics-address
         raise UserError(str(exc)) from None
-    return daemon.run(cp.run(), a.log_level)
+    return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)

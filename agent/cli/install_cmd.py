@@ -58,6 +58,9 @@ def add_install_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> InstallConfig:
+    from agent.cli.errors import check_flag_socket
+
+    check_flag_socket("--agent-socket", a.agent_socket)
     return InstallConfig(cni_bin_dir=a.cni_bin_dir, cni_net_dir=a.cni_net_dir,
                          plugin_source=a.plugin_source, state_file=a.state_file,
                          entry=PluginEntry(agent_socket=a.agent_socket))

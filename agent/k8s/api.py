@@ -88,6 +88,7 @@ class KubeApi:
     def __init__(self, api_client: kclient.ApiClient) -> None:
         self._client = api_client
         self._core = kclient.CoreV1Api(api_client)
+        self._apps = kclient.AppsV1Api(api_client)
 
     @classmethod
     async def connect(cls, kubeconfig: str = "") -> KubeApi:
@@ -198,3 +199,20 @@ class KubeApi:
             name, ops, _preload_content=False,
             _request_timeout=aiohttp.ClientTimeout(total=30)))
         await _json(resp)
+
+    # -- the agent's own DaemonSet ---------------------------------------------------------------
+
+    @_call(("get", "apps", "daemonsets"))
+    async def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The DaemonSet, or None if it does not exist (404): on SIGTERM, an agent whose
+        DaemonSet is gone or being deleted is being uninstalled, not upgraded."""
+        resp = await self._raw(self._apps.read_namespaced_daemon_set(
+            name, namespace, _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=5)))
+        if resp.status == 404:
+            resp.release()
+            return None
+        data = await _json(resp)
+        if not isinstance(data, dict):
+            raise ApiError(200, "daemonset is not an object")
+        return data

@@ -37,8 +37,8 @@ class MeshAwareHandoff(ProxyHandoff):
         super().__init__(server, loop, timeout)
         self.state = state
 
-    def add(self, rec: PodRecord) -> None:
-        super().add(rec)
+    def add(self, rec: PodRecord, budget: float | None = None) -> None:
+        super().add(rec, budget)
         if not known(self.state, rec.ips):
             UNKNOWN_PODS.inc()
             log.warning("captured_pod_not_in_mesh", pod=f"{rec.namespace}/{rec.name}",

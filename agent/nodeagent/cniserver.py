@@ -17,11 +17,13 @@ from typing import Any
 import structlog
 
 from agent.nodeagent import metrics
+from agent.nodeagent.deadline import BudgetError, Deadline, budget_ms
 from agent.nodeagent.enroll import INVALID_CONFIG, Enroller, Reply, fail
 
 log = structlog.get_logger("cniserver")
 MAX_REQUEST = 1 << 20
 READ_TIMEOUT = 10.0
+PLUGIN_NOT_AVAILABLE = 50  # CNI 1.1 STATUS: "plugin not available"
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -59,7 +61,8 @@ class CniServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cmd = "?"
         req: dict[str, Any] | Reply = {}
-        started = time.perf_counter()
+        # The plugin's ADD budget counts from here (monotonic: see deadline.py).
+        started = time.monotonic()
         try:
             sock = writer.get_extra_info("socket")
             if peer_uid(sock) != 0:
@@ -70,7 +73,7 @@ class CniServer:
                     reply = req
                 else:
                     cmd = str(req.get("cmd", "?"))
-                    reply = await self._dispatch(cmd, req)
+                    reply = await self._dispatch(cmd, req, started)
         except TimeoutError:
             reply = fail("request not received in time")
         except Exception as exc:  # never let one request take the agent down
@@ -82,7 +85,7 @@ class CniServer:
         pod = info.get("pod") or {}
         log.info("plugin_request", cmd=cmd, container=info.get("container_id", ""),
                  pod=f"{pod.get('namespace', '')}/{pod.get('name', '')}", ok=reply.ok,
-                 detail=reply.detail, ms=round((time.perf_counter() - started) * 1e3, 2))
+                 detail=reply.detail, ms=round((time.monotonic() - started) * 1e3, 2))
         try:
             writer.write((json.dumps(reply.to_json()) + "\n").encode())
             await writer.drain()
@@ -101,14 +104,17 @@ class CniServer:
             return fail("malformed request: not a JSON object", INVALID_CONFIG)
         return req
 
-    async def _dispatch(self, cmd: str, req: dict[str, Any]) -> Reply:
+    async def _dispatch(self, cmd: str, req: dict[str, Any], started: float) -> Reply:
         run = asyncio.get_running_loop().run_in_executor
         e = self.enroller
         if cmd == "STATUS":
-            return Reply(ok=True, detail="ready") if self.ready() else fail(
-                "meshnode agent is not ready", 50)
+            return self._status()
         if cmd == "ADD":
-            return await run(None, e.add, req)
+            try:
+                deadline = Deadline.after(budget_ms(req), started)
+            except BudgetError as exc:
+                return fail(f"malformed request: {exc}", INVALID_CONFIG)
+            return await run(None, e.add, req, deadline)
         if cmd == "DEL":
             return await run(None, e.delete, str(req.get("container_id", "")))
         if cmd == "CHECK":
@@ -116,3 +122,15 @@ class CniServer:
         if cmd == "GC":
             return await run(None, e.gc, list(req.get("attachments") or []))
         return fail(f"unknown command {cmd!r}", INVALID_CONFIG)
+
+    def _status(self) -> Reply:
+        """CNI STATUS: can an ADD succeed now? Not without a proxy that takes pods (every
+        ADD would fail), so the runtime holds new pods instead of failing them one by one."""
+        if not self.ready():
+            return fail("meshnode agent is not ready", PLUGIN_NOT_AVAILABLE)
+        if self.enroller.cfg.proxy_handoff:
+            handoff = self.enroller.handoff
+            if handoff is None or not handoff.ready():
+                return fail("no node proxy is connected and synced: new pods cannot be "
+                            "handed over", PLUGIN_NOT_AVAILABLE)
+        return Reply(ok=True, detail="ready")

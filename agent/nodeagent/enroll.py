@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import structlog
 
 from agent.config import AgentConfig, ConfigError
-from agent.nodeagent import metrics, netnsfind
+from agent.nodeagent import hostns, ipfamily, metrics, netnsfind
+from agent.nodeagent.deadline import Deadline
 from agent.nodeagent.handoff import ProxyHandoff
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
 from agent.redirect import backend as engine
@@ -27,6 +28,7 @@ log = structlog.get_logger("enroll")
 
 TRY_AGAIN = 11  # CNI: "try again later"
 INVALID_CONFIG = 7  # CNI: invalid network config
+INVALID_ENVIRONMENT = 4  # CNI: invalid environment variables (here: CNI_NETNS)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ class PodEnrollment(Protocol):
     def add(self, req: dict[str, Any]) -> Reply: ...
 
     def delete(self, cid: str) -> Reply: ...
+
+
+class PodWatch(Protocol):
+    """Told which pods to watch for drift (agent/nodeagent/driftwatch.py)."""
+
+    def watch(self, cid: str, netns: str) -> bool: ...
+
+    def unwatch(self, cid: str) -> None: ...
 
 
 class SelectionPolicy(Protocol):
@@ -105,6 +115,7 @@ class Enroller:
         self.store = store
         self.handoff = handoff
         self.policy: SelectionPolicy | None = None  # set by the Kubernetes pod source
+        self.watch: PodWatch | None = None  # the drift watch (driftwatch.py), set by server.py
         self.impl = make_capture_backend(cfg)
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
@@ -127,7 +138,10 @@ class Enroller:
 
     # -- plugin commands ------------------------------------------------------------------
 
-    def add(self, req: dict[str, Any]) -> Reply:
+    def add(self, req: dict[str, Any], deadline: Deadline | None = None) -> Reply:
+        """Enroll a pod. With a `deadline` (the plugin's), an ADD that cannot commit in
+        time is refused, or rolled back whole, so the runtime is never told "failed" about
+        a pod that stays captured. Without one (the Kubernetes source), it takes its time."""
         pod = req.get("pod") or {}
         namespace, name = str(pod.get("namespace", "")), str(pod.get("name", ""))
         cid, netns = str(req.get("container_id", "")), str(req.get("netns", ""))
@@ -143,6 +157,9 @@ class Enroller:
             return Reply(ok=True, captured=False, detail=f"pod {namespace}/{name} not selected "
                          "by its dataplane-mode labels")
         capture = dict((req.get("config") or {}).get("capture") or {})
+        # `ipv6: auto` becomes true/false here, from the pod's addresses, and is recorded.
+        capture = ipfamily.resolve(capture, self.cfg.capture.ipv6,
+                                   [str(ip) for ip in req.get("ips") or []], netns)
         try:
             spec = self.spec_for(capture)
         except (SpecError, TypeError) as exc:
@@ -150,7 +167,17 @@ class Enroller:
         inode = netnsfind.inode_of(netns)
         if inode is None:
             return fail(f"netns {netns} does not exist")
+        if whose := hostns.forbidden(netns):
+            log.warning("enroll_refused", pod=f"{namespace}/{name}", container=cid,
+                        netns=netns, reason=f"{whose} network namespace")
+            return fail(f"netns {netns} is {whose} network namespace: refusing to capture "
+                        "the node's own traffic", INVALID_ENVIRONMENT)
         with self._lock(cid):
+            if deadline is not None and deadline.passed():
+                # Waiting for the lock or a worker thread used the plugin's whole budget.
+                metrics.DEADLINE_EXCEEDED.labels("before_start").inc()
+                return fail(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
+                            "before the agent could start; nothing was changed")
             rec = PodRecord(container_id=cid, netns=netns, netns_inode=inode,
                             ifname=str(req.get("ifname", "")), ips=list(req.get("ips") or []),
                             name=name, namespace=namespace, uid=str(pod.get("uid", "")),
@@ -168,17 +195,32 @@ class Enroller:
             self.store.put(rec)
             if self.handoff is not None:
                 try:
-                    self.handoff.add(rec)
+                    self.handoff.add(rec, None if deadline is None else deadline.remaining())
                 except ZdsError as exc:
                     # Captured but unserved would blackhole the pod: take the rules back
-                    # out and fail the ADD, so the runtime retries.
+                    # out and fail the ADD, so the runtime retries. The proxy may have
+                    # half-taken it (an ack that came too late): it is told to let go.
+                    self.handoff.delete(rec)
                     self._undo_rules(rec, spec)
                     self.store.drop(cid)
                     log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
                                 error=f"node proxy: {exc}")
                     return fail(f"the node proxy did not take the pod: {exc}")
+            # The commit point: past it the plugin has given up, and the runtime believes the
+            # ADD failed. Undo everything (proxy, rules, record) rather than leave the pod
+            # captured behind the runtime's back.
+            if deadline is not None and deadline.passed():
+                self._roll_back(rec, spec)
+                metrics.DEADLINE_EXCEEDED.labels("rolled_back").inc()
+                log.warning("enroll_rolled_back", pod=f"{namespace}/{name}", container=cid,
+                            reason="plugin deadline passed", budget_ms=deadline.budget_ms)
+                return fail(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
+                            "before the pod was enrolled; rolled back")
+            if self.handoff is not None:
                 rec.state = PodState.ENROLLED
                 self.store.put(rec)
+            if self.watch is not None:
+                self.watch.watch(cid, netns)
         metrics.ENROLLMENTS.labels(self.impl.name).inc()
         log.info("pod_enrolled", pod=f"{namespace}/{name}", container=cid, netns=netns,
                  backend=self.impl.name, state=rec.state.value)
@@ -191,6 +233,17 @@ class Enroller:
                 return Reply(ok=True, detail="unknown container")
             self._release(rec)
         return Reply(ok=True, detail="released")
+
+    def _roll_back(self, rec: PodRecord, spec: RedirectSpec) -> None:
+        """Undo a whole ADD, in _release's order: the proxy lets go before the rules do."""
+        if self.handoff is not None:
+            self.handoff.delete(rec)
+        self._undo_rules(rec, spec)
+        self.store.drop(rec.container_id)
+
+    def _unwatch(self, cid: str) -> None:
+        if self.watch is not None:
+            self.watch.unwatch(cid)
 
     def _undo_rules(self, rec: PodRecord, spec: RedirectSpec) -> None:
         try:
@@ -209,6 +262,7 @@ class Enroller:
             except (RedirectError, SpecError) as exc:
                 log.warning("release_failed", container=rec.container_id, error=str(exc))
         self.store.drop(rec.container_id)
+        self._unwatch(rec.container_id)
         log.info("pod_released", pod=f"{rec.namespace}/{rec.name}", container=rec.container_id)
 
     def check(self, req: dict[str, Any]) -> Reply:
@@ -261,19 +315,24 @@ class Enroller:
                 self._repair(rec, "reconcile")
 
     def drift_once(self) -> int:
-        repaired = 0
-        for rec in self.store.all():
-            if rec.state is PodState.PENDING:
-                continue
-            with self._lock(rec.container_id):
-                if self.store.get(rec.container_id) is None:
-                    continue
-                if netnsfind.inode_of(rec.netns) != rec.netns_inode:
-                    self.store.drop(rec.container_id)
-                    metrics.RECONCILE_EVENTS.labels("forgotten").inc()
-                    continue
-                repaired += self._repair(rec, "drift")
-        return repaired
+        return sum(self.drift_pod(rec.container_id) for rec in self.store.all())
+
+    def drift_pod(self, cid: str) -> int:
+        """Check one pod and repair it if it drifted (1 if it did). The periodic loop runs
+        it for every pod; the drift watch (driftwatch.py) for a pod whose netns changed."""
+        rec = self.store.get(cid)
+        if rec is None or rec.state is PodState.PENDING:
+            return 0
+        with self._lock(cid):
+            rec = self.store.get(cid)
+            if rec is None:
+                return 0
+            if netnsfind.inode_of(rec.netns) != rec.netns_inode:
+                self.store.drop(cid)
+                self._unwatch(cid)
+                metrics.RECONCILE_EVENTS.labels("forgotten").inc()
+                return 0
+            return self._repair(rec, "drift")
 
     def _repair(self, rec: PodRecord, why: str) -> int:
         try:

@@ -30,14 +30,22 @@ class ProxyHandoff:
         self.loop = loop
         self.timeout = timeout
 
-    def add(self, rec: PodRecord) -> None:
-        """Block until the proxy acked the pod; raise ZdsError otherwise."""
-        fut = asyncio.run_coroutine_threadsafe(self.server.add(workload_of(rec)), self.loop)
+    def ready(self) -> bool:
+        """A proxy takes new pods now (read on the loop: CNI STATUS)."""
+        return self.server.connected
+
+    def add(self, rec: PodRecord, budget: float | None = None) -> None:
+        """Block until a proxy acked the pod; raise ZdsError otherwise. `budget` (seconds)
+        bounds the whole hand-off, fallbacks to older proxies included."""
+        fut = asyncio.run_coroutine_threadsafe(
+            self.server.add(workload_of(rec), budget), self.loop)
+        # The coroutine keeps its own budget; this bound only guards against a stuck loop.
+        wait = self.timeout if budget is None else min(self.timeout, budget) + 1.0
         try:
-            fut.result(self.timeout)
+            fut.result(wait)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise ZdsError(f"no ack from the node proxy within {self.timeout:.0f}s") from None
+            raise ZdsError(f"no ack from the node proxy within {wait:.1f}s") from None
 
     def delete(self, rec: PodRecord) -> None:
         """Tell every connected proxy; best effort (a proxy that missed it drains the pod at

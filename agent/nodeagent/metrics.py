@@ -24,3 +24,6 @@ PODS = Gauge("meshnode_pods", "Known pods by state", ["state"], registry=REGISTR
 READY = Gauge("meshnode_agent_ready", "1 when the agent serves the plugin socket and the "
               "install is valid", registry=REGISTRY)
 PROXIES = Gauge("meshnode_proxies_connected", "Node proxy connections (ZDS)", registry=REGISTRY)
+DEADLINE_EXCEEDED = Counter(
+    "meshnode_add_deadline_exceeded", "CNI ADDs past the plugin's deadline: refused before "
+    "starting, or rolled back at the commit point", ["stage"], registry=REGISTRY)

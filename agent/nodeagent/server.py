@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
+from agent import addr
 from agent.config import AgentConfig
 from agent.meshconfig.runtime import MeshRuntime
 from agent.nodeagent import metrics
 from agent.nodeagent.cniserver import CniServer
+from agent.nodeagent.driftwatch import DriftWatch
 from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
 from agent.nodeagent.http import make_app
@@ -23,6 +25,7 @@ from agent.nodeagent.pods import PodStore
 from agent.zds.server import ZdsServer
 
 if TYPE_CHECKING:
+    from agent.k8s.owner import OwnerCheck
     from agent.k8s.source import KubePodSource
 
 log = structlog.get_logger("agent")
@@ -36,6 +39,9 @@ class Agent:
                              ack_timeout=cfg.proxy_ack_timeout_seconds,
                              on_count=metrics.PROXIES.set) if cfg.proxy_handoff else None
         self.enroller = Enroller(cfg, self.store)
+        # Repairs a pod within ~0.1 s of a change to its rules; the drift loop stays the
+        # safety net (iptables-legacy and eBPF maps send no notifications).
+        self.driftwatch = DriftWatch(self.enroller.drift_pod)
         self.serving = False
         self.installer = None
         if cfg.install.enabled:
@@ -50,6 +56,7 @@ class Agent:
         self.cni = CniServer(cfg.cni_socket, self.enroller, self.ready)
         self.mesh = MeshRuntime(cfg) if cfg.controlplane is not None else None
         self.k8s: KubePodSource | None = None  # built in run(): connecting needs the loop
+        self.owner: OwnerCheck | None = None  # with the install: uninstall or upgrade?
 
     def ready(self) -> bool:
         ok = self.serving and (self.installer is None or self.installer.ready()) \
@@ -68,8 +75,33 @@ class Agent:
                 n = await loop.run_in_executor(None, self.enroller.drift_once)
                 if n:
                     log.warning("drift_repaired", pods=n)
+                self.driftwatch.retain({r.container_id for r in self.store.all()})
             except Exception:
                 log.exception("drift_check_failed")
+
+    def _watch_known_pods(self) -> None:
+        """After reconcile: watch every pod we kept; new ones are added by the Enroller."""
+        self.driftwatch.start()
+        self.enroller.watch = self.driftwatch
+        for rec in self.store.all():
+            self.driftwatch.watch(rec.container_id, rec.netns)
+
+    async def _start_owner_check(self) -> None:
+        from agent.k8s.owner import OwnerCheck
+
+        self.owner = await OwnerCheck.connect(self.cfg.kubernetes.kubeconfig)
+        await self.owner.probe()
+
+    async def _upgrade_or_uninstall(self) -> bool:
+        """True to leave the plugin in place (upgrade/restart), False to remove it."""
+        if self.owner is None:
+            return True
+        verdict = await self.owner.verdict()
+        await self.owner.close()
+        log.info("cni_install_uninstall_detected" if verdict.uninstall
+                 else "cni_install_upgrade_detected",
+                 reason=verdict.reason)
+        return not verdict.uninstall
 
     async def _start_k8s(self) -> None:
         from agent.k8s.api import KubeApi
@@ -96,6 +128,7 @@ class Agent:
         log.info("agent_starting", pods=len(self.store.all()), backend=self.enroller.impl.name)
         # Reconcile before serving: a restarted agent repairs what it knows first.
         await loop.run_in_executor(None, self.enroller.reconcile)
+        await loop.run_in_executor(None, self._watch_known_pods)
         if self.mesh is not None:
             # Discovery runs in the background; readiness waits for its first sync.
             await self.mesh.start()
@@ -107,17 +140,18 @@ class Agent:
                 else self.mesh.handoff(self.zds, loop, timeout)
         if self.installer is not None:
             await loop.run_in_executor(None, self.installer.start)
+            await self._start_owner_check()
         if self.cfg.kubernetes.enabled:
             # Before the CNI socket: from here on an ADD is decided by the pod's labels
             # (until the watch has synced, ADDs fail closed and the runtime retries).
             await self._start_k8s()
         await self.cni.start()
-        host, _, port = self.cfg.http_address.rpartition(":")
+        host, port = addr.host_port(self.cfg.http_address)  # validated: [v6]:port too
         runner = web.AppRunner(make_app(self.store, self.ready,
                                         self.mesh.debug if self.mesh else None),
                                access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        await web.TCPSite(runner, host, port).start()
         self.serving = True
         log.info("agent_ready", socket=self.cfg.cni_socket, http=self.cfg.http_address,
                  ready=self.ready())
@@ -126,6 +160,7 @@ class Agent:
         log.info("agent_stopping")
         self.serving = False
         drift.cancel()
+        await loop.run_in_executor(None, self.driftwatch.stop)
         await self.cni.stop()
         if self.k8s is not None:
             await self.k8s.stop()
@@ -136,5 +171,8 @@ class Agent:
             await self.mesh.stop()
         await runner.cleanup()
         if self.installer is not None:
-            # An agent restart is an upgrade: the plugin stays, new pods wait for us.
-            await loop.run_in_executor(None, lambda: self.installer.stop(upgrade=True))  # type: ignore[union-attr]
+            # A restart or upgrade keeps the plugin (new pods wait for the next agent); an
+            # uninstall (our DaemonSet gone) removes it, so new pods start without us.
+            upgrade = await self._upgrade_or_uninstall()
+            installer = self.installer
+            await loop.run_in_executor(None, lambda: installer.stop(upgrade=upgrade))

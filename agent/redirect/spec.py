@@ -119,6 +119,10 @@ class RedirectSpec:
         # Normalise so equal specs compare equal and render identically.
         object.__setattr__(self, "exclude_outbound_cidrs", tuple(cidrs))
         object.__setattr__(self, "profile", Profile(self.profile))
+        if not isinstance(self.ipv6, bool):
+            # "auto" is the agent's per-pod choice (agent/nodeagent/ipfamily.py), resolved
+            # before a spec is built; a spec itself is always one or both families.
+            raise SpecError(f"ipv6: {self.ipv6!r} is not true or false")
         if self.kubelet_uid < 0:
             raise SpecError("kubelet_uid must be >= 0")
 

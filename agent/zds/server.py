@@ -9,11 +9,18 @@ Every message waits for its ack before the next one goes out on that connection 
 is matched by order only). One reader task per connection receives acks, so a peer that
 hangs up is noticed at once, not at the next send.
 
-Which connection takes adds: the newest one past hello, from the moment its snapshot is
-taken (not when the snapshot finishes). Adds queue behind the snapshot messages on that
-connection, so a pod enrolled while a snapshot is being sent is never missed by the new
-proxy (it arrives before or after SnapshotSent; either way the proxy keeps it). This is
-istio's behaviour too (its newest connection takes adds as soon as it is accepted).
+Which connection takes adds: the newest *eligible* one, i.e. whose whole snapshot, with
+SnapshotSent, was acked, and which is not stalled. A peer that says hello and then never acks
+must not become the proxy every new pod waits on (istio hands adds to its newest connection
+as soon as it is accepted; that is what let one silent client fail every pod). A pod enrolled
+while a newer proxy's snapshot is still being sent is also queued, without waiting, to that
+proxy behind its snapshot messages, so the new proxy never misses it. With no eligible
+connection, adds go to the syncing ones (the first proxy on a node is syncing at first).
+
+An add that gets no ack within its share of the caller's budget marks that connection
+stalled (no new adds) and falls back to the next one, newest first. The stalled exchange
+goes on: an ack within `ack_timeout` makes the connection eligible again (the pod then is
+with both proxies, as during an upgrade; deletes go to all), none closes it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ _conn_ids = itertools.count(1)
 
 class ZdsError(Exception):
     """A request to the proxy failed: no proxy, a NACK, a timeout or a dropped connection."""
+
+
+class _Rejected(ZdsError):
+    """The proxy answered no (or the netns is gone): no other proxy would say yes."""
+
+
+class _Stalled(ZdsError):
+    """No ack within the caller's share of its budget: try the next proxy."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class _Conn:
         self.lock = asyncio.Lock()
         self.closed = asyncio.Event()
         self.snapshot_done = False
+        # An add to this connection was given up on: no new adds until an ack arrives.
+        self.stalled = False
         self.last_io = time.monotonic()
         self.log = log.bind(conn=self.id)
         self._pending: asyncio.Future[zds_pb2.WorkloadResponse] | None = None
@@ -122,15 +139,25 @@ class _Conn:
         except OSError as e:
             self.close(f"read failed: {e}")
 
-    async def request(self, req: zds_pb2.WorkloadRequest,
-                      fd: int | None = None) -> zds_pb2.WorkloadResponse:
-        """Send `req` (with `fd`, which this call takes ownership of and closes) and wait for
-        its response. The exchange is shielded: a caller that gives up must not leave a
-        request in flight whose ack the next request would take for its own."""
+    @property
+    def eligible(self) -> bool:
+        """Takes new pods: snapshot acked, not stalled, open."""
+        return self.snapshot_done and not self.stalled and not self.closed.is_set()
+
+    def submit(self, req: zds_pb2.WorkloadRequest,
+               fd: int | None = None) -> asyncio.Task[zds_pb2.WorkloadResponse]:
+        """Start the exchange of `req` (with `fd`, which this call takes ownership of and
+        closes) in its own task: a caller that gives up must not leave a request in flight
+        whose ack the next request would take for its own."""
         task = asyncio.create_task(self._exchange(req, fd))
         self._inflight.add(task)
         task.add_done_callback(self._exchange_done)
-        return await asyncio.shield(task)
+        return task
+
+    async def request(self, req: zds_pb2.WorkloadRequest,
+                      fd: int | None = None) -> zds_pb2.WorkloadResponse:
+        """Send `req` and wait for its response (shielded, see `submit`)."""
+        return await asyncio.shield(self.submit(req, fd))
 
     def _exchange_done(self, task: asyncio.Task[zds_pb2.WorkloadResponse]) -> None:
         self._inflight.discard(task)
@@ -150,7 +177,11 @@ class _Conn:
                     async with asyncio.timeout(self.ack_timeout):
                         await wire.send(self.sock, req, [] if fd is None else [fd])
                         self.last_io = time.monotonic()
-                        return await fut
+                        resp = await fut
+                    if self.stalled:
+                        self.stalled = False
+                        self.log.info("zds_proxy_recovered")
+                    return resp
                 except TimeoutError:
                     self.close("ack timeout")
                     raise ZdsError(f"no ack within {self.ack_timeout}s") from None
@@ -244,8 +275,9 @@ class ZdsServer:
 
     @property
     def connected(self) -> bool:
-        """A proxy is connected and takes adds."""
-        return bool(self._live())
+        """A proxy is connected and takes adds: its snapshot is acked and it is not stalled
+        (CNI STATUS is not-ready without one)."""
+        return any(c.eligible for c in self._live())
 
     @property
     def connection_count(self) -> int:
@@ -266,22 +298,76 @@ class ZdsServer:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def add(self, workload: Workload) -> None:
-        """Hand `workload` to the newest proxy; raise ZdsError unless it acks without error."""
+    async def add(self, workload: Workload, timeout: float | None = None) -> None:
+        """Hand `workload` to the newest eligible proxy, falling back to older ones; raise
+        ZdsError unless one acks without error within `timeout` seconds (None: each try
+        gets the full ack timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         live = self._live()
-        if not live:
+        syncing = [c for c in live if not c.snapshot_done]
+        eligible = [c for c in reversed(live) if c.eligible]
+        candidates = eligible or list(reversed(syncing))
+        if not candidates:
             raise ZdsError("no proxy connected")
-        conn = live[-1]
+        failures: list[str] = []
+        for i, conn in enumerate(candidates):
+            budget = conn.ack_timeout
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    failures.append("deadline passed")
+                    break
+                # Leave half of what is left to the next candidate, if there is one.
+                budget = min(budget, remaining if i == len(candidates) - 1 else remaining / 2)
+            try:
+                await self._add_to(conn, workload, budget)
+            except _Stalled:
+                failures.append(f"conn {conn.id}: no ack within {budget:.2f}s (stalled)")
+                continue
+            except ZdsError as e:
+                if isinstance(e, _Rejected):
+                    raise
+                failures.append(f"conn {conn.id}: {e}")
+                continue
+            # A proxy whose snapshot was taken before this pod was recorded must still hear
+            # of it: queue it behind the snapshot, without waiting.
+            for newer in syncing:
+                if newer.id > conn.id and not newer.closed.is_set():
+                    self._add_in_background(newer, workload)
+            return
+        raise ZdsError("no proxy acked the pod: " + "; ".join(failures))
+
+    async def _add_to(self, conn: _Conn, workload: Workload, budget: float) -> None:
         try:
             fd = open_netns(workload.netns)
         except OSError as e:
-            raise ZdsError(f"cannot open netns {workload.netns}: {e}") from e
+            raise _Rejected(f"cannot open netns {workload.netns}: {e}") from e
         blog = conn.log.bind(uid=workload.uid, pod=f"{workload.namespace}/{workload.name}")
         blog.info("zds_pod_add_sending")
-        err = ack_error(await conn.request(add_request(workload), fd))
-        if err:
+        task = conn.submit(add_request(workload), fd)
+        if budget >= conn.ack_timeout:
+            resp = await asyncio.shield(task)  # the exchange's own ack timeout applies
+        else:
+            try:
+                resp = await asyncio.wait_for(asyncio.shield(task), budget)
+            except TimeoutError:
+                if not conn.closed.is_set():
+                    conn.stalled = True
+                    blog.warning("zds_proxy_stalled", waited_s=round(budget, 3),
+                                 action="next proxy")
+                raise _Stalled from None
+        if err := ack_error(resp):
             blog.error("zds_pod_add_rejected", error=err)
-            raise ZdsError(f"proxy rejected {workload.uid}: {err}")
+            raise _Rejected(f"proxy rejected {workload.uid}: {err}")
+
+    def _add_in_background(self, conn: _Conn, workload: Workload) -> None:
+        try:
+            fd = open_netns(workload.netns)
+        except OSError:
+            return  # gone already; the snapshot reconcile has nothing to keep
+        conn.log.info("zds_pod_add_to_syncing_proxy", uid=workload.uid)
+        conn.submit(add_request(workload), fd)
 
     async def delete(self, uid: str) -> None:
         """Tell every proxy to drop `uid`. Best effort: failures are logged, never raised."""

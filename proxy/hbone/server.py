@@ -1,7 +1,9 @@
 """The inbound side of HBONE: mTLS on 15008, one HTTP/2 CONNECT stream per tunnelled TCP
 connection, L4 authorization before the application is ever dialled.
 
-Per stream: method must be CONNECT and `:authority` an `ip:port` (else 400); the caller's
+Per stream: method must be CONNECT and `:authority` an `ip:port` (else 400), and not one
+the caller's `refuse_target` rejects (400: e.g. one of the proxy's own ports, which would
+make the proxy dial itself); the caller's
 `authorize(peer, src_ip, dst_ip, dst_port)` decides (deny → 401, logged and counted, as
 ztunnel answers policy denials); then the caller's `dial(src, dst)` connects to the app
 (refused or timed out → 503); 200 once connected, then bytes flow.
@@ -37,6 +39,8 @@ log = structlog.get_logger("hbone")
 Addr = tuple[str, int]
 Authorize = Callable[[SpiffeId, str, str, int], Decision]
 DialApp = Callable[[Addr, Addr], Awaitable[socket.socket]]  # (src, dst) -> connected socket
+RefuseTarget = Callable[[Addr, Addr], str | None]  # (src, dst) -> why not, or None
+MayLog = Callable[[str], int | None]  # event -> None: drop the line; n: lines dropped before
 
 
 @dataclass
@@ -86,16 +90,21 @@ class HboneServer:
                  dial: DialApp, *, handshake_timeout: float = 10.0,
                  connect_timeout: float = 5.0,
                  on_open: Callable[[InboundStream], None] | None = None,
-                 on_close: Callable[[InboundStream], None] | None = None) -> None:
+                 on_close: Callable[[InboundStream], None] | None = None,
+                 refuse_target: RefuseTarget | None = None,
+                 may_log: MayLog | None = None) -> None:
         self.certs, self.identity = certs, identity
+        self.refuse_target = refuse_target
+        self.may_log = may_log  # the caller's log budget for per-stream warnings
         self.authorize, self.dial = authorize, dial
         self.handshake_timeout, self.connect_timeout = handshake_timeout, connect_timeout
         self.on_open, self.on_close = on_open, on_close
         self.links: set[H2Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(self, sock: socket.socket) -> None:
-        """Handle one accepted TCP connection until it closes. The socket is owned from here."""
+    async def serve(self, sock: socket.socket, handshake_timeout: float | None = None) -> None:
+        """Handle one accepted TCP connection until it closes. The socket is owned from here.
+        `handshake_timeout` overrides the server's for this connection."""
         try:
             ctx = self.certs.server_context(self.identity)  # looked up per connection: rotation
             src = sock.getpeername()[:2]
@@ -109,7 +118,7 @@ class HboneServer:
                       on_request=lambda s, h: self._spawn(link, s, h, src))
         try:
             tls = await TlsTransport.open(sock, ctx, server_side=True,
-                                          timeout=self.handshake_timeout)
+                                          timeout=handshake_timeout or self.handshake_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             # TlsTransport owns the socket now and has closed it.
             self._refused("handshake", f"{type(exc).__name__}: {exc}", src)
@@ -133,8 +142,10 @@ class HboneServer:
 
     def _refused(self, reason: str, error: str, src: Addr | None = None) -> None:
         metrics.HANDSHAKE_FAILURES.labels("inbound", reason).inc()
-        log.warning("hbone_handshake_refused", local=str(self.identity), reason=reason,
-                    error=error, src=f"{src[0]}:{src[1]}" if src else None)
+        n = self.may_log("hbone_handshake_refused") if self.may_log is not None else 0
+        if n is not None:  # None: over the caller's budget, the line is dropped
+            log.warning("hbone_handshake_refused", local=str(self.identity), reason=reason,
+                        error=error, src=f"{src[0]}:{src[1]}" if src else None, suppressed=n)
 
     def _spawn(self, link: H2Link, stream: Stream, headers: Headers, src: Addr) -> None:
         task = asyncio.create_task(self._handle(link, stream, dict(headers), src))
@@ -152,6 +163,10 @@ class HboneServer:
         if dst is None:
             return self._answer(link, stream, info, 400, "invalid CONNECT address")
         info.dst = dst
+        why = self.refuse_target(src, dst) if self.refuse_target is not None else None
+        if why is not None:
+            # Before policy and before any dial: the target would loop back into a proxy.
+            return self._answer(link, stream, info, 400, f"refused: {why}")
         try:
             decision = self.authorize(info.peer, src[0], dst[0], dst[1])
         except Exception as exc:  # a policy bug must fail closed, and loudly
@@ -197,11 +212,15 @@ class HboneServer:
         metrics.STREAMS_OPENED.labels("inbound", str(info.peer), str(self.identity),
                                       str(status)).inc()
         d = info.decision
-        log.warning("hbone_denied" if status == 401 else "hbone_refused",
-                    status=status, error=error, src=f"{info.src[0]}:{info.src[1]}",
-                    dst=f"{info.dst[0]}:{info.dst[1]}", source_principal=str(info.peer),
-                    destination_principal=str(self.identity),
-                    policy=d.policy if d else None, reason=d.reason if d else None)
+        event = "hbone_denied" if status == 401 else "hbone_refused"
+        n = self.may_log(event) if self.may_log is not None else 0
+        if n is not None:  # None: over the caller's budget, the line is dropped
+            log.warning("hbone_denied" if status == 401 else "hbone_refused",
+                        status=status, error=error, src=f"{info.src[0]}:{info.src[1]}",
+                        dst=f"{info.dst[0]}:{info.dst[1]}", source_principal=str(info.peer),
+                        destination_principal=str(self.identity),
+                        policy=d.policy if d else None, reason=d.reason if d else None,
+                        suppressed=n)
         if self.on_close is not None:
             self.on_close(info)
 

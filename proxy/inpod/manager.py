@@ -13,6 +13,7 @@ from proxy import metrics
 from proxy.config import ProxyConfig
 from proxy.inpod.workload import PodProxy
 from proxy.inpod.zds_client import WorkloadInfo
+from proxy.limits import NodeLimits
 from proxy.meshconfig.runtime import ProxyMesh
 
 log = structlog.get_logger("proxy")
@@ -26,6 +27,9 @@ class WorkloadManager:
         self.pods: dict[str, PodProxy] = {}
         self._by_ip: dict[str, tuple[str, str]] = {}
         self._lock = asyncio.Lock()
+        # One set of connection limits and one error-log budget for the whole process: a
+        # pod's share is counted against everything the proxy holds (raises ConfigError).
+        self.limits = NodeLimits.from_config(cfg)
 
     def lookup(self, ip: str) -> tuple[str, str]:
         """The workload holding `ip`: a local pod, else any mesh workload we know of."""
@@ -55,7 +59,7 @@ class WorkloadManager:
                 # Same uid, new netns: the sandbox was recreated. Serve the new one.
                 del self.pods[uid]
                 await old.stop()
-            pod = PodProxy(uid, info, netns_fd, self.cfg, self.lookup, self.mesh)
+            pod = PodProxy(uid, info, netns_fd, self.cfg, self.lookup, self.mesh, self.limits)
             try:
                 await pod.start()
             except BaseException:

@@ -1,6 +1,7 @@
 """One pod's mesh data path: outbound through HBONE to mesh workloads, inbound HBONE on
-15008 with L4 authorization. Used by PodProxy only when the proxy has a mesh config
-channel (proxy/meshconfig); without one the pod proxy behaves exactly as before.
+15008 with L4 authorization, and the same authorization for plaintext inbound on 15006
+(`authorize_plaintext`, no peer identity). Used by PodProxy only when the proxy has a mesh
+config channel (proxy/meshconfig); without one the pod proxy behaves exactly as before.
 
 The pod's identity is looked up in the mesh table by the pod's IPs (the ZDS hand-off
 carries no service account worth trusting), and re-read per connection, so a workload
@@ -20,6 +21,7 @@ import structlog
 from proxy import metrics
 from proxy.authz import Decision
 from proxy.forward import Traffic, reset
+from proxy.hbone import metrics as hbone_metrics
 from proxy.hbone.client import HboneClient, HboneError
 from proxy.hbone.server import HboneServer, InboundStream
 from proxy.identity.spiffe import SpiffeError, SpiffeId, parse
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
 Addr = tuple[str, int]
+LOCAL_HANDSHAKE_SECONDS = 1.0
+
+
+def _plain_ip(ip: str) -> str:
+    addr = ipaddress.ip_address(ip)
+    return str(getattr(addr, "ipv4_mapped", None) or addr)
 
 
 class PodMesh:
@@ -100,16 +108,61 @@ class PodMesh:
             server = self._servers[me] = HboneServer(
                 self.mesh.certs, me, self._authorize, self._dial_app,
                 connect_timeout=self.pod.cfg.connect_timeout_seconds,
-                on_open=self._opened, on_close=self._closed)
-        await server.serve(sock)
+                on_open=self._opened, on_close=self._closed,
+                refuse_target=self._refuse_target, may_log=self.pod.may_log)
+        try:
+            local_peer = _plain_ip(sock.getpeername()[0]) in self.pod.ips
+        except OSError:
+            local_peer = False  # gone already: serve() reports it
+        # A TLS client in the pod itself (this proxy tunnelling a pod to itself) sends its
+        # ClientHello at once; anything else local that connects straight to 15008 and says
+        # nothing must not hold an fd for the full handshake timeout.
+        await server.serve(sock, LOCAL_HANDSHAKE_SECONDS if local_peer else None)
 
-    def _authorize(self, peer: SpiffeId, src_ip: str, dst_ip: str, dst_port: int) -> Decision:
+    def _refuse_target(self, src: Addr, dst: Addr) -> str | None:
+        """A CONNECT naming one of the proxy's capture ports is refused (400) whatever its
+        address: dialling it from inside the pod would reach this proxy again (the same
+        loop as 127.0.0.1:15001 on the outbound side), never an app."""
+        if dst[1] not in self.pod.capture_ports:
+            return None
+        why = self.pod.loop_reason(dst) or "capture_port"
+        self.pod.refuse("inbound", "loop", src=src, dst=dst, detail=why)
+        return f"{dst[0]}:{dst[1]} is a proxy port ({why})"
+
+    def _authorize(self, peer: SpiffeId | None, src_ip: str, dst_ip: str,
+                   dst_port: int) -> Decision:
+        """Policy for one inbound connection to this pod. `peer` is None on plaintext
+        inbound (15006): no principal, no namespace, as ztunnel's inbound passthrough."""
         dst = str(ipaddress.ip_address(dst_ip))
         if dst not in self.pod.ips:
             # CONNECT may only reach this pod: never a way into other addresses from here.
             return Decision(False, "destination_not_this_pod")
         return self.mesh.table.authorize(self.mesh.table.workload_by_ip(dst),
                                          self.pod.namespace, peer, src_ip, dst, dst_port)
+
+    def authorize_plaintext(self, src: Addr, dst: Addr) -> Decision:
+        """Policy for a plaintext connection captured on 15006 (redirected or handed over
+        by eBPF sk_lookup): the same policies as HBONE, evaluated with the client's address
+        and no identity, so identity-based fields never match. A denial is logged and
+        counted in the same counter as HBONE denials, with an empty source principal."""
+        try:
+            decision = self._authorize(None, src[0], dst[0], dst[1])
+        except Exception as exc:  # a policy bug must fail closed, and loudly
+            log.exception("plaintext_authorize_failed", uid=self.pod.uid)
+            decision = Decision(False, f"authorization_error: {type(exc).__name__}")
+        if not decision.allowed:
+            try:
+                me = str(self.identity())
+            except SpiffeError:
+                me = ""  # a malformed identity must not turn a denial into an error
+            hbone_metrics.AUTHZ_DENIED.labels("", me, decision.reason,
+                                              decision.policy or "").inc()
+            # Anyone who can reach the pod can repeat this: within the pod's log budget.
+            if self.pod.may_log("plaintext_denied") is not None:
+                log.warning("plaintext_denied", uid=self.pod.uid, src=f"{src[0]}:{src[1]}",
+                            dst=f"{dst[0]}:{dst[1]}", destination_principal=me,
+                            policy=decision.policy, reason=decision.reason)
+        return decision
 
     async def _dial_app(self, src: Addr, dst: Addr) -> socket.socket:
         # As 15006 does: from the source pod's address, so the app sees the real client.
@@ -129,6 +182,13 @@ class PodMesh:
             metrics.SENT.labels(*labels).inc(info.traffic.b_to_a)
             metrics.RECEIVED.labels(*labels).inc(info.traffic.a_to_b)
         self.pod.untrack(info)
+        suppressed = 0
+        if info.error and self.pod.cfg.access_log:
+            # Refused and failed streams come out of the pod's error-log budget.
+            n = self.pod.may_log("connection")
+            if n is None:
+                return
+            suppressed = n
         if self.pod.cfg.access_log:
             d = info.decision
             access.info("connection", direction="inbound", transport="hbone",
@@ -139,7 +199,8 @@ class PodMesh:
                         authz=d.reason if d else None, bytes_sent=info.traffic.b_to_a,
                         bytes_received=info.traffic.a_to_b,
                         duration_ms=round((time.time() - info.started) * 1e3, 1),
-                        reset=info.traffic.reset, error=info.error or None)
+                        reset=info.traffic.reset, error=info.error or None,
+                        **({"suppressed": suppressed} if suppressed else {}))
 
     async def close(self) -> None:
         await asyncio.gather(self.client.close(), *(s.close() for s in self._servers.values()),

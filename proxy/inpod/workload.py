@@ -38,6 +38,8 @@ from proxy.inpod import bpf
 from proxy.inpod.meshpath import PodMesh
 from proxy.inpod.sockets import listener_in, socket_in
 from proxy.inpod.zds_client import WorkloadInfo
+from proxy.limits import NodeLimits, Refused
+from proxy.loopguard import capture_ports, loop_reason
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import NoEndpoint, Target
 from proxy.origdst import original_dst
@@ -68,6 +70,13 @@ class Conn:
                 "received": self.traffic.b_to_a, "age_s": round(time.time() - self.started, 1)}
 
 
+def _addr(v: Any) -> Any:
+    """A log field: an (ip, port) pair as "ip:port", anything else as it is."""
+    if isinstance(v, tuple) and len(v) >= 2:
+        return f"{v[0]}:{v[1]}"
+    return v
+
+
 def _plain(ip: str) -> str:
     addr = ipaddress.ip_address(ip)
     mapped = getattr(addr, "ipv4_mapped", None)
@@ -76,7 +85,8 @@ def _plain(ip: str) -> str:
 
 class PodProxy:
     def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, cfg: ProxyConfig,
-                 lookup: Lookup, mesh: ProxyMesh | None = None) -> None:
+                 lookup: Lookup, mesh: ProxyMesh | None = None,
+                 limits: NodeLimits | None = None) -> None:
         self.uid = uid
         self.name, self.namespace = info.name, info.namespace
         self.service_account = info.service_account
@@ -94,6 +104,11 @@ class PodProxy:
         self.started = time.time()
         self.meshpath = PodMesh(self, mesh) if mesh is not None else None
         self._tracked: dict[int, int] = {}  # id(inbound HBONE stream) -> Conn id
+        # Shared by every pod of the process (the manager passes its own); a pod proxy made
+        # alone (tests) gets a set of its own.
+        self.limits = limits or NodeLimits.from_config(cfg)
+        self.capture_ports = capture_ports(cfg.outbound_port, cfg.inbound_port,
+                                           cfg.tunnel_port, cfg.dns_port)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -118,7 +133,8 @@ class PodProxy:
             raise
         for name, handler in (("outbound", self._outbound), ("inbound", self._inbound),
                               ("tunnel", self._tunnel)):
-            self._tasks.append(asyncio.create_task(self._accept(self.listeners[name], handler)))
+            self._tasks.append(asyncio.create_task(self._accept(self.listeners[name], handler,
+                                                                name)))
         self._tasks.append(asyncio.create_task(self._idle_sweeper()))
         metrics.PODS_STARTED.inc()
         log.info("pod_proxy_started", uid=self.uid, pod=f"{self.namespace}/{self.name}",
@@ -140,8 +156,14 @@ class PodProxy:
         self.listeners["dns-tcp"] = tcp
         self.dns = DnsProxy(self.netns_fd, udp, tcp, mark=self.cfg.mark,
                             fallback=self.cfg.dns_fallback_addresses(), name=self.name,
-                            bpf_pin_dir=self.cfg.bpf_pins())
+                            bpf_pin_dir=self.cfg.bpf_pins(), refuse=self._dns_loop)
         await self.dns.start()
+
+    def _dns_loop(self, upstream: tuple[str, int]) -> bool:
+        why = self.loop_reason(upstream)
+        if why is not None:
+            self.refuse("dns", "loop", dst=upstream, detail=why)
+        return why is not None
 
     def _close_listeners(self) -> None:
         for s in self.listeners.values():
@@ -180,20 +202,62 @@ class PodProxy:
     # -- connections -----------------------------------------------------------------
 
     async def _accept(self, listener: socket.socket,
-                      handler: Callable[[socket.socket], Any]) -> None:
+                      handler: Callable[[socket.socket], Any], direction: str) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, peer = await loop.sock_accept(listener)
             except OSError as exc:
-                log.warning("accept_failed", uid=self.uid, error=str(exc))
+                if (n := self.may_log("accept_failed")) is not None:
+                    log.warning("accept_failed", uid=self.uid, error=str(exc), suppressed=n)
                 await asyncio.sleep(0.05)
+                continue
+            if direction == "tunnel" and ipaddress.ip_address(_plain(peer[0])).is_loopback:
+                # HBONE comes from other pods' addresses, never from loopback: only a local
+                # process can be there, talking to the proxy's own port.
+                self.refuse(direction, "loop", sock, src=peer[:2], detail="loopback_client")
+                continue
+            # The pod's share of the process, and the process's cap, before any work: past
+            # them the client gets a reset at once (as Envoy's max connections does).
+            denied = self.limits.connections.acquire(self.uid)
+            if denied is not None:
+                self.refuse(direction, denied, sock, src=peer)
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(self._serve(handler, sock))
             self._handlers.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self.limits.connections.release(self.uid)
+
+    # -- refusals and the error-log budget ---------------------------------------------
+
+    def loop_reason(self, dst: tuple[str, int]) -> str | None:
+        """Why dialling `dst` from this pod would reach the proxy's own listeners, or None."""
+        return loop_reason(dst, self.ips, self.capture_ports)
+
+    def may_log(self, event: str) -> int | None:
+        """Whether this pod may log one more `event` error line now: None when over its
+        budget (the line is dropped and counted), else how many were dropped before it."""
+        n = self.limits.error_log.take((self.uid, event))
+        if n is None:
+            metrics.LOG_SUPPRESSED.labels(event).inc()
+        return n
+
+    def refuse(self, direction: str, reason: str, sock: socket.socket | None = None,
+               **fields: Any) -> None:
+        """Count (and, within the budget, log) one connection refused before any dial;
+        reset the client's socket if given."""
+        if sock is not None:
+            reset(sock)
+        metrics.REFUSED.labels(direction, reason).inc()
+        if (n := self.may_log("connection_refused")) is not None:
+            log.warning("connection_refused", uid=self.uid, pod=f"{self.namespace}/{self.name}",
+                        direction=direction, reason=reason, suppressed=n,
+                        **{k: _addr(v) for k, v in fields.items()})
 
     async def _serve(self, handler: Callable[[socket.socket], Any],
                      sock: socket.socket) -> None:
@@ -205,13 +269,22 @@ class PodProxy:
             reset(sock)
             raise
         except Exception as exc:
-            log.warning("connection_failed", uid=self.uid, error=f"{type(exc).__name__}: {exc}")
+            if (n := self.may_log("connection_failed")) is not None:
+                log.warning("connection_failed", uid=self.uid,
+                            error=f"{type(exc).__name__}: {exc}", suppressed=n)
             reset(sock)
 
     async def _outbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
         peer = client.getpeername()[:2]
         src = (self._pod_address(_plain(peer[0])), peer[1])
+        why = self.loop_reason(dst)
+        if why is not None:
+            # The app asked for one of our own listeners (127.0.0.1:15001, its own IP on a
+            # capture port...): dialling it would loop through this proxy for ever. Refused
+            # before routing, so no HBONE stream is spent on it either.
+            self.refuse("outbound", "loop", client, src=src, dst=dst, detail=why)
+            return
         if self.meshpath is not None:
             try:
                 target = self.meshpath.mesh.table.route(dst, self.meshpath.workload())
@@ -261,9 +334,33 @@ class PodProxy:
 
     async def _inbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
-        src = client.getpeername()[:2]
-        await self._proxy(client, "inbound", (_plain(src[0]), src[1]), dst,
-                          transparent=self.cfg.preserve_source)
+        peer = client.getpeername()[:2]
+        src = (_plain(peer[0]), peer[1])
+        decided: dict[str, Any] = {}
+        if self.meshpath is not None:
+            # Plaintext inbound obeys the same policies as HBONE (so does ztunnel): without
+            # it a client outside the mesh would bypass every policy. No mesh config: no
+            # policies, nothing to decide.
+            d = self.meshpath.authorize_plaintext(src, dst)
+            decided = {"policy": d.policy, "authz": d.reason}
+            if not d.allowed:
+                reset(client)  # as ztunnel: closed before the app is ever dialled
+                # A client outside the mesh can repeat denials at will: an error line, so
+                # within the pod's error-log budget, as _closed does.
+                n = self.may_log("connection")
+                if n:
+                    decided["suppressed"] = n
+                if self.cfg.access_log and n is not None:
+                    who = self._labels("inbound", src[0], dst[0])
+                    access.info("connection", direction="inbound",
+                                src=f"{src[0]}:{src[1]}", dst=f"{dst[0]}:{dst[1]}", **decided,
+                                src_workload=who[1], src_namespace=who[2],
+                                dst_workload=who[3], dst_namespace=who[4], bytes_sent=0,
+                                bytes_received=0, duration_ms=0.0, reset=True,
+                                error=f"denied: {d.reason}")
+                return
+        await self._proxy(client, "inbound", src, dst, transparent=self.cfg.preserve_source,
+                          **decided)
 
     async def _tunnel(self, client: socket.socket) -> None:
         if self.meshpath is None:
@@ -285,7 +382,7 @@ class PodProxy:
             self.conns.pop(cid, None)
 
     async def _proxy(self, client: socket.socket, direction: str, src: tuple[str, int],
-                     dst: tuple[str, int], transparent: bool) -> None:
+                     dst: tuple[str, int], transparent: bool, **log: Any) -> None:
         conn = Conn(next(_ids), direction, src, dst)
         conn.task = asyncio.current_task()
         labels = self._labels(direction, src[0], dst[0])
@@ -293,7 +390,8 @@ class PodProxy:
         metrics.CONNECTIONS.inc()
         error = ""
         try:
-            upstream = await self._connect(dst, src if transparent else None)
+            upstream = await self._connect(dst, src if transparent else None,
+                                           direction=direction)
         except (OSError, TimeoutError) as exc:
             error = f"connect {dst[0]}:{dst[1]}: {exc.strerror or exc}" \
                 if isinstance(exc, OSError) else f"connect {dst[0]}:{dst[1]}: timeout"
@@ -304,7 +402,7 @@ class PodProxy:
             if upstream is not None:
                 await relay(client, upstream, conn.traffic, zero_copy=self.cfg.zero_copy)
         finally:
-            self._closed(conn, labels, error)
+            self._closed(conn, labels, error, **log)  # log: e.g. inbound's policy decision
 
     def _closed(self, conn: Conn, labels: tuple[str, ...], error: str, **log: Any) -> None:
         """A proxied connection ended: out of the table, its metrics, its access-log line
@@ -314,17 +412,48 @@ class PodProxy:
         metrics.CLOSED.labels(*labels).inc()
         metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
         metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
-        if self.cfg.access_log:
-            access.info("connection", direction=conn.direction,
-                        src=f"{conn.src[0]}:{conn.src[1]}", dst=f"{conn.dst[0]}:{conn.dst[1]}",
-                        **log, src_workload=labels[1], src_namespace=labels[2],
-                        dst_workload=labels[3], dst_namespace=labels[4],
-                        bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
-                        duration_ms=round((time.time() - conn.started) * 1e3, 1),
-                        reset=conn.traffic.reset, error=error or None)
+        if not self.cfg.access_log:
+            return
+        if error:
+            # A failing client can end thousands of connections a second: its error lines
+            # come out of the pod's budget; what is dropped is counted, and the next line
+            # says how many.
+            n = self.may_log("connection")
+            if n is None:
+                return
+            if n:
+                log["suppressed"] = n
+        access.info("connection", direction=conn.direction,
+                    src=f"{conn.src[0]}:{conn.src[1]}", dst=f"{conn.dst[0]}:{conn.dst[1]}",
+                    **log, src_workload=labels[1], src_namespace=labels[2],
+                    dst_workload=labels[3], dst_namespace=labels[4],
+                    bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
+                    duration_ms=round((time.time() - conn.started) * 1e3, 1),
+                    reset=conn.traffic.reset, error=error or None)
 
-    async def _connect(self, dst: tuple[str, int], as_src: tuple[str, int] | None
-                       ) -> socket.socket:
+    async def _connect(self, dst: tuple[str, int], as_src: tuple[str, int] | None, *,
+                       direction: str = "inbound") -> socket.socket:
+        """Every upstream dial of this pod (outbound, 15006 inbound, the app behind an HBONE
+        stream). Raises Refused, before any socket is made, when `dst` is one of the proxy's
+        own listeners (a loop) or the pod or process has too many dials in flight."""
+        why = self.loop_reason(dst)
+        if why is not None:
+            self.refuse(direction, "loop", src=as_src, dst=dst, detail=why)
+            raise Refused("loop", f"{dst[0]}:{dst[1]} is the proxy's own listener ({why})")
+        denied = self.limits.pending_connects.acquire(self.uid)
+        if denied is not None:
+            reason = denied.replace("_limit", "_pending_limit")
+            self.refuse(direction, reason, src=as_src, dst=dst)
+            raise Refused(reason, f"too many connects in flight ({reason})")
+        metrics.PENDING_CONNECTS.inc()
+        try:
+            return await self._dial(dst, as_src)
+        finally:
+            metrics.PENDING_CONNECTS.dec()
+            self.limits.pending_connects.release(self.uid)
+
+    async def _dial(self, dst: tuple[str, int], as_src: tuple[str, int] | None
+                    ) -> socket.socket:
         fam = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
         spoof = as_src is not None and as_src[0] not in self.ips
         # TRANSPARENT_MARK: how the eBPF backend routes the app's replies back to us.

@@ -71,6 +71,8 @@ def test_add_sends_pod_identity_ips_and_attachment(agent: FakeAgent) -> None:
     conf = make_conf("1.0.0", agent.path, prev, capture={"dns_capture": False})
     run = run_plugin(attachment_env("ADD"), conf)
     assert run.rc == 0, run
+    # What is left of the default 10 s once connected: tested on its own below.
+    assert 0 < agent.requests[0].pop("deadline_ms") <= 10_000
     assert agent.requests == [
         {
             "v": 1,
@@ -178,6 +180,22 @@ def test_add_fails_closed_when_agent_times_out(agent: FakeAgent) -> None:
     assert "did not answer" in err["msg"]
     assert 0.25 < run.elapsed < 5
     assert len(agent.requests) == 1  # it did get the request
+
+
+def test_add_sends_what_is_left_of_its_timeout_as_deadline_ms(agent: FakeAgent) -> None:
+    conf = make_conf("1.0.0", agent.path, bridge_prev_result("1.0.0"), timeout_seconds=0.5)
+    run = run_plugin(attachment_env("ADD"), conf)
+    assert run.rc == 0, run
+    budget = agent.requests[0]["deadline_ms"]
+    # An int: the plugin's start-up is already behind it, so a little under 500 ms.
+    assert isinstance(budget, int) and 300 < budget <= 500, budget
+
+
+@pytest.mark.parametrize("command", ["CHECK", "DEL"])
+def test_only_add_carries_a_deadline(agent: FakeAgent, command: str) -> None:
+    conf = make_conf("1.0.0", agent.path, bridge_prev_result("1.0.0"))
+    assert run_plugin(attachment_env(command), conf).rc == 0
+    assert agent.requests[0]["cmd"] == command and "deadline_ms" not in agent.requests[0]
 
 
 @pytest.mark.parametrize(

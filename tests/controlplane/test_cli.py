@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,9 +15,8 @@ import pytest
 from agent.cli.main import main
 from meshpb.istio import ca_pb2, ca_pb2_grpc
 from tests.controlplane.harness import EXAMPLE, auth
+from tests.controlplane.proc import MESHNODE, ControlPlaneProcess
 from tests.controlplane.test_ca_grpc import SLEEP_ID, make_csr
-
-MESHNODE = [sys.executable, "-m", "agent.cli.main"]
 
 
 def test_bad_mesh_file_is_one_line_error_exit_2(tmp_path: Path,
@@ -56,8 +52,7 @@ def test_bad_or_busy_metrics_address_is_one_line_error(tmp_path: Path,
     base = ["controlplane", "--mesh", str(EXAMPLE), "--state-dir", str(tmp_path / "s"),
             "--address", "127.0.0.1:0"]
     assert main([*base, "--metrics-address", "localhost"]) == 2
-    assert capsys.readouterr().err == (
-        "error: metrics address 'localhost' is not HOST:PORT\n")
+    assert capsys.readouterr().err == "error: --metrics-address: 'localhost' is not HOST:PORT\n"
     # A process: serving configures the logging of the whole process.
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -81,38 +76,45 @@ def _metric(port: int, name: str) -> float:
 
 
 def test_the_process_serves_the_ca_with_its_generated_root(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    token = subprocess.run(
-        [*MESHNODE, "controlplane", "--mesh", str(EXAMPLE), "--state-dir", str(state),
-         "--print-node-token", "node1"], check=True, capture_output=True, text=True).stdout.strip()
-    proc = subprocess.Popen(
-        [*MESHNODE, "controlplane", "--mesh", str(EXAMPLE), "--state-dir", str(state),
-         "--address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "GRPC_VERBOSITY": "ERROR"})
+    cp = ControlPlaneProcess(EXAMPLE, tmp_path / "state")
+    token = cp.token("node1")
+    cp.start()
     try:
-        port = metrics_port = 0
-        deadline = time.monotonic() + 15
-        assert proc.stderr is not None
-        while not port and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "the control plane exited"
-            if line.startswith("{"):
-                rec = json.loads(line)
-                if rec.get("event") == "controlplane_serving":
-                    port, metrics_port = rec["port"], rec["metrics_port"]
-        assert port and metrics_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cp.metrics_port}/readyz",
+                                    timeout=5) as r:
             assert r.status == 200
         signed = "meshnode_controlplane_csr_signed_total"
-        assert _metric(metrics_port, signed) == 0
-        root = (state / "root-cert.pem").read_bytes()
-        with grpc.secure_channel(f"localhost:{port}",
+        assert _metric(cp.metrics_port, signed) == 0
+        root = cp.root_pem
+        with grpc.secure_channel(f"localhost:{cp.port}",
                                  grpc.ssl_channel_credentials(root_certificates=root)) as ch:
             resp = ca_pb2_grpc.IstioCertificateServiceStub(ch).CreateCertificate(
                 ca_pb2.IstioCertificateRequest(csr=make_csr(SLEEP_ID), validity_duration=600),
                 metadata=auth(token), timeout=5)
         assert len(resp.cert_chain) == 2 and resp.cert_chain[1].encode() == root
-        assert _metric(metrics_port, signed) == 1
+        assert _metric(cp.metrics_port, signed) == 1
+        assert cp.proc is not None
+        cp.proc.send_signal(signal.SIGINT)
+        assert cp.proc.wait(timeout=10) == 0, cp.log.read_text()[-2000:]
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) in (0, 130)
+        cp.stop()  # SIGTERM, then SIGKILL after 10 s: never leaves the process behind
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--address", "127.0.0.1:99999"], "--address: port 99999 out of range 0-65535"),
+    (["--address", "nothostport"], "--address: 'nothostport' is not HOST:PORT"),
+    (["--address", "::1:15012"], "--address: '::1:15012': an IPv6 address goes in brackets, "
+                                 "[::1]:PORT"),
+    (["--address", "cp.example:15012"], "--address: 'cp.example' is not an IP address"),
+    (["--metrics-address", "[::1]:x"], "--metrics-address: port 'x' is not a number"),
+    (["--metrics-address", "[::g]:80"], "--metrics-address: '::g' is not an IPv6 address"),
+    (["--drain-seconds", "-1"], "--drain-seconds: -1 out of range 0-3600"),
+], ids=["port-range", "not-hostport", "v6-brackets", "hostname", "port-text", "bad-v6",
+        "drain"])
+def test_bad_flag_is_one_line_exit_2_before_anything_is_made(
+        tmp_path: Path, flags: list[str], error: str) -> None:
+    state = tmp_path / "state"
+    done = subprocess.run([*MESHNODE, "controlplane", "--mesh", str(EXAMPLE), "--state-dir",
+                           str(state), *flags], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (2, f"error: {error}\n")
+    assert not state.exists()  # refused before the root and the token key are made

@@ -195,7 +195,9 @@ def test_downward_api_env(objs: list[Obj]) -> None:
     want = {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
             "POD_NAMESPACE": "metadata.namespace", "INSTANCE_IP": "status.podIP"}
     fixed = {
-        "agent": {"MESHNODE_PROC": "/host/proc", "MESHNODE_BPF_CGROUP": "/host/sys/fs/cgroup"},
+        # MESHNODE_DAEMONSET: the agent's own DaemonSet (uninstall vs upgrade on SIGTERM)
+        "agent": {"MESHNODE_PROC": "/host/proc", "MESHNODE_BPF_CGROUP": "/host/sys/fs/cgroup",
+                  "MESHNODE_DAEMONSET": "meshnode-node"},
         # the proxy attaches no cgroup program; it writes tcp_migrate_req through /host/proc
         "proxy": {"MESHNODE_PROC": "/host/proc"},
     }
@@ -327,8 +329,20 @@ def test_rbac_is_the_documented_minimum() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshnode-node",
                                     "namespace": "meshnode-system"}]
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "meshnode-node"
-    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")
-                or (o["kind"] == "ClusterRole" and o["metadata"]["name"] != "meshnode-node")]
+    # One namespaced Role: `get` on the agent's own DaemonSet only (uninstall detection).
+    ns_role = find(objs, "Role", "meshnode-node")
+    assert ns_role["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert ns_role["rules"] == [{"apiGroups": ["apps"], "resources": ["daemonsets"],
+                                 "resourceNames": [ds["metadata"]["name"]], "verbs": ["get"]}]
+    ns_binding = find(objs, "RoleBinding", "meshnode-node")
+    assert ns_binding["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert ns_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                     "name": "meshnode-node"}
+    assert ns_binding["subjects"] == binding["subjects"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs
+            if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")] == [
+        ("ClusterRole", "meshnode-node"), ("ClusterRoleBinding", "meshnode-node"),
+        ("Role", "meshnode-node"), ("RoleBinding", "meshnode-node")]
 
 
 def test_one_daemonset_per_file() -> None:

@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 T = TypeVar("T")
-KINDS = {"pods": "Pod", "namespaces": "Namespace", "nodes": "Node"}
+KINDS = {"pods": "Pod", "namespaces": "Namespace", "nodes": "Node",
+         "daemonsets": "DaemonSet"}
 
 
 @dataclass
@@ -55,6 +56,13 @@ def pod(name: str, namespace: str = "default", node: str = "node1", ip: str = "1
 
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {"metadata": {"name": name, "uid": f"ns-{name}", "labels": labels or {}}}
+
+
+def daemonset(name: str, namespace: str, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": f"uid-ds-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta, "spec": {}}
 
 
 def node(name: str, taints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,6 +91,8 @@ class FakeApi:
         app.router.add_get("/api/v1/pods", self._collection("pods"))
         app.router.add_get("/api/v1/namespaces", self._collection("namespaces"))
         app.router.add_get("/api/v1/nodes/{name}", self._get_node)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+                           self._get_daemonset)
         app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
         app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
         self._runner = web.AppRunner(app, access_log=None)
@@ -279,6 +289,18 @@ class FakeApi:
             if obj["metadata"]["name"] == request.match_info["name"]:
                 return web.json_response(obj)
         return self._status(404, "node not found")
+
+    async def _get_daemonset(self, request: web.Request) -> web.Response:
+        self.requests.append((request.method, request.path, dict(request.query)))
+        failed = self._failure(request)
+        if failed is not None:
+            return failed
+        for obj in self.objects["daemonsets"].values():
+            meta = obj["metadata"]
+            if (meta["name"], meta.get("namespace")) == (request.match_info["name"],
+                                                         request.match_info["ns"]):
+                return web.json_response(obj)
+        return self._status(404, "daemonset not found")
 
     async def _patch_node(self, request: web.Request) -> web.Response:
         self.requests.append((request.method, request.path, dict(request.query)))

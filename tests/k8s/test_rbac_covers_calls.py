@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "deploy" / "rbac.yaml"
 CLIENT_MODULES = ("kubernetes", "kubernetes_asyncio")
 API_MODULE = REPO / "agent" / "k8s" / "api.py"
+CLIENT_ATTRS = ("_core", "_apps")  # KubeApi's typed API objects (CoreV1Api, AppsV1Api)
 
 Grant = tuple[str, str, str]  # (api group, resource, verb)
 
@@ -52,7 +53,7 @@ def test_every_kubeapi_method_that_calls_the_client_is_declared() -> None:
     for fn in cls.body:
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
             for node in ast.walk(fn):
-                if isinstance(node, ast.Attribute) and node.attr == "_core" and \
+                if isinstance(node, ast.Attribute) and node.attr in CLIENT_ATTRS and \
                         isinstance(node.value, ast.Name) and node.value.id == "self" and \
                         fn.name != "__init__":
                     reaching.add(fn.name)
@@ -62,7 +63,8 @@ def test_every_kubeapi_method_that_calls_the_client_is_declared() -> None:
     assert all(hasattr(KubeApi, name) for name in CALLS)
     assert needed() == {("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "patch"),
                         ("", "namespaces", "list"), ("", "namespaces", "watch"),
-                        ("", "nodes", "get"), ("", "nodes", "patch")}
+                        ("", "nodes", "get"), ("", "nodes", "patch"),
+                        ("apps", "daemonsets", "get")}
 
 
 def _docs() -> list[dict[str, Any]]:
@@ -105,13 +107,51 @@ def agent_rules() -> list[dict[str, Any]]:
     assert bound, f"no ClusterRole bound to the agent's ServiceAccount {sas or '(*agent*)'}"
     missing = bound - set(roles)
     assert not missing, f"bindings refer to ClusterRoles not in rbac.yaml: {missing}"
-    return [r for name in sorted(bound) for r in roles[name].get("rules") or []]
+    rules = [r for name in sorted(bound) for r in roles[name].get("rules") or []]
+    # Namespaced Roles (the agent's own DaemonSet, in its own namespace), bound by a
+    # RoleBinding in that namespace.
+    ns_roles = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                for d in docs if d.get("kind") == "Role"}
+    for b in (d for d in docs if d.get("kind") == "RoleBinding"):
+        if any(s.get("kind") == "ServiceAccount" and s.get("name") in sas
+               for s in b.get("subjects") or []):
+            key = (b["metadata"].get("namespace"), b["roleRef"]["name"])
+            assert b["roleRef"]["kind"] == "Role" and key in ns_roles, \
+                f"RoleBinding {b['metadata']['name']} refers to a Role not in rbac.yaml"
+            rules += ns_roles[key].get("rules") or []
+    return rules
+
+
+def _daemonset_names() -> set[str]:
+    """The names the agent asks for with get_daemonset: its own DaemonSet's name, as the
+    pod template's MESHNODE_DAEMONSET says (agent/k8s/owner.py)."""
+    names = set()
+    for path in sorted((REPO / "deploy").glob("*.y*ml")):
+        for d in yaml.safe_load_all(path.read_text()):
+            if isinstance(d, dict) and d.get("kind") == "DaemonSet":
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    for e in c.get("env") or []:
+                        if e.get("name") == "MESHNODE_DAEMONSET":
+                            names.add(str(e["value"]))
+    return names
 
 
 def grants(rules: list[dict[str, Any]]) -> list[tuple[set[str], set[str], set[str], bool]]:
     return [(set(r.get("apiGroups") or []), set(r.get("resources") or []),
-             set(r.get("verbs") or []), bool(r.get("resourceNames")))
+             set(r.get("verbs") or []), _named(r))
             for r in rules]
+
+
+def _named(rule: dict[str, Any]) -> bool:
+    """A rule narrowed by resourceNames. The one name known before run time is the agent's
+    own DaemonSet, so a `get daemonsets` rule naming exactly it counts as unnamed here."""
+    names = set(rule.get("resourceNames") or [])
+    if names and set(rule.get("resources") or []) == {"daemonsets"} and \
+            set(rule.get("verbs") or []) == {"get"}:
+        own = _daemonset_names()
+        assert own, "deploy/daemonset.yaml sets no MESHNODE_DAEMONSET"
+        return not names >= own
+    return bool(names)
 
 
 def allowed(rules: list[dict[str, Any]], want: Grant) -> bool:

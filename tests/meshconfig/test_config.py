@@ -36,3 +36,21 @@ def test_section_is_typed(tmp_path: Path) -> None:
 def test_bad_sections_name_the_problem(tmp_path: Path, body: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         load(write(tmp_path, "controlplane:\n" + body))
+
+
+def test_addresses_are_checked_and_named(tmp_path: Path) -> None:
+    ok = load(write(tmp_path, "http_address: '[::1]:15021'\ncontrolplane:\n"
+                              "  address: 'cp.meshnode-system.svc:15012'\n"
+                              "  ca_address: '[2001:db8::1]:15012'\n"
+                              "  root_cert: /r.pem\n  token: x\n"))
+    assert ok.http_address == "[::1]:15021"
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "admin_address: x\n"))
+    assert str(e.value) == "config: admin_address: unknown key"  # an agent key, not a proxy one
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "controlplane:\n  address: cp\n  root_cert: /r\n  token: x\n"))
+    assert str(e.value) == "config: controlplane.address: 'cp' is not HOST:PORT"
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "mesh_socket: /run/a.sock\ncni_socket: /run/a.sock\n"
+                             "controlplane:\n  address: cp:1\n  root_cert: /r\n  token: x\n"))
+    assert str(e.value) == "config: mesh_socket: the same path as cni_socket"

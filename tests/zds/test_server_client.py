@@ -78,7 +78,8 @@ def test_add_goes_to_newest_delete_to_all(sock_path: str, netns: list[Node]) -> 
             c_old = await ready_client(sock_path, old)
             await until(lambda: server.connection_count == 1)
             c_new = await ready_client(sock_path, new)
-            await until(lambda: server.connection_count == 2)
+            # Adds go to the newest proxy once the server has its SnapshotSent ack.
+            await until(lambda: server.synced_count == 2)
             try:
                 await server.add(wl(netns[0]))
                 assert new.of("add") == [wl(netns[0]).uid]
