@@ -35,7 +35,14 @@ def start(*args: str) -> subprocess.Popen[str]:
     # SIGINT to that group (the demo and whatever short-lived tools it is running).
     return subprocess.Popen([sys.executable, "-m", "agent.cli.main", "demo", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A terminal's foreground job gets SIGINT's default action. A suite started from a
+    non-interactive shell in the background inherits SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored: the demo would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def leftovers(pid: int, out: str) -> list[str]:
