@@ -11,9 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A path that climbs out of the checkout: "../shared", a parents[N] deeper than the file's
-# own depth is checked separately below, and any mention of the steering repo's shared/ dir.
-OUTSIDE = re.compile(r"\.\./shared|\.\./\.library|/work/shared|shared/vectors|BRIEF\.md")
+# A relative path ("../x"), not inside a URL or another path: it must stay in the checkout.
+RELATIVE = re.compile(r"(?<![\w/:.])\.\./[\w./-]*")
 PARENTS = re.compile(r"parents\[(\d+)\]")
 
 
@@ -26,13 +25,26 @@ def tracked() -> list[Path]:
 
 
 def test_no_file_points_outside_the_checkout() -> None:
+    """Every relative path a file names resolves inside the checkout, seen from the file's
+    own folder, and no file names an absolute path beside the checkout (its parent dir)."""
+    beside = re.compile(re.escape(str(ROOT.parent) + "/") + r"(?!" + re.escape(ROOT.name) + r"\b)")
     offenders = []
     for path in tracked():
         if path.is_relative_to(ROOT / "tests" / "vectors") or path == Path(__file__):
-            continue
+            continue  # copied data; and this file, whose checker test plants a climb-out
         text = path.read_text(errors="replace")
-        offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+        for m in RELATIVE.finditer(text):
+            if not (path.parent / m.group(0)).resolve().is_relative_to(ROOT):
+                offenders.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+        offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in beside.finditer(text)]
     assert offenders == []
+
+
+def test_the_path_check_catches_a_climb_out() -> None:
+    here = ROOT / "tests" / "unit" / "x.py"
+    [m] = RELATIVE.findall('VECTORS = "../../../elsewhere/vectors"')
+    assert not (here.parent / m).resolve().is_relative_to(ROOT)
+    assert RELATIVE.findall('"spiffe://td/ns/../sa/b"') == []
 
 
 def test_parents_index_stays_inside_the_checkout() -> None:
