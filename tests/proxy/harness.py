@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import threading
 
 from agent.lab import Node
 from agent.redirect.netns import entered
@@ -64,6 +65,22 @@ async def send_and_hash(node: Node, ip: str, port: int, payload: bytes) -> str:
     await sender
     c.close()
     return h.hexdigest()
+
+
+async def warm_executor() -> None:
+    """Start every thread of the loop's default executor and let each open its home-netns
+    fd (one per thread, kept for the thread's life), so a later fd count does not see a
+    thread the pool happened to add as a leak."""
+    loop = asyncio.get_running_loop()
+    workers = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    barrier = threading.Barrier(workers, timeout=10)
+
+    def job() -> None:
+        barrier.wait()  # holds each thread, so the pool must start a new one per job
+        with entered("/proc/thread-self/ns/net"):
+            pass
+
+    await asyncio.gather(*(loop.run_in_executor(None, job) for _ in range(workers)))
 
 
 def open_fds() -> int:

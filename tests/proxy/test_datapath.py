@@ -25,6 +25,7 @@ from tests.proxy.harness import (
     rss_kib,
     send_and_hash,
     server_in,
+    warm_executor,
 )
 
 
@@ -196,6 +197,7 @@ def test_1000_add_delete_cycles_leak_nothing(trio: tuple[Node, Node, Node]) -> N
 
     async def main() -> tuple[int, int, int, int]:
         mgr = WorkloadManager(cfg())
+        await warm_executor()
         for _ in range(50):  # warm-up: caches, imports, allocator arenas
             await enroll(mgr, a, "a")
             await mgr.delete("uid-a")
