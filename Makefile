@@ -22,7 +22,7 @@ test-kernel: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy agent proxy controlplane
+	$(VENV)/bin/mypy core agent proxy controlplane cli demo testing
 
 bench: setup
 	$(PY) bench/run.py

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
-from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
 from bench.stats import md_table, pct
-from tests.agent.harness import PLUGIN, AgentProc
+from core.netns import entered
+from testing.agent_harness import PLUGIN, AgentProc
+from testing.lab import Lab, Node
 
 CNI_PATH = "/usr/lib/cni"
 

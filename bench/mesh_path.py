@@ -26,11 +26,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.lab import Lab, Node
-
 # The same tools, servers and ports as the proxy benchmark, so the two read alike.
 from bench.proxy_path import PORTS, in_netns, ping_pong, throughput
 from bench.stats import md_table
+from testing.lab import Lab, Node
 
 
 def _mesh_file(a: Node, b: Node, vip: str) -> dict[str, Any]:
@@ -45,10 +44,10 @@ def _mesh_file(a: Node, b: Node, vip: str) -> dict[str, Any]:
 
 
 def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
-    from agent.ebpf.pins import private_pins
-    from tests.agent.harness import cni
-    from tests.mesh.procs import ControlPlaneProc, MeshNode
-    from tests.mesh.topology import VIP, build
+    from testing.agent_harness import cni
+    from testing.mesh_procs import ControlPlaneProc, MeshNode
+    from testing.mesh_topology import VIP, build
+    from testing.pins import private_pins
 
     rows: dict[str, dict[str, Any]] = {}
     servers: list[subprocess.Popen[bytes]] = []
@@ -173,7 +172,7 @@ def _capture_state(*pods: Node) -> list[str]:
 
 def _destroy_pins(pin_dirs: Iterable[str]) -> None:
     """Detach the eBPF programs (cgroup root, pods' sk_lookup) and remove their pins."""
-    from agent.ebpf.loader import Loader
+    from agent.redirect.ebpf.loader import Loader
 
     for pin_dir in pin_dirs:
         if os.path.isdir(pin_dir):
@@ -189,10 +188,9 @@ def _cpu(pid: int) -> float:
 
 def measure_snapshot(sizes: tuple[int, ...] = (10_000, 100_000)) -> dict[str, Any]:
     from agent.meshconfig.server import snapshot as channel_snapshot
-    from agent.meshconfig.wire import frame
+    from core.wire.meshconfig import frame
     from proxy.meshconfig.table import MeshTable
-    from tests.xds.test_handle import client
-    from tests.xds.test_memory import deep_size, snapshot
+    from testing.xds import client, deep_size, snapshot
 
     out: dict[str, Any] = {}
     for n in sizes:

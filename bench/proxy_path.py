@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.lab import Lab, Node
 from bench.stats import md_table
-from tests.agent.harness import AgentProc, cni
-from tests.proxy.procs import ProxyProc
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Lab, Node
+from testing.proxy_procs import ProxyProc
 
 PORTS = {"sockperf": 11111, "echo": 12000, "iperf": 5201}
 HAPROXY_CFG = """global

@@ -11,12 +11,12 @@ import subprocess
 import time
 from typing import Any
 
-from agent.lab import Lab
 from agent.redirect import backend as engine
 from agent.redirect import iptables_rules, nftables_rules
-from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
 from bench.stats import md_table, pct
+from core.netns import entered
+from testing.lab import Lab
 
 BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto"), ("ebpf", "")]
 

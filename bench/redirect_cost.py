@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
-from agent.redirect.spec import OUTBOUND_PORT, RedirectSpec
+from agent.redirect.spec import RedirectSpec
 from bench.stats import md_table, median
+from core.ports import OUTBOUND_PORT
+from testing.lab import Lab, Node
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto"), ("ebpf", "")]
@@ -101,7 +102,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from agent.ebpf.pins import private_pins
+    from testing.pins import private_pins
 
     with private_pins():
         print(report(measure()))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.ebpf.pins import private_pins
 from bench import cni_add, mesh_path, plots, proxy_path, redirect_apply, redirect_cost
+from testing.pins import private_pins
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from agent import monitoring
+from core import monitoring
 
 DEFAULT_METRICS_PORT = 15014  # istiod's "HTTP monitoring" port
 

@@ -20,13 +20,13 @@ import grpc
 import structlog
 from aiohttp import web
 
-from agent import addr
 from controlplane import http, nodeauth, pki
 from controlplane.ads import AdsService
 from controlplane.ca import CaConfig, CertificateService
 from controlplane.mesh import MeshError, parse
 from controlplane.store import MeshStore
 from controlplane.watch import MeshWatcher
+from core import addr
 
 log = structlog.get_logger("controlplane")
 

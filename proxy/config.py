@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent import addr
-from agent.config import (
-    ConfigError,
-    check_address,
-    check_socket_path,
-    load_yaml,
-    prefixed,
-)
-from agent.redirect.spec import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK, TUNNEL_PORT
+from core import addr
+from core.bpf import default_pin_dir
+from core.config import ConfigError, check_address, check_socket_path, load_yaml, prefixed
+from core.ports import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK, TUNNEL_PORT
 
 
 @dataclass
@@ -47,12 +42,10 @@ class ProxyConfig:
     error_log_burst: int = 20
     # Where the agent pins the eBPF backend's maps ("" = $MESHNODE_BPF_PIN_DIR or
     # /sys/fs/bpf/meshnode). Used only if they exist there: pods captured by eBPF need the
-    # proxy to register its inbound listeners and to read DNS origins (proxy/inpod/bpf.py).
+    # proxy to register its inbound listeners and to read DNS origins (proxy/bpf.py).
     bpf_pin_dir: str = ""
 
     def bpf_pins(self) -> str:
-        from proxy.inpod.bpf import default_pin_dir
-
         return self.bpf_pin_dir or default_pin_dir()
     access_log: bool = True
 

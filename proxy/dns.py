@@ -12,7 +12,7 @@ Original destination:
   post-NAT address, so we ask conntrack inside the pod's netns: the REDIRECT is a DNAT,
   and the flow's original tuple (UDP, client addr, client port) names the resolver.
   With the eBPF backend there is no NAT: its `cookie_origin` map names the resolver
-  (`proxy.inpod.bpf.dns_origin`), and its recvmsg hook shows the answer as coming from it.
+  (`proxy.bpf.dns_origin`), and its recvmsg hook shows the answer as coming from it.
 
 The answer to a UDP client must leave from the address the query was delivered to (the
 REDIRECT target, 127.0.0.1 or ::1), or conntrack will not match it to the client's flow
@@ -39,11 +39,11 @@ from typing import Any, TypeVar
 import structlog
 from prometheus_client import Counter
 
-from agent.redirect.netns import entered
-from agent.redirect.spec import PROXY_MARK
-from proxy.inpod import bpf
-from proxy.inpod.sockets import socket_in
+from core.netns import entered
+from core.ports import PROXY_MARK
+from proxy import bpf
 from proxy.origdst import original_dst
+from proxy.sockets import socket_in
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ def conntrack_original_dst(netns_fd: int, client: str, client_port: int, local_p
     The whole netlink exchange happens inside `entered`: pyroute2 opens its socket lazily,
     and a netlink socket reads the conntrack table of the netns it was created in. pyroute2
     runs a private asyncio loop on this thread, so uvloop must not be the global policy
-    (uvloop cannot open AF_NETLINK sockets; see agent/cli/agent_cmd.py).
+    (uvloop cannot open AF_NETLINK sockets; see cli/agent_cmd.py).
     """
     from pyroute2.conntrack import Conntrack
     from pyroute2.netlink.exceptions import NetlinkError

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from agent import addr
+from core import addr
 from proxy.admin import start_admin
 from proxy.config import ProxyConfig
 from proxy.inpod.manager import WorkloadManager

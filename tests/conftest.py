@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
 from agent.redirect.backend import RuleBackend
+from testing.lab import Lab, Node
 
 # Suites that need root and a real kernel (namespaces, netfilter, containerd).
 KERNEL_SUITES = ("kernel", "agent", "e2e", "proxy", "dns", "zds", "ebpf", "mesh", "demo",
@@ -49,7 +49,7 @@ BPFFS_PREFIX = "meshnode-test-bpffs-"
 def _sweep_stale_bpffs() -> None:
     """A run that was SIGKILLed leaves its bpffs mounted with links pinned (so still
     attached): detach and unmount those of dead test processes."""
-    from agent.ebpf.loader import Loader
+    from agent.redirect.ebpf.loader import Loader
 
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
@@ -86,7 +86,7 @@ def bpffs() -> Iterator[str]:
 def ebpf_pin_dir(bpffs: str) -> Iterator[str]:
     """The eBPF backend's pin dir for one test module; everything in it is detached and
     removed at the end of the module."""
-    from agent.ebpf.loader import Loader
+    from agent.redirect.ebpf.loader import Loader
 
     path = os.path.join(bpffs, f"impl-{os.getpid()}")
     try:

@@ -15,13 +15,8 @@ Typical agent use::
 """
 
 from agent.install.config import InstallConfig, PluginEntry
-from agent.install.installer import (
-    CheckResult,
-    Installer,
-    InstallError,
-    NoPrimaryConfig,
-    RepairOutcome,
-)
+from agent.install.installer import Installer, InstallError, NoPrimaryConfig
+from agent.install.outcome import CheckResult, RepairOutcome
 
 __all__ = [
     "CheckResult",

@@ -12,11 +12,10 @@ agent from the node (`stop(upgrade=False)`, `meshnode install remove`) takes the
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +23,10 @@ import structlog
 
 from agent.install import conflist, metrics
 from agent.install.atomic import atomic_write, fsync_dir, remove_stale_temps
-from agent.install.binary import BINARY_MODE, BinaryInfo, binary_info, install_binary, sha256_file
+from agent.install.binary import BINARY_MODE, binary_info, install_binary, sha256_file
 from agent.install.binary import remove_binary as _remove_binary
 from agent.install.config import InstallConfig
+from agent.install.outcome import CheckResult, RepairOutcome
 from agent.install.state import Event, InstallState, load_state, save_state
 
 if TYPE_CHECKING:
@@ -44,30 +44,6 @@ class InstallError(Exception):
 
 class NoPrimaryConfig(InstallError):
     """No valid CNI config in net.d yet: nothing to chain into (the primary CNI is not up)."""
-
-
-class RepairOutcome(enum.Enum):
-    OK = "ok"              # nothing was broken
-    INSTALLED = "installed"  # first install of this process
-    REPAIRED = "repaired"  # something was broken and is fixed
-    WAITING = "waiting"    # no primary config yet
-    FAILED = "failed"      # an error; try again later
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Is the install valid right now, and if not, why (most telling problem first)."""
-
-    problems: tuple[str, ...]
-    binary: BinaryInfo
-    source_sha256: str | None
-    primary: Path | None
-    entry: dict[str, Any] | None
-    skipped: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def ready(self) -> bool:
-        return not self.problems
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from asyncinotify import Event, Inotify, Mask
 from agent.install import conflist
 from agent.install.atomic import is_temp_name
 from agent.install.config import InstallConfig
-from agent.install.installer import Installer, RepairOutcome
+from agent.install.installer import Installer
+from agent.install.outcome import RepairOutcome
 from agent.install.throttle import RepairThrottle
 
 log = structlog.get_logger()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from agent.nodeagent import netnsfind
+from core.netns import addresses
 
 log = structlog.get_logger("k8s.netns")
 NETNS_DIRS = ("/var/run/netns", "/run/netns")
@@ -74,7 +75,7 @@ def find_by_ips(ips: list[str], netns_dirs: Sequence[str] = NETNS_DIRS,
             continue
         for path in paths:  # the first that still opens; a pid may have exited meanwhile
             try:
-                held = netnsfind.addresses(path)
+                held = addresses(path)
             except Exception:  # gone, or not a netns we may enter: try the next path
                 continue
             if held & want:

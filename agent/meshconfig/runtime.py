@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY, Gauge
 
 from agent.config import AgentConfig
 from agent.meshconfig.capture import MeshAwareHandoff
+from agent.meshconfig.meshclient import ControlPlaneSettings, MeshClient
 from agent.meshconfig.server import MeshConfigServer
-from agent.xds.runtime import ControlPlaneSettings, MeshClient
 from agent.zds.server import ZdsServer
 
 log = structlog.get_logger("meshconfig")

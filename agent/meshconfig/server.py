@@ -22,9 +22,9 @@ import structlog
 from agent.identity.bundle import CertBundle
 from agent.identity.manager import IdentityManager
 from agent.meshconfig import encode
-from agent.meshconfig.wire import frame
 from agent.xds.records import Policy, Service, Workload
 from agent.xds.state import Change, XdsState
+from core.wire.meshconfig import frame
 
 log = structlog.get_logger("meshconfig")
 MAX_QUEUED = 10_000  # messages; a proxy this far behind reconnects and resyncs

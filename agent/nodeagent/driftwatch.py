@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.redirect.netns import entered
+from core.netns import entered
 
 log = structlog.get_logger("driftwatch")
 

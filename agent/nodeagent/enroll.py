@@ -14,15 +14,18 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig
 from agent.nodeagent import hostns, ipfamily, metrics, netnsfind
 from agent.nodeagent.deadline import Deadline
 from agent.nodeagent.handoff import ProxyHandoff
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
 from agent.redirect import backend as engine
+from agent.redirect.ebpf.backend import EbpfBackend
+from agent.redirect.ebpf.loader import LoadError
 from agent.redirect.errors import RedirectError
 from agent.redirect.spec import RedirectSpec, SpecError
 from agent.zds.server import ZdsError
+from core.config import ConfigError
 
 log = structlog.get_logger("enroll")
 
@@ -88,9 +91,6 @@ def make_capture_backend(cfg: AgentConfig) -> engine.RuleBackend:
     impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
     if impl.name != "ebpf":
         return impl
-    from agent.ebpf.backend import EbpfBackend
-    from agent.ebpf.loader import LoadError
-
     assert isinstance(impl, EbpfBackend)
     try:
         impl.loader.load()

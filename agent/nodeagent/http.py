@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import monitoring
 from agent.nodeagent.pods import PodStore
+from core import monitoring
 
 
 def make_app(store: PodStore, ready: Callable[[], bool],

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.redirect.netns import entered
+from core.netns import entered
 
 AUTO = "auto"
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 
-from pyroute2 import IPRoute
-
-from agent.redirect.netns import entered
+from core.netns import addresses
 
 
 def inode_of(path: str) -> int | None:
@@ -16,13 +13,6 @@ def inode_of(path: str) -> int | None:
         return os.stat(path).st_ino
     except OSError:
         return None
-
-
-def addresses(netns: str | int) -> set[str]:
-    with entered(netns), IPRoute() as ipr:
-        return {str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS")))
-                for fam in (socket.AF_INET, socket.AF_INET6)
-                for a in ipr.get_addr(family=fam)}
 
 
 def holds_ips(netns: str, ips: list[str]) -> bool:

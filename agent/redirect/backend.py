@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.redirect import routes
+from agent.redirect.ebpf.backend import EbpfBackend
+from agent.redirect.ebpf.loader import Loader
 from agent.redirect.errors import RedirectError
 from agent.redirect.iptables_backend import IptablesBackend, detect_flavour
-from agent.redirect.netns import entered, netns_label
 from agent.redirect.nftables_backend import NftablesBackend
 from agent.redirect.rules import Drift, OwnRules, compare
 from agent.redirect.spec import Backend, RedirectSpec
+from core.bpf import default_pin_dir
+from core.netns import entered, netns_label
 
 
 class RuleBackend(Protocol):
@@ -31,11 +34,6 @@ class RuleBackend(Protocol):
     def expected(self, spec: RedirectSpec) -> OwnRules: ...
 
 
-def bpf_pin_dir() -> str:
-    """Where eBPF links and maps are pinned (a bpffs mount); tests point it elsewhere."""
-    return os.environ.get("MESHNODE_BPF_PIN_DIR", "/sys/fs/bpf/meshnode")
-
-
 _LOADERS: dict[tuple[str, str], Any] = {}
 
 
@@ -44,13 +42,9 @@ def make_backend(backend: Backend | str, iptables_flavour: str = "auto") -> Rule
     if backend is Backend.NFTABLES:
         return NftablesBackend()
     if backend is Backend.EBPF:
-        # Imported here: bcc is heavy and only this backend needs it.
-        from agent.ebpf.backend import EbpfBackend
-        from agent.ebpf.loader import Loader
-
         # MESHNODE_BPF_CGROUP: the host's cgroup v2 root as mounted in a container (found
         # from mountinfo otherwise, which inside a container is the container's own cgroup)
-        where = (bpf_pin_dir(), os.environ.get("MESHNODE_BPF_CGROUP", ""))
+        where = (default_pin_dir(), os.environ.get("MESHNODE_BPF_CGROUP", ""))
         # One loaded program set per pin dir and process: loading compiles (~1 s) and holds
         # a few dozen descriptors, so backends made one after another share it.
         loader = _LOADERS.get(where)

@@ -11,13 +11,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from agent.redirect import iptables_rules, netns
+from agent.redirect import iptables_rules
 from agent.redirect.errors import RedirectError
 from agent.redirect.iptables_rules import BUILTIN_CHAINS, Payload
 from agent.redirect.profile import names_for
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
 from agent.redirect.run import run
 from agent.redirect.spec import RedirectSpec
+from core import netns
 
 LOCK_DIR = "/run/meshnode/xtables"
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\] (-A (\S+) (.*))$")

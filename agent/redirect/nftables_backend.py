@@ -14,12 +14,13 @@ import queue
 import re
 import threading
 
-from agent.redirect import netns, nftables_rules
+from agent.redirect import nftables_rules
 from agent.redirect.errors import RedirectError
 from agent.redirect.profile import names_for
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
 from agent.redirect.run import run
 from agent.redirect.spec import RedirectSpec
+from core import netns
 
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 

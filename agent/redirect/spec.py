@@ -7,20 +7,16 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 
-# Ambient's defaults, so meshnode can drive a real ztunnel (docs/compatibility.md).
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-TUNNEL_PORT = 15008
-DNS_PORT = 15053
-PROXY_MARK = 0x539
-MARK_MASK = 0xFFF
-CONNMARK = 0x111
-# The proxy's inbound sockets that connect to the app from the client's address carry this
-# bit on top of the proxy mark (outside MARK_MASK, so every proxy-mark test still matches).
-# With the eBPF backend there is no conntrack to restore a connmark on the app's replies:
-# the pod's tcp_fwmark_accept copies the SYN's mark to the app's socket instead, and an
-# `ip rule fwmark TRANSPARENT_MARK/TRANSPARENT_MARK` routes those replies back to the proxy.
-TRANSPARENT_MARK = 0x1000
+from core.ports import (
+    CONNMARK,
+    DNS_PORT,
+    INBOUND_PORT,
+    MARK_MASK,
+    OUTBOUND_PORT,
+    PROXY_MARK,
+    TUNNEL_PORT,
+)
+
 RESTORE_MASK = 0xFFFFFFFF
 ROUTE_TABLE = 100
 RULE_PRIORITY = 32764

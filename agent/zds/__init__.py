@@ -8,7 +8,7 @@ The proxy side lives in proxy/inpod/zds_client.py and shares wire.py.
 """
 
 from agent.zds.server import Workload, ZdsError, ZdsServer
-from agent.zds.wire import PeerClosed, ProtocolError, Truncated, WireError
+from core.wire.zds import PeerClosed, ProtocolError, Truncated, WireError
 
 __all__ = ["PeerClosed", "ProtocolError", "Truncated", "WireError", "Workload", "ZdsError",
            "ZdsServer"]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
 
 log = structlog.get_logger("zds")

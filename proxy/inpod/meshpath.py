@@ -25,9 +25,9 @@ from proxy.hbone import metrics as hbone_metrics
 from proxy.hbone.client import HboneClient, HboneError
 from proxy.hbone.server import HboneServer, InboundStream
 from proxy.identity.spiffe import SpiffeError, SpiffeId, parse
-from proxy.inpod.sockets import socket_in
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import MeshWorkload, Target
+from proxy.sockets import socket_in
 
 if TYPE_CHECKING:
     from proxy.inpod.workload import PodProxy

@@ -5,7 +5,7 @@ there from inside the pod's netns, marked, so the source stays the pod's address
 Inbound (15006): a connection to the pod, redirected; we connect to the app in the pod, from
 the client's own address (IP_TRANSPARENT; the connmark + table 100 rules bring the app's
 replies back to us), so the app sees the real client. With the eBPF backend, inbound is not
-redirected but handed to our listener by sk_lookup, so we register it (proxy/inpod/bpf.py).
+redirected but handed to our listener by sk_lookup, so we register it (proxy/bpf.py).
 Tunnel (15008): HBONE (mTLS + HTTP/2 CONNECT) from other node proxies, when the proxy has
 the agent's mesh config channel (proxy/inpod/meshpath.py); refused without one. With the
 channel, outbound connections to a service VIP go to an endpoint it picks, and to a mesh
@@ -27,22 +27,21 @@ from typing import Any
 
 import structlog
 
-from agent.nodeagent.netnsfind import addresses
-from agent.redirect import sysctl
-from agent.redirect.netns import entered
-from agent.redirect.spec import TRANSPARENT_MARK
-from proxy import metrics
+from core import sysctl
+from core.netns import addresses, entered
+from core.ports import TRANSPARENT_MARK
+from proxy import bpf, metrics
 from proxy.config import ProxyConfig
+from proxy.dns import DnsProxy
 from proxy.forward import Traffic, relay, reset
-from proxy.inpod import bpf
 from proxy.inpod.meshpath import PodMesh
-from proxy.inpod.sockets import listener_in, socket_in
 from proxy.inpod.zds_client import WorkloadInfo
 from proxy.limits import NodeLimits, Refused
 from proxy.loopguard import capture_ports, loop_reason
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import NoEndpoint, Target
 from proxy.origdst import original_dst
+from proxy.sockets import listener_in, socket_in
 
 log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
@@ -148,8 +147,6 @@ class PodProxy:
             sysctl.write("net.ipv4.tcp_migrate_req", "1")
 
     async def _start_dns(self) -> None:
-        from proxy.dns import DnsProxy
-
         udp = listener_in(self.netns_fd, self.cfg.dns_port, socket.SOCK_DGRAM, mark=self.cfg.mark)
         self.listeners["dns-udp"] = udp
         tcp = listener_in(self.netns_fd, self.cfg.dns_port, mark=self.cfg.mark)

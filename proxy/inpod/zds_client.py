@@ -22,7 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
 
 log = structlog.get_logger("zds")

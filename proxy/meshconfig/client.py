@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent.meshconfig.wire import WireError, read_frame
+from core.wire.meshconfig import WireError, read_frame
 from proxy.identity.certs import CertBundle, CertStore
 from proxy.identity.spiffe import SpiffeError, parse
 from proxy.meshconfig.table import MeshTable

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.agent.harness import AgentProc
+from testing.agent_harness import AgentProc
 
 
 def configure(agent: AgentProc, **sections: Any) -> AgentProc:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.harness import AgentProc
+from testing.agent_harness import AgentProc
 
 
 @pytest.fixture

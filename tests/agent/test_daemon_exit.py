@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent.harness import REPO, AgentProc
+from testing.agent_harness import REPO, AgentProc
 
 SOCKETS = ("cni.sock", "zds.sock", "mesh.sock")
 
@@ -34,7 +34,7 @@ def _agent(workdir: Path, proxy_handoff: bool = False, **extra: Any) -> AgentPro
 
 
 def _run(agent: AgentProc) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli.main", "agent", "--config",
+    return subprocess.run([sys.executable, "-m", "cli.main", "agent", "--config",
                            str(agent.config)], capture_output=True, text=True, timeout=20,
                           cwd=REPO)
 

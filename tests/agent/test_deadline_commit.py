@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.lab import Node
 from agent.nodeagent.deadline import Deadline
 from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.pods import PodStore
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
+from testing.lab import Node
 
 
 class SlowApply:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Node
 from tests.agent.agentconf import configure
-from tests.agent.harness import AgentProc, cni
 
 BOUND = 1.0  # seconds: the bound; the periodic loop here runs every 60 s
 

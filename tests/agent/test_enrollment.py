@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
-from tests.agent.harness import AgentProc, cni
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Lab, Node
 
 
 def in_sync(netns: str, backend: str = "nftables", **spec: object) -> bool:

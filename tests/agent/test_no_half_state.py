@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
-from tests.agent.harness import AgentProc, CniResult, cni
+from testing.agent_harness import AgentProc, CniResult, cni
+from testing.lab import Node
+from testing.proxy_procs import ProxyProc
 from tests.agent.zds_relay import SlowAckRelay
-from tests.proxy.procs import ProxyProc
 from tests.zds import short_dir
 
 PROXY_PORTS = {15001, 15006, 15008}  # dns_capture off: no 15053

@@ -10,7 +10,7 @@ import socket
 import threading
 from collections import deque
 
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import grpc
 
-from tests.agent.harness import REPO, stop_process
+from testing.agent_harness import REPO, stop_process
 
-MESHNODE = [sys.executable, "-m", "agent.cli.main"]
+MESHNODE = [sys.executable, "-m", "cli.main"]
 # gRPC's C core prints its own lines to stderr otherwise (fork support, keepalive notes).
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
 

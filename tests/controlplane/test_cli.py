@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.cli.main import main
+from cli.main import main
 from meshpb.istio import ca_pb2, ca_pb2_grpc
 from tests.controlplane.harness import EXAMPLE, auth
 from tests.controlplane.proc import MESHNODE, ControlPlaneProcess

@@ -33,7 +33,7 @@ def _tools() -> None:
 def start(*args: str) -> subprocess.Popen[str]:
     # A process group of its own, as a shell gives a foreground job: Ctrl-C is then
     # SIGINT to that group (the demo and whatever short-lived tools it is running).
-    return subprocess.Popen([sys.executable, "-m", "agent.cli.main", "demo", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "demo", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=_default_sigint)
 
@@ -47,7 +47,7 @@ def _default_sigint() -> None:
 
 def leftovers(pid: int, out: str) -> list[str]:
     """What a finished demo (PID `pid`, output `out`) left behind: its netns (tagged with
-    its PID by agent.lab), processes naming its work dir, the work dir, containerd cgroups."""
+    its PID by testing.lab), processes naming its work dir, the work dir, containerd cgroups."""
     found = []
     m = re.search(r"work dir (/\S+?),", out)
     assert m, "the demo names its work dir"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.cli.main import build_parser
+from cli.main import build_parser
 from controlplane import http
 from tests.deploy.manifests import container, find, plain, render
 

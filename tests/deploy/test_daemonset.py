@@ -297,7 +297,7 @@ def test_controlplane_listens_where_the_service_and_agents_point() -> None:
     objs = [o for _f, o in plain()]
     dep = find(objs, "Deployment", "meshnode-controlplane")
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    from agent.cli.main import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(c["args"])
     port = int(args.address.rpartition(":")[2])

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli.main import build_parser
+from cli.main import build_parser
 from tests.deploy.manifests import DEPLOY, find, plain, pod_specs, render
 
 Obj = dict[str, Any]

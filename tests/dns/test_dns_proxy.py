@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
-from agent.redirect.netns import entered
-from agent.redirect.spec import DNS_PORT, PROXY_MARK, RedirectSpec
+from agent.redirect.spec import RedirectSpec
+from core.netns import entered
+from core.ports import DNS_PORT, PROXY_MARK
+from proxy import bpf
 from proxy.dns import DnsProxy, conntrack_original_dst
-from proxy.inpod import bpf
-from proxy.inpod.sockets import listener_in
+from proxy.sockets import listener_in
+from testing.lab import Lab, Node
 from tests.dns.resolver import ANSWER_IP, Resolver, answer_ip, build_query, tcp_ask, udp_ask
 from tests.kernel.netutil import tcp_connect, udp_socket
 
@@ -207,7 +208,7 @@ def test_udp_falls_back_when_conntrack_has_no_answer(dnslab: tuple[Node, Node, R
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, resolver, server = dnslab
     monkeypatch.setattr("proxy.dns.conntrack_original_dst", lambda *_a: None)
-    monkeypatch.setattr("proxy.inpod.bpf.dns_origin", lambda *_a: None)
+    monkeypatch.setattr("proxy.bpf.dns_origin", lambda *_a: None)
 
     async def main() -> None:
         async with running_proxy(client.path, fallback=[(resolver.ip4, 53)]) as proxy:

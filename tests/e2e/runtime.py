@@ -50,14 +50,8 @@ from types import TracebackType
 from typing import Any
 
 # The isolation of a private containerd is the demo's (product code): one copy.
-from agent.demo.containerd import (
-    CNI_PATH,
-    SYSTEM_CNI_DIR,
-    kill_pid,
-    processes_under,
-    write_isolation,
-)
-from agent.demo.containerd import build_rootfs as demo_rootfs
+from demo.containerd import CNI_PATH, SYSTEM_CNI_DIR, kill_pid, processes_under, write_isolation
+from demo.containerd import build_rootfs as demo_rootfs
 
 PREFIX = "mne2e"
 BASE_PLUGINS = ("bridge", "host-local", "loopback")

@@ -14,7 +14,7 @@ from agent.redirect import backend as engine
 from agent.redirect.errors import RedirectError
 from agent.redirect.spec import RedirectSpec
 from proxy.origdst import original_dst
-from tests.agent.harness import PLUGIN, AgentProc
+from testing.agent_harness import PLUGIN, AgentProc
 from tests.e2e.runtime import CniError, Container, Runtime, bridge_plugin
 from tests.kernel.netutil import accepted_by, tcp_listener
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ebpf.loader import Loader
+from agent.redirect.ebpf.loader import Loader
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.lab import Node
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 

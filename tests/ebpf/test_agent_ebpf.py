@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.ebpf.loader import Loader, netns_cookie
-from agent.lab import Node
 from agent.redirect import backend as engine
+from agent.redirect.ebpf.loader import Loader, netns_cookie
 from agent.redirect.spec import RedirectSpec
-from tests.agent.harness import AgentProc, cni
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Node
 from tests.ebpf.netcheck import redirected
 
 pytestmark = pytest.mark.kernel

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ebpf.loader import PROGRAMS, Loader
-from agent.lab import Node
+from agent.redirect.ebpf.loader import PROGRAMS, Loader
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 pytestmark = pytest.mark.kernel
@@ -33,7 +33,7 @@ def cli(pin_dir: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if pin_dir is not None:
         env["MESHNODE_BPF_PIN_DIR"] = pin_dir
-    return subprocess.run([sys.executable, "-m", "agent.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
                           text=True, env=env, timeout=120)
 
 

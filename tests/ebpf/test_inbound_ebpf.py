@@ -11,12 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ebpf.loader import Loader
-from agent.lab import Node
-from agent.redirect.netns import entered
+from agent.redirect.ebpf.loader import Loader
 from agent.redirect.spec import PROBE_SOURCE_V4, RedirectSpec
-from proxy.inpod import bpf
+from core.bpf import SO_NETNS_COOKIE
+from core.netns import entered
+from proxy import bpf
 from proxy.origdst import original_dst
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 pytestmark = pytest.mark.kernel
@@ -95,7 +96,7 @@ def test_no_registered_listener_refuses_instead_of_bypassing(
     assert loader.stats()["inbound_no_listener"] == before + 1
     # the kernel drops a closed listener from the sockhash: registration does not outlive it
     proxy = proxy_listener(loader, server)
-    cookie = struct.unpack("=Q", proxy.getsockopt(socket.SOL_SOCKET, bpf.SO_NETNS_COOKIE, 8))[0]
+    cookie = struct.unpack("=Q", proxy.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
     assert cookie in loader.listener_cookies()
     proxy.close()
     assert cookie not in loader.listener_cookies()

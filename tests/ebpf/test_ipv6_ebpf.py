@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ebpf.backend import EbpfBackend
-from agent.ebpf.loader import Loader, PodOpts, netns_cookie
-from agent.lab import Node
 from agent.redirect import backend as engine
-from agent.redirect.spec import PROXY_MARK, RedirectSpec
+from agent.redirect.ebpf.backend import EbpfBackend
+from agent.redirect.ebpf.loader import Loader, PodOpts, netns_cookie
+from agent.redirect.spec import RedirectSpec
+from core.ports import PROXY_MARK
 from proxy.origdst import original_dst
+from testing.lab import Node
 from tests.ebpf.netcheck import redirected
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ebpf.backend import EbpfBackend
-from agent.ebpf.loader import Loader, LoadError, PodOpts, netns_cookie
-from agent.lab import Node
 from agent.redirect import backend as engine
+from agent.redirect.ebpf.backend import EbpfBackend
+from agent.redirect.ebpf.loader import Loader, LoadError, PodOpts, netns_cookie
 from agent.redirect.spec import RedirectSpec
+from testing.lab import Node
 
 pytestmark = pytest.mark.kernel
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli import main as cli
+from cli import main as cli
 from tests.install import CALICO, OUR_TYPE, Env, make_env, our_entries, read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def flags(env: Env) -> list[str]:
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli.main", *argv], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent.lab import Lab, Node
+from testing.agent_harness import AgentProc
+from testing.lab import Lab, Node
 from tests.agent.agentconf import configure
-from tests.agent.harness import AgentProc
 from tests.k8s.fakeapi import ThreadedFakeApi, daemonset
 
 pytestmark = pytest.mark.kernel

@@ -14,12 +14,12 @@ import yaml
 
 from agent.config import AgentConfig, CaptureConfig
 from agent.k8s import netns as finder
-from agent.lab import Lab
 from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.pods import PodStore
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
-from tests.agent.harness import AgentProc, cni
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Lab
 from tests.k8s.conftest import NODE, eventually, run, source_for
 from tests.k8s.fakeapi import FakeApi, ThreadedFakeApi, namespace, node, pod
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from agent.redirect.netns import entered
-from agent.redirect.spec import INBOUND_PORT
-from proxy.inpod import bpf
+from core.bpf import default_pin_dir
+from core.netns import entered
+from core.ports import INBOUND_PORT
+from proxy import bpf
 
 
 def tcp_listener(ns: str, port: int, host: str = "::") -> socket.socket:
@@ -17,7 +18,7 @@ def tcp_listener(ns: str, port: int, host: str = "::") -> socket.socket:
     if port == INBOUND_PORT:
         # Standing in for the proxy's inbound listener: with the eBPF backend loaded, do
         # what the proxy does, or sk_lookup has nowhere to send inbound connections.
-        bpf.register_inbound(bpf.default_pin_dir(), s)
+        bpf.register_inbound(default_pin_dir(), s)
     s.settimeout(2)
     return s
 

@@ -6,12 +6,13 @@ import subprocess
 
 import pytest
 
-from agent.lab import Node
 from agent.redirect import backend as engine
 from agent.redirect.backend import RuleBackend
-from agent.redirect.netns import entered
-from agent.redirect.spec import PROXY_MARK, RedirectSpec
+from agent.redirect.spec import RedirectSpec
+from core.netns import entered
+from core.ports import PROXY_MARK
 from proxy.origdst import original_dst
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener, udp_socket
 
 

@@ -11,14 +11,15 @@ import sys
 
 import pytest
 
-from agent.ebpf.loader import netns_cookie
-from agent.lab import Node
 from agent.redirect import backend as engine
-from agent.redirect.backend import RuleBackend, bpf_pin_dir
+from agent.redirect.backend import RuleBackend
+from agent.redirect.ebpf.loader import netns_cookie
 from agent.redirect.errors import RedirectError
 from agent.redirect.iptables_backend import LOCK_DIR, IptablesBackend, detect_flavour
-from agent.redirect.netns import entered, netns_inode
 from agent.redirect.spec import RedirectSpec
+from core.bpf import default_pin_dir
+from core.netns import entered, netns_inode
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_connect, tcp_listener
 
 
@@ -28,7 +29,7 @@ def sh(ns: str, cmd: str) -> str:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli.main", *args],
+    return subprocess.run([sys.executable, "-m", "cli.main", *args],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -44,7 +45,7 @@ def delete_one_rule_by_hand(ns: str, impl: RuleBackend) -> None:
     elif impl.name == "ebpf":
         # the pod's entry in the pinned `pods` map, as an operator with bpftool would
         key = " ".join(str(b) for b in netns_cookie(ns).to_bytes(8, "little"))
-        subprocess.run(f"bpftool map delete pinned {bpf_pin_dir()}/pods key {key}",
+        subprocess.run(f"bpftool map delete pinned {default_pin_dir()}/pods key {key}",
                        shell=True, check=True)
     else:
         listing = sh(ns, "nft -a list chain inet meshnode-nat meshnode-output")

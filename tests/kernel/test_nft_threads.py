@@ -10,11 +10,11 @@ import subprocess
 import sys
 import textwrap
 
-from tests.agent.harness import REPO
+from testing.agent_harness import REPO
 
 CHILD = textwrap.dedent("""
     import threading
-    from agent.lab import Lab
+    from testing.lab import Lab
     from agent.redirect import backend as engine
     from agent.redirect.spec import RedirectSpec
 
@@ -53,7 +53,7 @@ HIGH_FDS = textwrap.dedent("""
     import os, resource
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # a busy agent
-    from agent.lab import Lab
+    from testing.lab import Lab
     from agent.redirect import backend as engine
     from agent.redirect.spec import RedirectSpec
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 
-from agent.lab import Node
 from agent.redirect import backend as engine
 from agent.redirect.backend import RuleBackend
-from agent.redirect.spec import PROXY_MARK, RedirectSpec
+from agent.redirect.spec import RedirectSpec
+from core.ports import PROXY_MARK
 from proxy.origdst import original_dst
+from testing.lab import Node
 from tests.kernel.netutil import accepted_by, tcp_listener
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",

@@ -6,8 +6,8 @@ import hashlib
 import socket
 import threading
 
-from agent.lab import Node
-from agent.redirect.netns import entered
+from core.netns import entered
+from testing.lab import Node
 
 
 class EchoServer:

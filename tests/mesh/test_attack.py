@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.lab import Lab
-from tests.agent.harness import cni
+from testing.agent_harness import cni
+from testing.lab import Lab
+from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, exchange, sha
-from tests.mesh.procs import ControlPlaneProc, MeshNode, certs_of, wait_for
-from tests.mesh.topology import VIP, Topology, build
 
 CURL_ID = "spiffe://cluster.local/ns/default/sa/curl"
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"

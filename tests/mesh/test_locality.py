@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from agent.lab import Lab, Node
-from agent.redirect.netns import entered
-from tests.agent.harness import cni
-from tests.mesh.procs import ControlPlaneProc, MeshNode, NameServer, certs_of, wait_for
-from tests.mesh.topology import VIP, Topology, build
+from core.netns import entered
+from testing.agent_harness import cni
+from testing.lab import Lab, Node
+from testing.mesh_procs import ControlPlaneProc, MeshNode, NameServer, certs_of, wait_for
+from testing.mesh_topology import VIP, Topology, build
 
 # Root is required, not optional: tests/conftest.py fails kernel suites run without it.
 

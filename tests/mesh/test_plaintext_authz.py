@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from agent.lab import Lab, Node
-from tests.agent.harness import cni
+from testing.agent_harness import cni
+from testing.lab import Lab, Node
+from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_topology import Topology, build
 from tests.mesh.apps import EchoServer, connect, sha
-from tests.mesh.procs import ControlPlaneProc, MeshNode, certs_of, wait_for
-from tests.mesh.topology import Topology, build
 
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from agent.lab import Lab
-from agent.redirect.netns import netns_inode
-from tests.agent.harness import cni
+from core.netns import netns_inode
+from testing.agent_harness import cni
+from testing.lab import Lab
+from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, connect, exchange, outcome, sha
-from tests.mesh.procs import ControlPlaneProc, MeshNode, certs_of, wait_for
-from tests.mesh.topology import VIP, Topology, build
 
 # What a client sees when node2's proxy denies its CONNECT: node1's proxy resets the
 # connection it had accepted, before any byte of the app's reply.

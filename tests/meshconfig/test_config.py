@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, ControlPlaneSection, load
+from agent.config import ControlPlaneSection, load
+from core.config import ConfigError
 
 
 def write(tmp: Path, text: str) -> str:

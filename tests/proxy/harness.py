@@ -8,11 +8,11 @@ import os
 import socket
 import threading
 
-from agent.lab import Node
-from agent.redirect.netns import entered
+from core.netns import entered
 from proxy.config import ProxyConfig
 from proxy.inpod.manager import WorkloadManager
 from proxy.inpod.zds_client import WorkloadInfo
+from testing.lab import Node
 
 
 async def enroll(mgr: WorkloadManager, node: Node, name: str) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent.harness import REPO
-from tests.proxy.procs import ProxyProc
+from testing.agent_harness import REPO
+from testing.proxy_procs import ProxyProc
 
 
 @pytest.mark.parametrize(("extra", "error"), [
@@ -30,7 +30,7 @@ from tests.proxy.procs import ProxyProc
 def test_bad_address_is_one_line_exit_2(tmp_path: Path, extra: dict[str, Any],
                                         error: str) -> None:
     proxy = ProxyProc(tmp_path, zds_socket=str(tmp_path / "zds.sock"), extra=extra)
-    done = subprocess.run([sys.executable, "-m", "agent.cli.main", "proxy", "--config",
+    done = subprocess.run([sys.executable, "-m", "cli.main", "proxy", "--config",
                            str(proxy.config)], capture_output=True, text=True, timeout=20,
                           cwd=REPO)
     assert (done.returncode, done.stderr) == (2, f"error: config: {error}\n")

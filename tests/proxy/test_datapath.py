@@ -12,10 +12,10 @@ import uvloop
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
 from proxy.inpod.manager import WorkloadManager
+from testing.lab import Lab, Node
 from tests.proxy.harness import (
     cfg,
     client_in,

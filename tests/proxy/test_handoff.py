@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab, Node
 from agent.redirect import backend as engine
-from agent.redirect.netns import entered
 from agent.redirect.spec import RedirectSpec
-from tests.agent.harness import AgentProc, cni
+from core.netns import entered
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Lab, Node
+from testing.proxy_procs import ProxyProc
 from tests.dns.resolver import Resolver, answer_ip, build_query, tcp_ask, udp_ask
 from tests.kernel.netutil import udp_socket
-from tests.proxy.procs import ProxyProc
 
 NFT = engine.make_backend("nftables")
 

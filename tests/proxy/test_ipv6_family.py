@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from agent.ebpf.loader import Loader
-from agent.lab import Lab, Node
-from agent.redirect.netns import entered
+from agent.redirect.ebpf.loader import Loader
+from core.netns import entered
+from testing.agent_harness import AgentProc, cni
+from testing.lab import Lab, Node
+from testing.proxy_procs import ProxyProc
 from tests.agent.agentconf import configure
-from tests.agent.harness import AgentProc, cni
-from tests.proxy.procs import ProxyProc
 
 BACKENDS = ["iptables", "nftables", "ebpf"]
 

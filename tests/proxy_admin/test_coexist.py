@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from proxy.admin import PID_HEADER, POD_HEADER
-from tests.agent.harness import AgentProc, free_port
+from testing.agent_harness import AgentProc, free_port
+from testing.proxy_procs import ProxyProc
 from tests.deploy.manifests import find, plain
-from tests.proxy.procs import ProxyProc
 
 # Real processes: a real agent (ZDS server, netfilter backend) and two proxies.
 pytestmark = pytest.mark.kernel

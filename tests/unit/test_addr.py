@@ -1,11 +1,11 @@
-"""agent/addr.py: the one check of every HOST:PORT and unix socket path in configs and
+"""core/addr.py: the one check of every HOST:PORT and unix socket path in configs and
 flags."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.addr import AddressError, host_port, ip_port, port, unix_path
+from core.addr import AddressError, host_port, ip_port, port, unix_path
 
 
 @pytest.mark.parametrize(("value", "kw", "want"), [

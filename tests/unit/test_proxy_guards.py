@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError
+from core.config import ConfigError
 from proxy.config import ProxyConfig
 from proxy.limits import FD_RESERVE, FDS_PER_CONNECTION, Limiter, NodeLimits, Refused
 from proxy.loopguard import capture_ports, loop_reason
@@ -143,7 +143,7 @@ def test_refused_is_a_connection_refused_error_with_its_reason() -> None:
 def test_the_proxy_command_names_a_bad_limit_in_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "proxy.yaml"
     cfg.write_text("max_pending_connects: 0\n")
-    res = subprocess.run([sys.executable, "-m", "agent.cli.main", "proxy", "--config", str(cfg)],
+    res = subprocess.run([sys.executable, "-m", "cli.main", "proxy", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: config: max_pending_connects: must be >= 1"]

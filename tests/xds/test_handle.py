@@ -7,15 +7,9 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from agent.xds.channel import ControlPlaneEndpoint
-from agent.xds.client import MAX_ERRORS_LISTED, DeltaAdsClient, XdsClientConfig
-from agent.xds.node import NodeInfo
-from tests.xds.fake_ads import ADDRESS, AUTHZ, res_policy, res_raw, res_workload, workload
-
-
-def client() -> DeltaAdsClient:
-    return DeltaAdsClient(XdsClientConfig(ControlPlaneEndpoint("127.0.0.1:1", "/nonexistent"),
-                                          NodeInfo(node_name="n1")))
+from agent.xds.client import MAX_ERRORS_LISTED, DeltaAdsClient
+from testing.fake_ads import ADDRESS, AUTHZ, res_policy, res_raw, res_workload, workload
+from testing.xds import client
 
 
 def handle(c: DeltaAdsClient, type_url: str, resources: list[Any], removed: list[str] = (),  # type: ignore[assignment]

@@ -16,7 +16,7 @@ from agent.xds.backoff import Backoff
 from agent.xds.channel import ControlPlaneEndpoint
 from agent.xds.client import DeltaAdsClient, XdsClientConfig
 from agent.xds.node import NodeInfo
-from tests.xds.fake_ads import (
+from testing.fake_ads import (
     ADDRESS,
     AUTHZ,
     ScriptedAds,

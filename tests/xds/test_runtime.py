@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.identity.bundle import CertBundle
 from agent.identity.manager import IdentityConfig
-from agent.xds.runtime import ControlPlaneSettings, MeshClient
+from agent.meshconfig.meshclient import ControlPlaneSettings, MeshClient
 from agent.xds.state import Change
 from tests.xds.helpers import run, until
 from tests.xds.test_controlplane import EXTRA, MESH, control_plane, with_extra

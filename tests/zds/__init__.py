@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agent.zds import wire
+from core.wire import zds as wire
 from proxy.inpod.zds_client import WorkloadInfo
 
 SELF_NETNS = "/proc/self/ns/net"

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
 from proxy.inpod.zds_client import ZdsClient
 from tests.zds import (

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.lab import Lab, Node
-from agent.zds import Workload, ZdsError, ZdsServer, wire
+from agent.zds import Workload, ZdsError, ZdsServer
+from core.wire import zds as wire
 from meshpb import zds_pb2
+from testing.lab import Lab, Node
 from tests.zds import Recorder, run, short_dir, until
 from tests.zds.test_server_client import ready_client, wl
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.zds import Workload, ZdsError, ZdsServer, wire
+from agent.zds import Workload, ZdsError, ZdsServer
+from core.wire import zds as wire
 from meshpb import zds_pb2
 from tests.zds import SELF_NETNS, inode, run, short_dir, until, write_end_closed_everywhere
 

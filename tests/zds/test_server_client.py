@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab, Node
 from agent.zds import Workload, ZdsError, ZdsServer
 from proxy.inpod.zds_client import WorkloadInfo, ZdsClient
+from testing.lab import Lab, Node
 from tests.zds import Recorder, inode, run, short_dir, until
 
 # Lab namespaces need root: the shared conftest turns this marker into a clear failure.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.zds import wire
+from core.wire import zds as wire
 from meshpb import zds_pb2
 from tests.zds import SELF_NETNS, inode, run, seqpair, write_end_closed_everywhere
 

@@ -1,0 +1,75 @@
+"""`meshnode controlplane --mesh FILE`: run the standalone control plane (ADS + CA over TLS)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("controlplane", help="run the standalone control plane (ADS + CA)")
+    p.add_argument("--mesh", metavar="FILE", required=True,
+                   help="mesh file (YAML): services, workloads, policies; watched for edits")
+    p.add_argument("--address", default="0.0.0.0:15012",
+                   help="listen address for ADS and the CA, TLS (default 0.0.0.0:15012)")
+    p.add_argument("--metrics-address", default="127.0.0.1:15014", metavar="HOST:PORT",
+                   help="plain-HTTP /metrics, /healthz, /readyz (default 127.0.0.1:15014, "
+                        "istiod's monitoring port; '' turns it off)")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--root-cert", metavar="PEM", help="CA root certificate (with --root-key)")
+    p.add_argument("--root-key", metavar="PEM", help="CA root private key (with --root-cert)")
+    p.add_argument("--state-dir", default="/var/lib/meshnode/controlplane",
+                   help="where a generated root and the node token key are kept")
+    p.add_argument("--token-key", metavar="FILE",
+                   help="node token key (default <state-dir>/node-token.key; made if absent)")
+    p.add_argument("--server-name", action="append", metavar="NAME",
+                   help="DNS name or IP in the server certificate (repeatable)")
+    p.add_argument("--max-cert-ttl", type=int, default=7 * 86400, metavar="SECONDS")
+    p.add_argument("--print-node-token", metavar="NODE",
+                   help="print the node token for NODE and exit (nothing is served)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the mesh file and exit (0: good)")
+    p.add_argument("--drain-seconds", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: how long in-flight calls get to finish before the "
+                        "process exits (default 5; ADS streams are ended at once)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_controlplane)
+
+
+def cmd_controlplane(a: argparse.Namespace) -> int:
+    from cli import daemon
+    from cli.errors import UserError, check_flag_address
+    from controlplane import mesh, nodeauth, pki
+    from controlplane.server import DEFAULT_SERVER_NAMES, ControlPlane, ControlPlaneConfig
+
+    # Before anything is read or bound. Port 0 (any free port) is fine: the bound ports are
+    # logged in `controlplane_serving`.
+    check_flag_address("--address", a.address, port_zero=True)
+    if a.metrics_address:
+        check_flag_address("--metrics-address", a.metrics_address, port_zero=True)
+    if not 0 <= a.drain_seconds <= 3600:
+        raise UserError(f"--drain-seconds: {a.drain_seconds:g} out of range 0-3600")
+    cfg = ControlPlaneConfig(
+        mesh=Path(a.mesh), address=a.address, trust_domain=a.trust_domain,
+        root_cert=Path(a.root_cert) if a.root_cert else None,
+        root_key=Path(a.root_key) if a.root_key else None,
+        state_dir=Path(a.state_dir), token_key=Path(a.token_key) if a.token_key else None,
+        server_names=a.server_name or list(DEFAULT_SERVER_NAMES),
+        max_cert_ttl=datetime.timedelta(seconds=a.max_cert_ttl),
+        metrics_address=a.metrics_address or None)
+    try:
+        if a.print_node_token:
+            print(nodeauth.mint(nodeauth.load_or_create_key(cfg.token_key_path),
+                                a.print_node_token))
+            return 0
+        if a.check:
+            mesh.load(cfg.mesh)
+            return 0
+        cp = ControlPlane(cfg)
+    except (mesh.MeshError, pki.PkiError) as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:  # a malformed token key file, a bad --metrics-address
+        raise UserError(str(exc)) from None
+    return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)

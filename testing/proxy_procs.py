@@ -1,0 +1,71 @@
+"""A real `meshnode proxy` process, next to the agent harness's real agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testing.agent_harness import REPO, free_port, http_get, stop_process
+
+
+@dataclass
+class ProxyProc:
+    workdir: Path
+    zds_socket: str
+    name: str = "proxy"
+    extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # added to this process's environment (None: ours)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cfg = {"zds_socket": self.zds_socket, "admin_address": f"127.0.0.1:{self.port}",
+               "drain_seconds": 10, **self.extra}
+        self.config = self.workdir / f"{self.name}.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = self.workdir / f"{self.name}.log"
+
+    def start(self, wait_ready: bool = True) -> ProxyProc:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "proxy", "--config", str(self.config)],
+                stdout=log, stderr=log, cwd=REPO,
+                env={**os.environ, **self.env} if self.env is not None else None)
+        deadline = time.monotonic() + 15
+        while wait_ready and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited: {self.log.read_text()[-2000:]}")
+            if self.get("/healthz/ready")[0] == 200:
+                return self
+            time.sleep(0.05)
+        if wait_ready:
+            raise RuntimeError(f"proxy not ready: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        stop_process(self.proc, sig, timeout)
+        self.proc = None
+
+    def get(self, path: str) -> tuple[int, str]:
+        return http_get(self.port, path)
+
+    def workloads(self) -> list[dict[str, Any]]:
+        status, body = self.get("/config_dump")
+        return list(json.loads(body)["workloads"]) if status == 200 else []
+
+    def access_log(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            if '"event": "connection"' in line:
+                out.append(json.loads(line))
+        return out
