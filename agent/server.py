@@ -103,6 +103,8 @@ class Agent:
         return not verdict.uninstall
 
     async def _start_k8s(self) -> None:
+        # Imported here, not for a cycle: kubernetes_asyncio takes ~0.6 s to import, and
+        # only an agent with `kubernetes.enabled` needs it.
         from agent.k8s.api import KubeApi
         from agent.k8s.source import KubePodSource
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from demo import report
-from demo.containerd import CTR_NAMESPACE
-from demo.mesh import DENIED, PODS, POLICY, PROXY_ADMIN, pod
+from demo.containerd import CTR_NAMESPACE, Containerd
+from demo.mesh import DENIED, PODS, POLICY, PROXY_ADMIN, NodeDaemons, pod
+from demo.traffic import Flow
 
-if TYPE_CHECKING:
-    from demo.run import Demo
+
+class Demo(Protocol):
+    """What the report reads of a run (demo/run.py's Demo, which calls render)."""
+
+    backend: str
+    flavour: str
+    nodes: dict[str, NodeDaemons]
+    runtimes: dict[str, Containerd]
+    flows: list[Flow]
+
+    def env(self, node: str) -> dict[str, str]: ...
 
 
 def _section(title: str) -> None:

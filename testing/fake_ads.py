@@ -142,8 +142,8 @@ def res_service(ns: str, host: str, vip: bytes, port: int = 80, version: str = "
         resource=_any(ADDRESS, wl_pb.Address(service=s).SerializeToString()))
 
 
-def res_policy(ns: str, name: str, action: int = authz_pb.DENY, ports: tuple[int, ...] = (9090,),
-               version: str = "1") -> Any:
+def res_policy(ns: str, name: str, action: authz_pb.Action = authz_pb.DENY,
+               ports: tuple[int, ...] = (9090,), version: str = "1") -> Any:
     a = authz_pb.Authorization(
         name=name, namespace=ns, scope=authz_pb.NAMESPACE, action=action,
         groups=[authz_pb.Group(rules=[authz_pb.Rules(matches=[

@@ -17,7 +17,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -28,9 +28,7 @@ from agent.install.binary import remove_binary as _remove_binary
 from agent.install.config import InstallConfig
 from agent.install.outcome import CheckResult, RepairOutcome
 from agent.install.state import Event, InstallState, load_state, save_state
-
-if TYPE_CHECKING:
-    from agent.install.watcher import InstallWatcher
+from agent.install.watcher import InstallWatcher
 
 log = structlog.get_logger()
 
@@ -285,8 +283,6 @@ class Installer:
 
     def start(self) -> None:
         """Install (or wait for the primary config), then watch and repair in a thread."""
-        from agent.install.watcher import InstallWatcher
-
         with self._lock:
             if self._watcher is not None:
                 return

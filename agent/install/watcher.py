@@ -27,6 +27,7 @@ import contextlib
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from asyncinotify import Event, Inotify, Mask
@@ -34,8 +35,7 @@ from asyncinotify import Event, Inotify, Mask
 from agent.install import conflist
 from agent.install.atomic import is_temp_name
 from agent.install.config import InstallConfig
-from agent.install.installer import Installer
-from agent.install.outcome import RepairOutcome
+from agent.install.outcome import CheckResult, RepairOutcome
 from agent.install.throttle import RepairThrottle
 
 log = structlog.get_logger()
@@ -50,10 +50,17 @@ _WRITE_END = Mask.CLOSE_WRITE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
 _DIR_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED | Mask.UNMOUNT
 
 
+class Repairer(Protocol):
+    """What the watcher calls: agent/install/installer.py's Installer (which starts it)."""
+
+    def check(self) -> CheckResult: ...
+    def repair(self, trigger: str = ...) -> RepairOutcome: ...
+
+
 class InstallWatcher:
     """A daemon thread: inotify on both dirs, debounce, throttle, `installer.repair()`."""
 
-    def __init__(self, installer: Installer, config: InstallConfig) -> None:
+    def __init__(self, installer: Repairer, config: InstallConfig) -> None:
         self._installer = installer
         self._cfg = config
         self._dirs = (config.cni_net_dir, config.cni_bin_dir)

@@ -14,12 +14,13 @@ import asyncio
 import ipaddress
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import structlog
 
 from proxy import metrics
 from proxy.authz import Decision
+from proxy.config import ProxyConfig
 from proxy.forward import Traffic, reset
 from proxy.hbone import metrics as hbone_metrics
 from proxy.hbone.client import HboneClient, HboneError
@@ -28,9 +29,6 @@ from proxy.identity.spiffe import SpiffeError, SpiffeId, parse
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import MeshWorkload, Target
 from proxy.sockets import socket_in
-
-if TYPE_CHECKING:
-    from proxy.inpod.workload import PodProxy
 
 log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
@@ -41,6 +39,24 @@ LOCAL_HANDSHAKE_SECONDS = 1.0
 def _plain_ip(ip: str) -> str:
     addr = ipaddress.ip_address(ip)
     return str(getattr(addr, "ipv4_mapped", None) or addr)
+
+
+class PodProxy(Protocol):
+    """What the mesh path uses of its pod (proxy/inpod/workload.py's PodProxy), so this
+    module does not import the one that imports it."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    netns_fd: int
+    cfg: ProxyConfig
+    ips: set[str]
+
+    async def _connect(self, dst: Addr, as_src: Addr | None) -> socket.socket: ...
+    def _labels(self, direction: str, src_ip: str, dst_ip: str) -> tuple[str, ...]: ...
+    def track(self, stream: Any) -> None: ...
+    def untrack(self, stream: Any) -> None: ...
 
 
 class PodMesh:
