@@ -1,7 +1,8 @@
 """The few bpf(2) commands bcc has no Python API for: pinning, links, raw map access.
 
 No bcc import here: the proxy uses this module too (it registers its inbound listeners in a
-pinned sockhash and reads DNS origins), and it must not pay for bcc or clang.
+pinned sockhash and reads DNS origins), and it must not pay for bcc or clang. The pin dir
+and SO_NETNS_COOKIE, which the agent's loader and the proxy both need, are defined here.
 """
 
 from __future__ import annotations
@@ -129,9 +130,13 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
         prev = ctypes.create_string_buffer(nxt.raw, key_size)
 
 
+# Where the agent pins the eBPF backend's links and maps (a bpffs mount), and where the proxy
+# finds the maps it shares with it.
 DEFAULT_PIN_DIR = "/sys/fs/bpf/meshnode"
-SO_NETNS_COOKIE = 71
+SO_NETNS_COOKIE = 71  # getsockopt(SOL_SOCKET): the netns cookie the eBPF programs key pods by
 
 
 def default_pin_dir() -> str:
-    return os.environ.get("MESHNODE_BPF_PIN_DIR", "/sys/fs/bpf/meshnode")
+    """$MESHNODE_BPF_PIN_DIR (tests, the demo and benchmarks point it at a private bpffs),
+    else DEFAULT_PIN_DIR."""
+    return os.environ.get("MESHNODE_BPF_PIN_DIR", DEFAULT_PIN_DIR)

@@ -4,6 +4,7 @@ setns(2) with CLONE_NEWNET moves only the calling thread, and children forked fr
 thread (iptables-restore, nft) start in the same netns, as do netlink sockets it opens. So
 one thread can visit a pod's netns, do the work and come back, with no helper process and no
 `ip netns exec`. The agent calls this from worker threads, never the event loop's thread.
+`addresses()` lists a netns's IPs (the proxy's pod IPs; the agent's netns verification).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def scratch() -> Iterator[None]:
 
 
 def addresses(netns: str | int) -> set[str]:
+    """Every IPv4 and IPv6 address configured in `netns` (a path or an open fd)."""
     with entered(netns), IPRoute() as ipr:
         return {str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS")))
                 for fam in (socket.AF_INET, socket.AF_INET6)

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
-CODE_DIRS = ("agent", "proxy", "controlplane")
+CODE_DIRS = ("core", "agent", "proxy", "controlplane", "cli", "demo", "testing")
 PLUGIN = ROOT / "cni" / "meshnode-cni"  # stdlib Python without a .py suffix
 
 METRIC_TYPES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
