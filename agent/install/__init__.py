@@ -3,6 +3,7 @@
 - `conflist`: pure logic (primary selection as kubelet does, chain in, remove ours);
 - `binary`, `atomic`: atomic copies into the CNI dirs;
 - `installer.Installer`: install / check / repair / uninstall / upgrade-safe stop / status;
+- `outcome`: `CheckResult` and `RepairOutcome`, what the installer returns and the watcher reads;
 - `watcher.InstallWatcher`: inotify on net.d and the bin dir, debounced, throttled repair;
 - `metrics`: `meshnode_cni_install_repairs_total{reason}`, `meshnode_cni_install_ready`.
 

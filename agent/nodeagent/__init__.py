@@ -1,9 +1,13 @@
-"""The node agent: pod enrollment driven by the CNI plugin, reconcile and drift repair.
+"""Pod enrollment driven by the CNI plugin (and the Kubernetes pod source): reconcile and
+drift repair.
 
   pods.py       pod records, their state machine and the persisted store
   enroll.py     enroll / release / check / gc / reconcile / drift (blocking; worker threads)
   cniserver.py  the plugin's unix socket (asyncio), peer-checked with SO_PEERCRED
+  handoff.py    the hand-off of enrolled pods to the proxy (over agent/zds)
+  netnsfind.py  find a known pod's netns again and verify it holds the pod's IP
   http.py       /healthz, /readyz, /metrics, /debug/pods
   metrics.py    Prometheus metrics
-  server.py     wires it together: `meshnode agent`
+
+The daemon that wires enrollment to the pod source and the mesh channel is agent/server.py.
 """

@@ -1,6 +1,10 @@
-"""eBPF redirection (bcc): cgroup/connect4 + sockops + cgroup/getsockopt on the cgroup v2 root.
+"""eBPF redirection (bcc): cgroup connect/sendmsg/recvmsg/getsockopt/getpeername programs and
+sockops on the cgroup v2 root, sk_lookup per pod netns; a peer of the netfilter backends.
 
-See bpf/redirect.c for the programs and agent/redirect/ebpf/loader.py for loading and pinning.
+  loader.py   compile bpf/redirect.c, attach through pinned bpf links, pin maps; pod entries
+  backend.py  the redirect backend on top of the loader
+
+The raw bpf(2) calls, the pin dir and SO_NETNS_COOKIE are core/bpf.py (the proxy uses them).
 """
 
 from agent.redirect.ebpf.backend import EbpfBackend
