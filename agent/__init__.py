@@ -6,8 +6,12 @@ discovery and certificate clients, and the mesh config channel to the proxy.
   server.py     the daemon: wires the sub-packages together
   logs.py       JSON logs
   install/      the CNI plugin binary and conflist entry, watched and repaired
-  nodeagent/    enrollment: the CNI socket, pod records, reconcile and drift repair
-  redirect/     the redirect engine: iptables, nftables and eBPF (redirect/ebpf/) backends
+  nodeagent/    enrollment: the CNI socket (typed requests and errors), pod records,
+                reconcile and drift repair; the Enroller is given its backend, netns
+                lookups and proxy hand-off
+  redirect/     the redirect engine: iptables, nftables and eBPF (redirect/ebpf/) backends,
+                peers behind one interface (RuleBackend: prepare, apply, read, remove);
+                the capture options' one definition (redirect/spec.py CaptureOptions)
   zds/          the ZDS server (pods and their netns fds to the proxy)
   k8s/          the Kubernetes pod source
   xds/          the Delta ADS client and its state; identity/: workload certificates

@@ -10,53 +10,98 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.redirect.spec import Backend, Profile, RedirectSpec
-from core.config import ConfigError, check_address, check_socket_path, load_yaml, prefixed
+from agent.install.config import DEFAULT_AGENT_SOCKET
+from agent.redirect.ebpf.loader import default_cgroup
+from agent.redirect.spec import (
+    AUTO,
+    Backend,
+    CaptureOptions,
+    IptablesFlavour,
+    Profile,
+    RedirectSpec,
+)
+from core.bpf import default_pin_dir
+from core.config import (
+    ChoiceEnum,
+    ConfigError,
+    check_address,
+    check_socket_path,
+    load_yaml,
+    prefixed,
+)
+from core.mesh.model import DEFAULT_CLUSTER
+from core.ports import AGENT_HTTP_PORT
+from core.wire import zds
+
+
+class Fallback(ChoiceEnum):
+    """`capture.fallback`: with backend ebpf, the backend to use instead when the eBPF
+    programs cannot be loaded (no BTF or cgroup v2, no headers, a verifier rejection)."""
+
+    NONE = ""  # refuse to start
+    IPTABLES = "iptables"
+    NFTABLES = "nftables"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Fallback:
+        raise ValueError(f"{value!r} must be iptables or nftables (or empty)")
 
 
 @dataclass
-class CaptureConfig:
-    """Redirect options for every pod (the plugin entry's `capture` can narrow them)."""
+class CaptureConfig(CaptureOptions):
+    """The capture options for every pod (the plugin entry's `capture` can narrow them; their
+    keys are CaptureOptions' fields, agent/redirect/spec.py) and the backend that applies
+    them. Enums are read from and written as their strings."""
 
-    backend: str = "iptables"
-    # With backend ebpf: the backend to use instead when the eBPF programs cannot be loaded
-    # (no BTF or cgroup v2, no headers, a verifier rejection). "" = refuse to start.
-    fallback: str = ""
-    iptables_flavour: str = "auto"
-    profile: str = "meshnode"
-    # true: dual stack; false: IPv4 only (IPv6 passes untouched); "auto": per pod, dual
-    # stack when the pod has an IPv6 address (agent/nodeagent/ipfamily.py)
-    ipv6: bool | str = "auto"
-    dns_capture: bool = True
-    inbound_capture: bool = True
-    virtual_interfaces: list[str] = field(default_factory=list)
-    exclude_outbound_cidrs: list[str] = field(default_factory=list)
-    exclude_inbound_ports: list[int] = field(default_factory=list)
-    exclude_outbound_ports: list[int] = field(default_factory=list)
+    backend: Backend = Backend.IPTABLES
+    fallback: Fallback = Fallback.NONE
+    iptables_flavour: IptablesFlavour = IptablesFlavour.AUTO
+    profile: Profile = Profile.MESHNODE
 
-    def spec(self) -> RedirectSpec:
-        return RedirectSpec(
-            profile=Profile(self.profile), ipv6=self.ipv6 is True,
-            dns_capture=self.dns_capture,
-            inbound_capture=self.inbound_capture,
-            virtual_interfaces=tuple(self.virtual_interfaces),
-            exclude_outbound_cidrs=tuple(self.exclude_outbound_cidrs),
-            exclude_inbound_ports=tuple(self.exclude_inbound_ports),
-            exclude_outbound_ports=tuple(self.exclude_outbound_ports))
+    def __post_init__(self) -> None:
+        # Built in code (tests, the harnesses) with plain strings: the same enums.
+        self.backend = Backend(self.backend)
+        self.fallback = Fallback(self.fallback)
+        self.iptables_flavour = IptablesFlavour(self.iptables_flavour)
+        self.profile = Profile(self.profile)
+
+    def spec(self, base: RedirectSpec | None = None) -> RedirectSpec:
+        return super().spec(base or RedirectSpec(profile=self.profile))
+
+    def bpf_pin_dir(self) -> str:
+        """The eBPF backend's pin dir: $MESHNODE_BPF_PIN_DIR, else /sys/fs/bpf/meshnode."""
+        return default_pin_dir()
+
+    def bpf_cgroup(self) -> str:
+        """The cgroup v2 root the eBPF programs attach to: $MESHNODE_BPF_CGROUP, else "" (the
+        loader finds it from mountinfo)."""
+        return default_cgroup()
+
+
+class SelectionMode(ChoiceEnum):
+    ALL = "all"
+    NAMESPACES = "namespaces"
+
+    @classmethod
+    def _missing_(cls, value: object) -> SelectionMode:
+        raise ValueError("must be all or namespaces")
 
 
 @dataclass
 class SelectionConfig:
     """Which pods are captured. `all`: every pod on the network; `namespaces`: only those."""
 
-    mode: str = "all"
+    mode: SelectionMode = SelectionMode.ALL
     namespaces: list[str] = field(default_factory=list)
     exclude_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
 
     def captures(self, namespace: str) -> bool:
         if namespace in self.exclude_namespaces:
             return False
-        return self.mode == "all" or namespace in self.namespaces
+        return self.mode is SelectionMode.ALL or namespace in self.namespaces
+
+    def __post_init__(self) -> None:
+        self.mode = SelectionMode(self.mode)
 
 
 @dataclass
@@ -79,7 +124,7 @@ class ControlPlaneSection:
     token_file: str = ""                # ...or a file holding it (read on every connect)
     node_name: str = ""                 # default: $NODE_NAME, else the hostname
     trust_domain: str = "cluster.local"
-    cluster_id: str = "Kubernetes"
+    cluster_id: str = DEFAULT_CLUSTER
     cert_ttl_seconds: int = 86400
     ready_timeout_seconds: float = 0.0  # >0: wait this long for xDS before serving CNI
 
@@ -102,14 +147,14 @@ class KubernetesSection:
 
 @dataclass
 class AgentConfig:
-    cni_socket: str = "/var/run/meshnode/cni.sock"
-    zds_socket: str = "/var/run/meshnode/zds.sock"  # the node proxy connects here
+    cni_socket: str = DEFAULT_AGENT_SOCKET
+    zds_socket: str = zds.DEFAULT_SOCKET  # the node proxy connects here
     # Enrollment completes only when the node proxy acks the pod. Off: rules only (a node
     # whose proxy does not speak ZDS); pods then stay `redirected`.
     proxy_handoff: bool = True
     proxy_ack_timeout_seconds: float = 5.0
     state_dir: str = "/var/run/meshnode"
-    http_address: str = "127.0.0.1:15021"  # /healthz, /readyz, /metrics, /debug/pods
+    http_address: str = f"127.0.0.1:{AGENT_HTTP_PORT}"  # /healthz /readyz /metrics /debug/pods
     drift_interval_seconds: float = 5.0
     workers: int = 4
     capture: CaptureConfig = field(default_factory=CaptureConfig)
@@ -126,19 +171,10 @@ class AgentConfig:
         return Path(self.state_dir) / "pods"
 
     def validate(self) -> None:
-        if self.capture.backend not in [b.value for b in Backend]:
-            raise ConfigError(f"capture.backend: {self.capture.backend!r} is not one of "
-                              f"{[b.value for b in Backend]}")
-        if self.capture.fallback and (self.capture.fallback not in [b.value for b in Backend]
-                                      or self.capture.fallback == "ebpf"):
-            raise ConfigError(f"capture.fallback: {self.capture.fallback!r} must be iptables "
-                              "or nftables (or empty)")
-        if self.capture.iptables_flavour not in ("auto", "nft", "legacy"):
-            raise ConfigError("capture.iptables_flavour: must be auto, nft or legacy")
-        if not isinstance(self.capture.ipv6, bool) and self.capture.ipv6 != "auto":
+        # backend, fallback, iptables_flavour, profile and selection.mode are enums: a bad
+        # value was refused while reading the file (core/config.py), naming the key.
+        if not isinstance(self.capture.ipv6, bool) and self.capture.ipv6 != AUTO:
             raise ConfigError("capture.ipv6: must be true, false or auto")
-        if self.selection.mode not in ("all", "namespaces"):
-            raise ConfigError("selection.mode: must be all or namespaces")
         if self.drift_interval_seconds <= 0:
             raise ConfigError("drift_interval_seconds: must be > 0")
         self.capture.spec()  # raises SpecError naming the option

@@ -17,12 +17,14 @@ from agent.install.config import InstallConfig, PluginEntry
 from agent.install.installer import Installer
 from agent.meshconfig.runtime import MeshRuntime
 from agent.nodeagent import metrics
+from agent.nodeagent.backend import make_capture_backend
 from agent.nodeagent.cniserver import CniServer
 from agent.nodeagent.driftwatch import DriftWatch
 from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
 from agent.nodeagent.http import make_app
 from agent.nodeagent.pods import PodStore
+from agent.redirect.spec import Profile
 from agent.zds.server import ZdsServer
 from core import addr
 
@@ -40,7 +42,9 @@ class Agent:
         self.zds = ZdsServer(cfg.zds_socket, lambda: snapshot_of(self.store),
                              ack_timeout=cfg.proxy_ack_timeout_seconds,
                              on_count=metrics.PROXIES.set) if cfg.proxy_handoff else None
-        self.enroller = Enroller(cfg, self.store)
+        # The backend is made and prepared (eBPF: loaded and attached) before anything
+        # serves; the hand-off is given to the Enroller once the ZDS server runs.
+        self.enroller = Enroller(cfg, self.store, backend=make_capture_backend(cfg))
         # Repairs a pod within ~0.1 s of a change to its rules; the drift loop stays the
         # safety net (iptables-legacy and eBPF maps send no notifications).
         self.driftwatch = DriftWatch(self.enroller.drift_pod)
@@ -111,7 +115,7 @@ class Agent:
         k = self.cfg.kubernetes
         api = await KubeApi.connect(k.kubeconfig)
         self.k8s = KubePodSource(api, self.enroller, k.node(),
-                                 istio=self.cfg.capture.profile == "istio", ready=self.ready,
+                                 istio=self.cfg.capture.profile is Profile.ISTIO, ready=self.ready,
                                  workers=self.cfg.workers,
                                  watch_timeout_seconds=k.watch_timeout_seconds,
                                  retry_seconds=k.retry_seconds)

@@ -29,6 +29,7 @@ from typing import Any
 # The same tools, servers and ports as the proxy benchmark, so the two read alike.
 from bench.proxy_path import PORTS, in_netns, ping_pong, throughput
 from bench.stats import md_table
+from core.bpf import PIN_DIR_ENV
 from testing.lab import Lab, Node
 
 
@@ -143,7 +144,7 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
                 node_pins = {name: f"{pins}-{name}" for name in pods}
                 try:
                     mesh_row("mesh_hbone_ebpf", "ebpf",
-                             {name: {"MESHNODE_BPF_PIN_DIR": p} for name, p in node_pins.items()})
+                             {name: {PIN_DIR_ENV: p} for name, p in node_pins.items()})
                     assert _capture_state(t.a, t.b) == clean, "the eBPF capture was left behind"
                 finally:
                     for p in reversed(started):  # nodes left by a failure, before the pins go

@@ -53,11 +53,13 @@ def measure(connects: int = 3000, seconds: float = 3.0, rounds: int = 3) -> dict
                                  "bench.netload", "serve", str(OUTBOUND_PORT)], cwd=REPO)
         try:
             time.sleep(1.0)
+            # One backend each for the whole run (an eBPF backend loads its programs once).
+            impls = {(b, f): engine.make_backend(b, f) for b, f in BACKENDS}
             for _ in range(rounds):
                 samples.setdefault("baseline", []).append(
                     _sample(client, "127.0.0.1", connects, seconds))
                 for b, f in BACKENDS:
-                    impl = engine.make_backend(b, f)
+                    impl = impls[b, f]
                     engine.apply(client.path, spec, impl)
                     try:
                         samples.setdefault(f"{b}-{f}" if b == "iptables" else b, []).append(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from cli.output import add_output_flag, emit, table_text
+from core.ports import ADMIN_PORT
 
 if TYPE_CHECKING:
     from agent.server import Agent
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("pods", help="pods known to the agent: state, backend, IPs, netns")
     p.add_argument("--config", metavar="FILE", help="agent config (YAML), for its state dir")
-    p.add_argument("--proxy-admin", default="127.0.0.1:15000", metavar="HOST:PORT",
+    p.add_argument("--proxy-admin", default=f"127.0.0.1:{ADMIN_PORT}", metavar="HOST:PORT",
                    help="the node proxy's admin address, for its view of each pod")
     add_output_flag(p)
     p.set_defaults(handler=cmd_pods)

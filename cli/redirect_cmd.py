@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from typing import Any
 
 from agent.redirect import backend as engine
 from agent.redirect import iptables_rules, nftables_rules
-from agent.redirect.spec import Backend, Profile, RedirectSpec
+from agent.redirect.spec import (
+    Backend,
+    CaptureOptions,
+    IptablesFlavour,
+    Profile,
+    RedirectSpec,
+)
 from cli.output import add_output_flag, emit, table_text
 
 
@@ -23,23 +31,30 @@ def _ports(value: str) -> list[int]:
             f"not a comma-separated list of ports: {value!r}") from None
 
 
+def _add_capture_flags(g: argparse._ArgumentGroup) -> None:
+    """One flag per capture option, from its definition (agent/redirect/spec.py)."""
+    hints = typing.get_type_hints(CaptureOptions)
+    for f in dataclasses.fields(CaptureOptions):
+        flag, help_, metavar = f.metadata["flag"], f.metadata["help"], f.metadata["metavar"]
+        if typing.get_origin(hints[f.name]) is list:
+            (item,) = typing.get_args(hints[f.name])
+            g.add_argument(flag, dest=f.name, type=_ports if item is int else _csv,
+                           default=[], metavar=metavar, help=help_)
+        elif f.default is True:  # on unless switched off: --no-dns, --ingress
+            g.add_argument(flag, dest=f.name, action="store_false", help=help_)
+        else:  # off unless switched on: --ipv6 (no `auto` here: one netns, no pod IPs)
+            g.add_argument(flag, dest=f.name, action="store_true", help=help_)
+
+
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("redirect options")
     g.add_argument("--backend", choices=[b.value for b in Backend], default="iptables")
-    g.add_argument("--iptables-flavour", choices=["auto", "nft", "legacy"], default="auto",
-                   help="iptables flavour; auto picks legacy only if the host's legacy "
-                        "tables hold rules")
+    g.add_argument("--iptables-flavour", choices=[f.value for f in IptablesFlavour],
+                   default="auto", help="iptables flavour; auto picks legacy only if the "
+                                        "host's legacy tables hold rules")
     g.add_argument("--profile", choices=[p.value for p in Profile], default="meshnode",
                    help="chain/table names: our own, or istio-cni's")
-    g.add_argument("--ipv6", action="store_true", help="dual stack: also IPv6 rules")
-    g.add_argument("--no-dns", action="store_true", help="do not capture DNS (port 53)")
-    g.add_argument("--ingress", action="store_true",
-                   help="ingress mode: no inbound capture")
-    g.add_argument("--virtual-interfaces", type=_csv, default=[], metavar="IF,...",
-                   help="inbound on these interfaces is treated as outbound")
-    g.add_argument("--exclude-outbound-cidrs", type=_csv, default=[], metavar="CIDR,...")
-    g.add_argument("--exclude-inbound-ports", type=_ports, default=[], metavar="PORT,...")
-    g.add_argument("--exclude-outbound-ports", type=_ports, default=[], metavar="PORT,...")
+    _add_capture_flags(g)
     g.add_argument("--probe-source-v6", default=None, metavar="ADDR",
                    help="kubelet probe SNAT source for IPv6")
     g.add_argument("--kubelet-uid", type=int, default=0,
@@ -50,13 +65,10 @@ def spec_from_args(a: argparse.Namespace) -> RedirectSpec:
     extra: dict[str, Any] = {}
     if a.probe_source_v6:
         extra["probe_source_v6"] = a.probe_source_v6
-    return RedirectSpec(
-        profile=Profile(a.profile), ipv6=a.ipv6, dns_capture=not a.no_dns,
-        inbound_capture=not a.ingress, virtual_interfaces=tuple(a.virtual_interfaces),
-        exclude_outbound_cidrs=tuple(a.exclude_outbound_cidrs),
-        exclude_inbound_ports=tuple(a.exclude_inbound_ports),
-        exclude_outbound_ports=tuple(a.exclude_outbound_ports),
-        kubelet_uid=a.kubelet_uid, **extra)
+    options = CaptureOptions(**{f.name: getattr(a, f.name)
+                                for f in dataclasses.fields(CaptureOptions)})
+    return options.spec(RedirectSpec(profile=Profile(a.profile), kubelet_uid=a.kubelet_uid,
+                                     **extra))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,7 +11,6 @@ are present they must agree, and the CSR must carry exactly that one URI SAN.
 from __future__ import annotations
 
 import datetime
-import re
 from dataclasses import dataclass
 
 import grpc
@@ -21,14 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from controlplane import metrics, nodeauth, pki
 from controlplane.store import MeshStore
+from core import pem, spiffe
 from meshpb.istio import ca_pb2
 
 log = structlog.get_logger("controlplane.ca")
 
 SERVICE = "istio.v1.auth.IstioCertificateService"
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
-# Same shape rules as SPIFFE-ID.md: lowercase trust domain, non-empty plain path segments.
-_SPIFFE = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([A-Za-z0-9._-]+)/sa/([A-Za-z0-9._-]+)$")
 
 
 @dataclass
@@ -87,12 +85,13 @@ class CertificateService:
         """Checks and signs; raises Refused with the gRPC status to return."""
         csr = _parse_csr(request.csr)
         identity = _requested_identity(request, csr)
-        match = _SPIFFE.match(identity)
-        if match is None:
+        try:
+            sid = spiffe.parse_issuable(identity)
+        except spiffe.SpiffeError:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
                           f"{identity!r} is not spiffe://<trust-domain>/ns/<ns>/sa/<sa>",
-                          metrics.BAD_IDENTITY)
-        td, ns, sa = match.groups()
+                          metrics.BAD_IDENTITY) from None
+        td, ns, sa = sid.trust_domain, sid.namespace, sid.service_account
         if td != self.store.trust_domain:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})",
@@ -109,7 +108,7 @@ class CertificateService:
                  serial=f"{leaf.serial_number:x}", not_after=leaf.not_valid_after_utc.isoformat())
         # Leaf first, root last, one PEM per element each ending in a newline (what ztunnel
         # expects from istiod).
-        return [pki.pem(leaf), self.root.cert_pem]
+        return [pem.cert_pem(leaf), self.root.cert_pem]
 
     def _ttl(self, seconds: int) -> datetime.timedelta:
         if seconds < 0:

@@ -7,10 +7,13 @@ line and the field, so an operator can fix the file without guessing.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from controlplane.yamlview import MeshError, View, compose
+from core.mesh.model import DEFAULT_CLUSTER, Match, StringKind, StringMatch
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 CIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -22,6 +25,8 @@ APP_PROTOCOLS = ["unknown", "http11", "http2", "grpc", "tcp", "tls"]
 POLICY_SCOPES = ["global", "namespace", "workload"]
 ACTIONS = ["allow", "deny"]
 MALFORMED_TYPES = ["address", "authorization"]
+
+T = TypeVar("T")
 
 __all__ = ["Mesh", "MeshError", "load", "parse"]
 
@@ -75,27 +80,12 @@ class WorkloadSpec:
 
 
 @dataclass
-class MatchSpec:
-    """One source (`from`) or destination (`to`) entry; fields AND-ed, values OR-ed."""
-
-    principals: list[str] = field(default_factory=list)
-    not_principals: list[str] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    not_namespaces: list[str] = field(default_factory=list)
-    source_ips: list[CIDR] = field(default_factory=list)
-    not_source_ips: list[CIDR] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
-    not_ports: list[int] = field(default_factory=list)
-    destination_ips: list[CIDR] = field(default_factory=list)
-    not_destination_ips: list[CIDR] = field(default_factory=list)
-
-
-@dataclass
 class RuleSpec:
-    """Matches when one `from` entry and one `to` entry match (an empty side matches all)."""
+    """Matches when one `from` entry and one `to` entry match (an empty side matches all).
+    Each entry is a mesh-model `Match`: its fields AND-ed, the values of a field OR-ed."""
 
-    sources: list[MatchSpec]
-    destinations: list[MatchSpec]
+    sources: list[Match]
+    destinations: list[Match]
 
 
 @dataclass
@@ -124,7 +114,7 @@ class MalformedSpec:
 
 @dataclass
 class Mesh:
-    cluster_id: str = "Kubernetes"
+    cluster_id: str = DEFAULT_CLUSTER
     services: list[ServiceSpec] = field(default_factory=list)
     workloads: list[WorkloadSpec] = field(default_factory=list)
     policies: list[PolicySpec] = field(default_factory=list)
@@ -298,40 +288,59 @@ def _rule(v: View) -> RuleSpec:
     return RuleSpec(sources, dests)
 
 
-def _source(v: View) -> MatchSpec:
+def _source(v: View) -> Match:
     f = v.mapping(_SOURCE_FIELDS)
     if not f:
         raise v.error("an empty source matches nothing useful; name at least one field")
-    m = MatchSpec()
-    m.principals = [_principal(x) for x in f["principals"].items()] if "principals" in f else []
-    m.not_principals = ([_principal(x) for x in f["not_principals"].items()]
-                        if "not_principals" in f else [])
-    m.namespaces = [x.string() for x in f["namespaces"].items()] if "namespaces" in f else []
-    m.not_namespaces = ([x.string() for x in f["not_namespaces"].items()]
-                        if "not_namespaces" in f else [])
-    m.source_ips = [x.cidr() for x in f["ips"].items()] if "ips" in f else []
-    m.not_source_ips = [x.cidr() for x in f["not_ips"].items()] if "not_ips" in f else []
-    return m
+
+    def each(key: str, read: Callable[[View], T]) -> tuple[T, ...]:
+        return tuple(read(x) for x in f[key].items()) if key in f else ()
+
+    return Match(principals=each("principals", _principal),
+                 not_principals=each("not_principals", _principal),
+                 namespaces=each("namespaces", _pattern),
+                 not_namespaces=each("not_namespaces", _pattern),
+                 source_ips=each("ips", View.cidr), not_source_ips=each("not_ips", View.cidr))
 
 
-def _dest(v: View) -> MatchSpec:
+def _dest(v: View) -> Match:
     f = v.mapping(_DEST_FIELDS)
     if not f:
         raise v.error("an empty destination matches nothing useful; name at least one field")
-    m = MatchSpec()
-    m.ports = [x.integer(1, 65535) for x in f["ports"].items()] if "ports" in f else []
-    m.not_ports = [x.integer(1, 65535) for x in f["not_ports"].items()] if "not_ports" in f else []
-    m.destination_ips = [x.cidr() for x in f["ips"].items()] if "ips" in f else []
-    m.not_destination_ips = [x.cidr() for x in f["not_ips"].items()] if "not_ips" in f else []
-    return m
+
+    def each(key: str, read: Callable[[View], T]) -> tuple[T, ...]:
+        return tuple(read(x) for x in f[key].items()) if key in f else ()
+
+    def port(x: View) -> int:
+        return x.integer(1, 65535)
+
+    return Match(destination_ports=each("ports", port),
+                 not_destination_ports=each("not_ports", port),
+                 destination_ips=each("ips", View.cidr),
+                 not_destination_ips=each("not_ips", View.cidr))
 
 
-def _principal(v: View) -> str:
+def pattern(text: str) -> StringMatch:
+    """Istio's pattern syntax: `*` any value, `x*` prefix, `*x` suffix, else exact."""
+    if text == "*":
+        return StringMatch(StringKind.PRESENCE)
+    if text.endswith("*"):
+        return StringMatch(StringKind.PREFIX, text[:-1])
+    if text.startswith("*"):
+        return StringMatch(StringKind.SUFFIX, text[1:])
+    return StringMatch(StringKind.EXACT, text)
+
+
+def _pattern(v: View) -> StringMatch:
+    return pattern(v.string())
+
+
+def _principal(v: View) -> StringMatch:
     """Istio writes principals without the scheme: `td/ns/<ns>/sa/<sa>`; accept both."""
     text = v.string().removeprefix("spiffe://")
     if not text:
         raise v.error("empty principal")
-    return text
+    return pattern(text)
 
 
 def _debug(v: View) -> list[MalformedSpec]:

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from core import pem
+
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 ROOT_TTL = datetime.timedelta(days=3650)
 SERVER_TTL = datetime.timedelta(days=365)
@@ -31,12 +33,10 @@ class RootCA:
 
     @property
     def cert_pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+        return pem.cert_pem(self.cert)
 
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        return pem.key_pem(self.key)
 
 
 def generate_root(trust_domain: str) -> RootCA:
@@ -66,9 +66,7 @@ def load_root(cert_path: Path, key_path: Path) -> RootCA:
         raise PkiError(f"{cert_path} / {key_path}: not a PEM certificate and key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise PkiError(f"{key_path}: the root key must be ECDSA or RSA")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (key.public_key().public_bytes(serialization.Encoding.DER, spki)
-            != cert.public_key().public_bytes(serialization.Encoding.DER, spki)):
+    if pem.spki(key.public_key()) != pem.spki(cert):
         raise PkiError(f"{key_path} is not the key of {cert_path}")
     try:
         if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -115,14 +113,8 @@ def server_cert(root: RootCA, dns_names: list[str],
                                                         dns_names[0] if dns_names else "cp")]))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(root.key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
     chain = cert.public_bytes(serialization.Encoding.PEM) + root.cert_pem.encode()
-    return key_pem, chain
-
-
-def pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return pem.key_pem(key), chain
 
 
 def _leaf_builder(root: RootCA, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,

@@ -3,6 +3,9 @@ made: a bad value must be a one-line error naming the key, not a crash or a bind
 
 Shared by the agent, proxy and control-plane configs. The messages leave out the key; the
 caller prefixes it (`config: admin_address: port 99999 out of range 1-65535`).
+
+Also `unmap`/`plain_ip`: an IPv4 peer of a dual-stack socket shows up IPv4-mapped
+(``::ffff:1.2.3.4``); policies, conntrack, pod IP lists and upstream sockets want it plain.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 # sun_path is 108 bytes on Linux, the terminating NUL included.
 MAX_UNIX_PATH = 107
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class AddressError(ValueError):
@@ -85,6 +90,18 @@ def unix_path(value: str) -> str:
         raise AddressError(f"{value!r} is {size} bytes; a unix socket path holds at most "
                            f"{MAX_UNIX_PATH}")
     return value
+
+
+def unmap(ip: IPAddress) -> IPAddress:
+    """``::ffff:1.2.3.4`` -> ``1.2.3.4``; any other address unchanged."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def plain_ip(text: str) -> str:
+    """`unmap` on text: ``"::ffff:1.2.3.4"`` -> ``"1.2.3.4"``. ValueError if not an IP."""
+    return str(unmap(ipaddress.ip_address(text)))
 
 
 def _check_host(host: str, hostname: bool) -> None:

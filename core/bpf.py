@@ -133,10 +133,11 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
 # Where the agent pins the eBPF backend's links and maps (a bpffs mount), and where the proxy
 # finds the maps it shares with it.
 DEFAULT_PIN_DIR = "/sys/fs/bpf/meshnode"
+PIN_DIR_ENV = "MESHNODE_BPF_PIN_DIR"  # overrides DEFAULT_PIN_DIR
 SO_NETNS_COOKIE = 71  # getsockopt(SOL_SOCKET): the netns cookie the eBPF programs key pods by
 
 
 def default_pin_dir() -> str:
     """$MESHNODE_BPF_PIN_DIR (tests, the demo and benchmarks point it at a private bpffs),
     else DEFAULT_PIN_DIR."""
-    return os.environ.get("MESHNODE_BPF_PIN_DIR", DEFAULT_PIN_DIR)
+    return os.environ.get(PIN_DIR_ENV, DEFAULT_PIN_DIR)

@@ -7,6 +7,7 @@ back to a default.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any, TypeVar
@@ -20,6 +21,16 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class ChoiceEnum(enum.StrEnum):
+    """A config value with a fixed set of choices, read and written as its string. A value
+    outside the set is an error listing them (`'x' is not one of ['a', 'b']`); an enum
+    whose error must say more overrides `_missing_` to raise its own ValueError."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> ChoiceEnum:
+        raise ValueError(f"{value!r} is not one of {[m.value for m in cls]}")
 
 
 def check_address(key: str, value: str, *, hostname: bool = False,
@@ -69,11 +80,24 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if value is None or len(inner) != 1:
             return value
         return _coerce(inner[0], value, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _choice(hint, value, path)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
     return value
+
+
+def _choice(hint: type[enum.Enum], value: Any, path: str) -> Any:
+    """An enum member from its value as written in the file (a str enum from a string)."""
+    base = str if issubclass(hint, str) else int
+    if not isinstance(value, base) or isinstance(value, bool):
+        raise ConfigError(f"{path}: expected {base.__name__}, got {type(value).__name__}")
+    try:
+        return hint(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_yaml(cls: type[T], path: str | None) -> T:

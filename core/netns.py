@@ -89,6 +89,17 @@ def entered(netns: str | int) -> Iterator[None]:
 
 
 @contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """`entered`, but a no-op when this thread is already in `netns`: `entered()` returns to
+    the thread's home netns on exit, so nesting it would leave an outer block early."""
+    if os.stat("/proc/thread-self/ns/net").st_ino == os.stat(netns).st_ino:
+        yield
+        return
+    with entered(netns):
+        yield
+
+
+@contextmanager
 def scratch() -> Iterator[None]:
     """Move this thread into a fresh, anonymous netns, freed when we leave it.
 

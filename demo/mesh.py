@@ -11,14 +11,16 @@ from typing import Any
 import yaml
 
 from controlplane import nodeauth
+from core.ports import ADMIN_PORT, AGENT_HTTP_PORT
 from demo.procs import Daemon
 from demo.topology import CONTROL_PLANE_IP
 
 NAMESPACE = "demo"
 VIP = "198.19.41.10"
 CP_PORT = 15012
-AGENT_HTTP = "127.0.0.1:15021"   # each node netns has its own loopback: fixed ports are safe
-PROXY_ADMIN = "127.0.0.1:15000"
+# each node netns has its own loopback: fixed ports are safe
+AGENT_HTTP = f"127.0.0.1:{AGENT_HTTP_PORT}"
+PROXY_ADMIN = f"127.0.0.1:{ADMIN_PORT}"
 SERVER_PORT = 8080
 
 

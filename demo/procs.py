@@ -15,24 +15,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from core.netns import entered
+from core.netns import inside
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """This thread in `netns` for the block; a no-op when already there (`entered()` would
-    return to the thread's home netns on exit and so leave an outer block early)."""
-    if os.stat("/proc/thread-self/ns/net").st_ino == os.stat(netns).st_ino:
-        yield
-        return
-    with entered(netns):
-        yield
 
 
 def http_get(netns: str, url: str, timeout: float = 2) -> tuple[int, str]:

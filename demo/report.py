@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.netns import inside
 from demo.mesh import PROXY_ADMIN
-from demo.procs import REPO, Daemon, inside
+from demo.procs import REPO, Daemon
 
 
 def meshnode(args: list[str], netns: str, env: dict[str, str] | None = None) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.redirect.ebpf.loader import Loader
+from core.bpf import PIN_DIR_ENV
 from demo import mesh
 from demo.containerd import Containerd, build_rootfs, kill_pid, netns_names, processes_under
 from demo.mesh import PODS, NodeDaemons
@@ -48,7 +49,7 @@ class Demo:
     def env(self, node: str) -> dict[str, str]:
         # Each node is its own machine: with eBPF, its own pins (the agent and proxy of a
         # node share them; two nodes must not).
-        return {"MESHNODE_BPF_PIN_DIR": f"{self.pins}-{node}"} if self.pins else {}
+        return {PIN_DIR_ENV: f"{self.pins}-{node}"} if self.pins else {}
 
     def _start(self, d: Daemon) -> Daemon:
         self.daemons.append(d)

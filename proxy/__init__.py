@@ -3,9 +3,9 @@ from listeners made inside each pod's netns.
 
   server.py     the process: ZDS client, mesh config client, admin, drain on SIGTERM
   config.py     the proxy's YAML config
-  inpod/        per pod: the ZDS hand-off, listeners, connections, the mesh path
+  inpod/        per pod: the ZDS hand-off, the pods' state, listeners, connections, the
+                DNS proxy on 15053, the mesh path
   forward.py    the relay (splice), shared by plaintext and HBONE paths
-  dns.py        the per-pod DNS proxy on 15053
   hbone/        HTTP/2 CONNECT over mTLS; identity/: SPIFFE certs; authz.py: L4 policy
   meshconfig/   the client of the agent's mesh.sock: routing table, policies, certs
   sockets.py    sockets made inside a netns, marked

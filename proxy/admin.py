@@ -28,9 +28,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from core.ports import ADMIN_PORT
+
 log = structlog.get_logger(__name__)
 
-ADMIN_PORT = 15000  # ztunnel's admin port
 POD_HEADER = "X-Meshnode-Proxy-Pod"
 PID_HEADER = "X-Meshnode-Proxy-Pid"
 

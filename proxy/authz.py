@@ -1,4 +1,5 @@
-"""L4 authorization, as ztunnel evaluates istio.security.Authorization (pure logic).
+"""L4 authorization, as ztunnel evaluates istio.security.Authorization (pure logic), on the
+policies of the mesh model (core/mesh/model.py).
 
 Which policies apply to a workload: GLOBAL ones (istiod sends root-namespace policies this
 way), NAMESPACE ones of the workload's namespace, and WORKLOAD_SELECTOR ones the workload
@@ -23,97 +24,22 @@ a character. So an ALLOW by identity never admits it; a DENY by address or port 
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from proxy.identity.spiffe import SpiffeId
+from core.addr import unmap
+from core.mesh.model import (
+    IPNetwork,
+    Match,
+    Policy,
+    PolicyAction,
+    PolicyScope,
+    ServiceAccountMatch,
+)
+from core.spiffe import SpiffeId
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Scope(enum.IntEnum):  # proto values
-    GLOBAL = 0
-    NAMESPACE = 1
-    WORKLOAD_SELECTOR = 2
-
-
-class Action(enum.IntEnum):
-    ALLOW = 0
-    DENY = 1
-
-
-class StringKind(enum.Enum):
-    EXACT = "exact"
-    PREFIX = "prefix"
-    SUFFIX = "suffix"
-    PRESENCE = "presence"
-
-
-@dataclass(frozen=True, slots=True)
-class StringMatch:
-    kind: StringKind
-    value: str = ""
-
-    def matches(self, s: str) -> bool:
-        if self.kind is StringKind.EXACT:
-            return s == self.value
-        if self.kind is StringKind.PREFIX:
-            return s.startswith(self.value)
-        if self.kind is StringKind.SUFFIX:
-            return s.endswith(self.value)
-        return s != ""
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceAccountMatch:
-    namespace: str
-    service_account: str
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    namespaces: tuple[StringMatch, ...] = ()
-    not_namespaces: tuple[StringMatch, ...] = ()
-    service_accounts: tuple[ServiceAccountMatch, ...] = ()
-    not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
-    principals: tuple[StringMatch, ...] = ()
-    not_principals: tuple[StringMatch, ...] = ()
-    source_ips: tuple[IPNetwork, ...] = ()
-    not_source_ips: tuple[IPNetwork, ...] = ()
-    destination_ips: tuple[IPNetwork, ...] = ()
-    not_destination_ips: tuple[IPNetwork, ...] = ()
-    destination_ports: tuple[int, ...] = ()
-    not_destination_ports: tuple[int, ...] = ()
-
-    def is_empty(self) -> bool:
-        return not any(getattr(self, f.name) for f in fields(self))
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    matches: tuple[Match, ...] = ()  # OR-ed
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    rules: tuple[Rule, ...] = ()  # AND-ed
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    name: str
-    namespace: str
-    scope: Scope
-    action: Action
-    groups: tuple[Group, ...] = ()  # OR-ed
-    dry_run: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +67,7 @@ class Decision:
 
 
 def _in(ip: IPAddress, nets: Iterable[IPNetwork]) -> bool:
-    # An IPv4 client reaching a dual-stack listener shows up v4-mapped; policies say v4.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmap(ip)  # an IPv4 client on a dual-stack listener is v4-mapped; policies say v4
     return any(ip.version == n.version and ip in n for n in nets)
 
 
@@ -195,20 +119,20 @@ def policy_matches(p: Policy, c: Connection) -> bool:
 def applicable(policies: Iterable[Policy], workload: Workload) -> list[Policy]:
     selected = set(workload.policies)
     return [p for p in policies
-            if p.scope is Scope.GLOBAL
-            or (p.scope is Scope.NAMESPACE and p.namespace == workload.namespace)
-            or (p.scope is Scope.WORKLOAD_SELECTOR and p.key in selected)]
+            if p.scope == PolicyScope.GLOBAL
+            or (p.scope == PolicyScope.NAMESPACE and p.namespace == workload.namespace)
+            or (p.scope == PolicyScope.WORKLOAD_SELECTOR and p.key in selected)]
 
 
 def evaluate(policies: Iterable[Policy], workload: Workload, conn: Connection) -> Decision:
     mine = applicable(policies, workload)
-    dry = tuple(p.key for p in mine if p.dry_run and p.action is Action.DENY
+    dry = tuple(p.key for p in mine if p.dry_run and p.action == PolicyAction.DENY
                 and policy_matches(p, conn))
     enforced = [p for p in mine if not p.dry_run]
     for p in enforced:
-        if p.action is Action.DENY and policy_matches(p, conn):
+        if p.action == PolicyAction.DENY and policy_matches(p, conn):
             return Decision(False, "denied_by_policy", p.key, dry)
-    allows = [p for p in enforced if p.action is Action.ALLOW]
+    allows = [p for p in enforced if p.action == PolicyAction.ALLOW]
     if not allows:
         return Decision(True, "no_allow_policies", None, dry)
     for p in allows:

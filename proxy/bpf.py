@@ -21,6 +21,7 @@ import socket
 import struct
 
 from core import bpf as sc
+from core.addr import unmap
 from core.bpf import SO_NETNS_COOKIE
 from core.netns import entered
 
@@ -101,5 +102,5 @@ def dns_origin(pin_dir: str, netns_fd: int, client: tuple[str, int], local: tupl
         return None
     _, ip, port_be, family = _ORIGIN.unpack(raw)
     addr = ipaddress.IPv6Address(ip)
-    host = str(addr.ipv4_mapped) if family == _AF_INET and addr.ipv4_mapped else str(addr)
+    host = str(unmap(addr)) if family == _AF_INET else str(addr)
     return host, socket.ntohs(port_be)

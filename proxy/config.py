@@ -7,16 +7,24 @@ from dataclasses import dataclass, field
 from core import addr
 from core.bpf import default_pin_dir
 from core.config import ConfigError, check_address, check_socket_path, load_yaml, prefixed
-from core.ports import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK, TUNNEL_PORT
+from core.ports import (
+    ADMIN_PORT,
+    DNS_PORT,
+    INBOUND_PORT,
+    OUTBOUND_PORT,
+    PROXY_MARK,
+    TUNNEL_PORT,
+)
+from core.wire import zds
 
 
 @dataclass
 class ProxyConfig:
-    zds_socket: str = "/var/run/meshnode/zds.sock"
+    zds_socket: str = zds.DEFAULT_SOCKET
     # The agent's mesh config channel (agent `mesh_socket`); "" = no control plane: plain
     # passthrough only, and 15008 refuses connections.
     mesh_socket: str = ""
-    admin_address: str = "127.0.0.1:15000"  # /config_dump /healthz/ready /metrics
+    admin_address: str = f"127.0.0.1:{ADMIN_PORT}"  # /config_dump /healthz/ready /metrics
     mark: int = PROXY_MARK
     outbound_port: int = OUTBOUND_PORT
     inbound_port: int = INBOUND_PORT

@@ -22,6 +22,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from core.aio import cancel_and_wait
+
 PIPE_SIZE = 1 << 20  # bigger pipe: fewer splice round trips on fast streams
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031
@@ -192,14 +194,10 @@ async def relay(a: socket.socket, b: socket.socket, traffic: Traffic | None = No
                     # A reset (or any error) on one side ends the whole connection, and the
                     # other side is told with a reset too.
                     t.reset = True
-                    for p in pending:
-                        p.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
+                    await cancel_and_wait(pending)
                     pending = set()
     except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         t.reset = True
         raise
     finally:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 
+from core.addr import unmap
+
 Addr = tuple[str, int]
 
 
@@ -27,8 +29,7 @@ def loop_reason(dst: Addr, local_ips: Collection[str], ports: Collection[int]) -
         ip = ipaddress.ip_address(dst[0])
     except ValueError:
         return None  # not an address: nothing can be dialled, so nothing loops
-    mapped = getattr(ip, "ipv4_mapped", None)
-    ip = mapped or ip
+    ip = unmap(ip)
     if ip.is_loopback:
         return "loopback"
     if ip.is_unspecified:

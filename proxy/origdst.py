@@ -11,6 +11,8 @@ import ipaddress
 import socket
 import struct
 
+from core.addr import unmap
+
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
 
@@ -22,7 +24,7 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
         raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
         port = struct.unpack_from("!H", raw, 2)[0]
         addr = ipaddress.IPv6Address(raw[8:24])
-        return (str(addr.ipv4_mapped or addr), port)
+        return (str(unmap(addr)), port)
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port = struct.unpack_from("!H", raw, 2)[0]
     return (socket.inet_ntoa(raw[4:8]), port)

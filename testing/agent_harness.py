@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,31 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
+def start_meshnode(command: str, config: Path, log: Path,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`meshnode <command> --config <config>` from this checkout, its output appended to
+    `log`; `env` is added to our environment (None: ours)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", command, "--config", str(config)],
+            stdout=out, stderr=out, cwd=REPO,
+            env={**os.environ, **env} if env is not None else None)
+
+
+def wait_up(proc: subprocess.Popen[bytes], log: Path, what: str, up: Callable[[], bool],
+            timeout: float = 15, state: str = "ready") -> None:
+    """Poll `up()` until true; RuntimeError with the log's tail if `proc` exits first or
+    `timeout` passes ("<what> not <state>")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
+        if up():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not {state}: {log.read_text()[-2000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,6 +68,7 @@ class AgentProc:
     workdir: Path
     backend: str = "nftables"
     fallback: str = ""  # capture.fallback (with backend ebpf)
+    flavour: str = ""  # capture.iptables_flavour (with backend iptables); "" = auto
     drift_interval: float = 0.5
     selection: dict[str, Any] = field(default_factory=dict)
     install: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +84,8 @@ class AgentProc:
             "cni_socket": self.socket, "state_dir": str(self.workdir / "state"),
             "http_address": f"127.0.0.1:{self.port}",
             "drift_interval_seconds": self.drift_interval,
-            "capture": {"backend": self.backend, "fallback": self.fallback},
+            "capture": {"backend": self.backend, "fallback": self.fallback,
+                        **({"iptables_flavour": self.flavour} if self.flavour else {})},
             "zds_socket": str(self.workdir / "zds.sock"),
             "proxy_handoff": self.proxy_handoff,
         }
@@ -70,20 +98,14 @@ class AgentProc:
         self.log = self.workdir / "agent.log"
 
     def start(self, wait_ready: bool = True) -> AgentProc:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "agent", "--config", str(self.config)],
-                stdout=log, stderr=log, cwd=REPO,
-                env={**os.environ, **self.env} if self.env is not None else None)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log.read_text()[-2000:]}")
+        self.proc = start_meshnode("agent", self.config, self.log, self.env)
+
+        def up() -> bool:  # ready, or (not waiting for that) serving HTTP at all
             status = self.http("/readyz")[0]
-            if status == 200 or (status and not wait_ready):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"agent not ready: {self.log.read_text()[-2000:]}")
+            return status == 200 or (status != 0 and not wait_ready)
+
+        wait_up(self.proc, self.log, "agent", up)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.proc, sig)

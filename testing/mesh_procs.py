@@ -8,37 +8,24 @@ its own PID."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from core.netns import entered
-from testing.agent_harness import REPO, AgentProc, stop_process
+from core.netns import inside
+from testing.agent_harness import REPO, AgentProc, stop_process, wait_up
 from testing.lab import Node
 from testing.proxy_procs import ProxyProc
 
 CONTROL_PLANE_PORT = 15012  # istiod's; the control plane's netns is its own, nothing else binds
-
-
-@contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """This thread in `netns` for the block. A no-op when already there: `entered()` returns
-    to the thread's original netns on exit, so nesting it would leave the outer block early."""
-    if os.stat("/proc/thread-self/ns/net").st_ino == os.stat(netns).st_ino:
-        yield
-        return
-    with entered(netns):
-        yield
 
 
 @dataclass
@@ -107,15 +94,13 @@ class ControlPlaneProc:
         seen = self.log.stat().st_size if self.log.exists() else 0  # a restart logs anew
         with open(self.log, "ab") as log, inside(self.netns.path):
             self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=log, cwd=REPO)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"control plane exited: {self.log.read_text()[-2000:]}")
+
+        def serving() -> bool:
             fresh = self.log.read_bytes()[seen:].decode(errors="replace")
-            if self.root_cert.exists() and "serving" in fresh:
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"control plane not serving: {self.log.read_text()[-2000:]}")
+            return self.root_cert.exists() and "serving" in fresh
+
+        wait_up(self.proc, self.log, "control plane", serving, state="serving")
+        return self
 
     @property
     def root_cert(self) -> Path:

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 
 from agent.redirect.ebpf.loader import Loader
+from core.bpf import PIN_DIR_ENV
 
 
 @contextlib.contextmanager
@@ -19,15 +20,15 @@ def private_pins() -> Iterator[str]:
     mnt = tempfile.mkdtemp(prefix="meshnode-bench-bpffs-")
     subprocess.run(["mount", "-t", "bpf", "bpf", mnt], check=True)
     pins = os.path.join(mnt, "meshnode")
-    old = os.environ.get("MESHNODE_BPF_PIN_DIR")
-    os.environ["MESHNODE_BPF_PIN_DIR"] = pins
+    old = os.environ.get(PIN_DIR_ENV)
+    os.environ[PIN_DIR_ENV] = pins
     try:
         yield pins
     finally:
         if old is None:
-            os.environ.pop("MESHNODE_BPF_PIN_DIR", None)
+            os.environ.pop(PIN_DIR_ENV, None)
         else:
-            os.environ["MESHNODE_BPF_PIN_DIR"] = old
+            os.environ[PIN_DIR_ENV] = old
         with contextlib.suppress(OSError):
             Loader(pin_dir=pins).destroy()
         subprocess.run(["umount", "-l", mnt], check=False)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from testing.agent_harness import REPO, free_port, http_get, stop_process
+from testing.agent_harness import free_port, http_get, start_meshnode, stop_process, wait_up
 
 
 @dataclass
@@ -36,20 +33,9 @@ class ProxyProc:
         self.log = self.workdir / f"{self.name}.log"
 
     def start(self, wait_ready: bool = True) -> ProxyProc:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "proxy", "--config", str(self.config)],
-                stdout=log, stderr=log, cwd=REPO,
-                env={**os.environ, **self.env} if self.env is not None else None)
-        deadline = time.monotonic() + 15
-        while wait_ready and time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"proxy exited: {self.log.read_text()[-2000:]}")
-            if self.get("/healthz/ready")[0] == 200:
-                return self
-            time.sleep(0.05)
+        self.proc = start_meshnode("proxy", self.config, self.log, self.env)
         if wait_ready:
-            raise RuntimeError(f"proxy not ready: {self.log.read_text()[-2000:]}")
+            wait_up(self.proc, self.log, "proxy", lambda: self.get("/healthz/ready")[0] == 200)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:

@@ -95,6 +95,17 @@ def ebpf_pin_dir(bpffs: str) -> Iterator[str]:
         Loader(pin_dir=path).destroy()
 
 
+@pytest.fixture(scope="module")
+def ebpf_impl(ebpf_pin_dir: str) -> Iterator[RuleBackend]:
+    """The eBPF backend on this module's pins, one per module: each backend owns its loader,
+    and loading compiles (~1 s) and holds a few dozen descriptors until closed."""
+    impl = engine.make_backend("ebpf", bpf_pin_dir=ebpf_pin_dir)
+    try:
+        yield impl
+    finally:
+        impl.close()
+
+
 # Tests that take `impl` run once per redirection backend.
 BACKENDS = [("iptables", "nft"), ("iptables", "legacy"), ("nftables", "auto"), ("ebpf", "")]
 
@@ -106,6 +117,8 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Rul
         # Everything that looks for the pins (the backend, a proxy in this process or a
         # child, the CLI) finds this module's private ones.
         monkeypatch.setenv("MESHNODE_BPF_PIN_DIR", request.getfixturevalue("ebpf_pin_dir"))
+        ebpf: RuleBackend = request.getfixturevalue("ebpf_impl")
+        return ebpf
     return engine.make_backend(b, f)
 
 

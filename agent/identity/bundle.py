@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.identity.csr import IdentityError
+from core import pem
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def bundle_from_response(identity: str, key: ec.EllipticCurvePrivateKey, key_pem
     for element in cert_chain:
         # istiod may put several PEM blocks in one element; keep one cert per entry.
         for c in x509.load_pem_x509_certificates(element.encode()):
-            pems.append(c.public_bytes(serialization.Encoding.PEM).decode())
+            pems.append(pem.cert_pem(c))
     leaf = x509.load_pem_x509_certificate(pems[0].encode())
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -65,9 +65,7 @@ def bundle_from_response(identity: str, key: ec.EllipticCurvePrivateKey, key_pem
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if uris != [identity]:
         raise IdentityError(f"leaf certificate is for {uris}, asked for {identity}")
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if leaf.public_key().public_bytes(enc, pub) != key.public_key().public_bytes(enc, pub):
+    if pem.spki(leaf) != pem.spki(key.public_key()):
         raise IdentityError("leaf certificate does not hold our key")
     chain, roots = (pems[:-1], pems[-1:]) if len(pems) > 1 else (pems, [])
     return CertBundle(identity=identity, key_pem=key_pem, chain_pem=tuple(chain),

@@ -20,9 +20,10 @@ import structlog
 
 from agent.identity.bundle import CertBundle
 from agent.identity.caclient import CertificateSource
-from agent.xds.backoff import Backoff
-from agent.xds.records import Workload
 from agent.xds.state import Change, XdsState
+from core.aio import cancel_and_wait
+from core.backoff import Backoff
+from core.mesh.model import Workload
 
 log = structlog.get_logger("identity")
 
@@ -155,9 +156,7 @@ class IdentityManager:
         tasks = [e.task for e in self._entries.values() if e.task is not None]
         self._entries.clear()
         self._pod_identity.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
     # ---- per identity ----
 

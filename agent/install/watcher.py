@@ -37,6 +37,7 @@ from agent.install.atomic import is_temp_name
 from agent.install.config import InstallConfig
 from agent.install.outcome import CheckResult, RepairOutcome
 from agent.install.throttle import RepairThrottle
+from core.backoff import Backoff
 
 log = structlog.get_logger()
 
@@ -75,7 +76,7 @@ class InstallWatcher:
         self._writing: set[tuple[Path, str]] = set()
         self._not_before = 0.0
         self._trigger = "event"
-        self._retry = RETRY_SECONDS
+        self._retry = Backoff(RETRY_SECONDS, RETRY_MAX_SECONDS, jitter=False)
         self._in_backoff = False  # _not_before was set by a failure, not by the throttle
 
     @property
@@ -236,10 +237,9 @@ class InstallWatcher:
             log.error("cni_install_reconcile_error", error=f"{type(exc).__name__}: {exc}")
             outcome = RepairOutcome.FAILED
         if outcome is RepairOutcome.FAILED:
-            self._not_before = now + self._retry
+            self._not_before = now + self._retry.next()
             self._in_backoff = True
-            self._retry = min(self._retry * 2, RETRY_MAX_SECONDS)
             self._mark(now, "retry")
         else:
-            self._retry = RETRY_SECONDS
+            self._retry.reset()
             self._in_backoff = False

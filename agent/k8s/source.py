@@ -22,9 +22,10 @@ from agent.k8s import netns as netns_finder
 from agent.k8s.api import ApiError, KubeApi
 from agent.k8s.queue import WorkQueue
 from agent.k8s.taint import remove_not_ready_taint
-from agent.k8s.watch import Backoff, Informer
+from agent.k8s.watch import Informer
 from agent.nodeagent.enroll import PodEnrollment
 from agent.nodeagent.pods import PodRecord, PodState
+from core.backoff import Backoff
 
 log = structlog.get_logger("k8s.source")
 
@@ -58,7 +59,7 @@ class KubePodSource:
         self._ns_labels: dict[str, dict[str, str]] = {}
         self._identity: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name), kept
         # past DELETED until the pod's sync has run (records without a uid match by name)
-        self._attempts: dict[str, int] = {}
+        self._retries: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.taint_removed = asyncio.Event()
 
@@ -152,10 +153,13 @@ class KubePodSource:
             finally:
                 self.queue.done(uid)
             if done:
-                self._attempts.pop(uid, None)
+                self._retries.pop(uid, None)
             else:
-                n = self._attempts[uid] = self._attempts.get(uid, 0) + 1
-                self.queue.add_after(uid, min(30.0, self.retry_seconds * 2 ** min(n - 1, 5)))
+                backoff = self._retries.get(uid)
+                if backoff is None:  # at most 32 times the first delay, and 30 s
+                    backoff = self._retries[uid] = Backoff(
+                        self.retry_seconds, min(30.0, self.retry_seconds * 2 ** 5), jitter=False)
+                self.queue.add_after(uid, backoff.next())
 
     def _records(self, uid: str) -> list[PodRecord]:
         """The Enroller's records of this pod: by uid, or by namespace/name for a CNI record

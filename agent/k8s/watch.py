@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,27 +24,12 @@ import structlog
 
 from agent.k8s import metrics
 from agent.k8s.api import ApiError, Listing
+from core.backoff import Backoff
 
 log = structlog.get_logger("k8s.watch")
 
 # (event type ADDED|MODIFIED|DELETED, the object, the cached object it replaces or None)
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
-
-
-class Backoff:
-    def __init__(self, initial: float = 0.2, cap: float = 30.0) -> None:
-        self.initial, self.cap = initial, cap
-        self._next = initial
-
-    def next(self) -> float:
-        """The delay to wait now; full jitter so a fleet of agents does not reconnect in
-        lockstep after an API server restart."""
-        delay = random.uniform(self._next / 2, self._next)
-        self._next = min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
 
 
 def object_key(obj: Any) -> str | None:
@@ -80,7 +64,7 @@ class Informer:
         self._watch = watch_fn
         self._handler = handler
         self.watch_timeout = watch_timeout_seconds
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(0.2, 30.0)
         self.cache: dict[str, dict[str, Any]] = {}
         self.resource_version = ""
         self.synced = asyncio.Event()  # set after the first successful list

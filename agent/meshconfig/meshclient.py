@@ -18,8 +18,9 @@ from agent.identity.manager import IdentityConfig, IdentityManager
 from agent.xds.channel import ControlPlaneEndpoint
 from agent.xds.client import DeltaAdsClient, XdsClientConfig
 from agent.xds.node import NodeInfo
-from agent.xds.records import Workload
 from agent.xds.state import XdsState
+from core.aio import cancel_and_wait
+from core.mesh.model import DEFAULT_CLUSTER, Workload
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ControlPlaneSettings:
     root_ca: str = "/var/run/meshnode/controlplane/root-cert.pem"
     server_name: str = ""                  # SAN to expect if it is not the address's host
     token_path: str = "/var/run/meshnode/node-token"   # `meshnode controlplane --print-node-token`
-    cluster_id: str = "Kubernetes"
+    cluster_id: str = DEFAULT_CLUSTER
     node_name: str = ""                    # default: $NODE_NAME, else the hostname
     pod_name: str = ""                     # default: $POD_NAME, else "meshnode"
     pod_namespace: str = ""                # default: $POD_NAMESPACE, else "istio-system"
@@ -91,7 +92,6 @@ class MeshClient:
         if self._unfollow is not None:
             self._unfollow()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         await self.identities.close()
         await self.ca.close()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,20 +19,21 @@ import structlog
 
 from agent.identity.bundle import CertBundle
 from agent.identity.manager import IdentityManager
-from agent.meshconfig import encode
-from agent.xds.records import Policy, Service, Workload
 from agent.xds.state import Change, XdsState
+from core.aio import cancel_and_wait, peer_credentials
+from core.mesh.channel import encode_policy, encode_service, encode_workload
+from core.mesh.model import DEFAULT_TRUST_DOMAIN, Policy, Service, Workload
 from core.wire.meshconfig import frame
 
 log = structlog.get_logger("meshconfig")
 MAX_QUEUED = 10_000  # messages; a proxy this far behind reconnects and resyncs
 
 
-def snapshot(state: XdsState, trust_domain: str = "cluster.local") -> dict[str, Any]:
+def snapshot(state: XdsState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict[str, Any]:
     return {"t": "snapshot", "trust_domain": trust_domain,
-            "workloads": [encode.workload(w) for w in state.workloads.values()],
-            "services": [encode.service(s) for s in state.services.values()],
-            "policies": [encode.policy(p) for p in state.policies.values()]}
+            "workloads": [encode_workload(w) for w in state.workloads.values()],
+            "services": [encode_service(s) for s in state.services.values()],
+            "policies": [encode_policy(p) for p in state.policies.values()]}
 
 
 def delta(changes: Sequence[Change]) -> dict[str, Any]:
@@ -43,11 +42,11 @@ def delta(changes: Sequence[Change]) -> dict[str, Any]:
                            "removed_policies": []}
     for c in changes:
         if isinstance(c.new, Workload):
-            msg["workloads"].append(encode.workload(c.new))
+            msg["workloads"].append(encode_workload(c.new))
         elif isinstance(c.new, Service):
-            msg["services"].append(encode.service(c.new))
+            msg["services"].append(encode_service(c.new))
         elif isinstance(c.new, Policy):
-            msg["policies"].append(encode.policy(c.new))
+            msg["policies"].append(encode_policy(c.new))
         elif c.kind == "workload":
             msg["removed_workloads"].append(c.key)
         elif c.kind == "service":
@@ -57,18 +56,21 @@ def delta(changes: Sequence[Change]) -> dict[str, Any]:
     return msg
 
 
+def _cert_msg(b: CertBundle) -> dict[str, Any]:
+    return {"t": "cert", "identity": b.identity, "key": b.key_pem.decode(),
+            "chain": "".join(b.chain_pem), "roots": "".join(b.roots_pem)}
+
+
 def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
     sock = writer.get_extra_info("socket")
     if sock is None:
         return False
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid in (0, os.getuid())
+    return peer_credentials(sock).uid in (0, os.getuid())
 
 
 class MeshConfigServer:
     def __init__(self, path: str, state: XdsState, identities: IdentityManager,
-                 trust_domain: str = "cluster.local") -> None:
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.path = path
         self.trust_domain = trust_domain
         self.state = state
@@ -103,10 +105,7 @@ class MeshConfigServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -128,7 +127,7 @@ class MeshConfigServer:
     def _on_cert(self, identity: str, bundle: CertBundle | None) -> None:
         if not self._queues:
             return
-        self._broadcast(frame(encode.bundle(bundle) if bundle is not None else
+        self._broadcast(frame(_cert_msg(bundle) if bundle is not None else
                               {"t": "cert", "identity": identity, "removed": True}))
 
     # -- one proxy ----------------------------------------------------------------------
@@ -148,7 +147,7 @@ class MeshConfigServer:
             for ident in self.identities.identities():
                 b = self.identities.get(ident)
                 if b is not None:
-                    q.put_nowait(frame(encode.bundle(b)))
+                    q.put_nowait(frame(_cert_msg(b)))
             self._queues.add(q)
             log.info("meshconfig_proxy_connected", workloads=len(self.state.workloads),
                      identities=len(self.identities.identities()))

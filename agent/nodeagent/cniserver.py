@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,19 +15,22 @@ from typing import Any
 import structlog
 
 from agent.nodeagent import metrics
-from agent.nodeagent.deadline import BudgetError, Deadline, budget_ms
-from agent.nodeagent.enroll import INVALID_CONFIG, Enroller, Reply, fail
+from agent.nodeagent.deadline import Deadline
+from agent.nodeagent.enroll import Enroller
+from agent.nodeagent.errors import (
+    CniError,
+    InvalidConfig,
+    InvalidEnvironment,
+    PluginNotAvailable,
+    Reply,
+    TryAgain,
+)
+from agent.nodeagent.request import CniRequest, Command
+from core.aio import peer_credentials
 
 log = structlog.get_logger("cniserver")
 MAX_REQUEST = 1 << 20
 READ_TIMEOUT = 10.0
-PLUGIN_NOT_AVAILABLE = 50  # CNI 1.1 STATUS: "plugin not available"
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 class CniServer:
@@ -60,30 +61,30 @@ class CniServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cmd = "?"
-        req: dict[str, Any] | Reply = {}
+        raw: dict[str, Any] = {}
         # The plugin's ADD budget counts from here (monotonic: see deadline.py).
         started = time.monotonic()
         try:
             sock = writer.get_extra_info("socket")
-            if peer_uid(sock) != 0:
-                reply = fail("permission denied: only root may talk to the meshnode agent", 4)
-            else:
-                req = await self._read(reader)
-                if isinstance(req, Reply):
-                    reply = req
-                else:
-                    cmd = str(req.get("cmd", "?"))
-                    reply = await self._dispatch(cmd, req, started)
+            if peer_credentials(sock).uid != 0:
+                raise InvalidEnvironment("permission denied: only root may talk to the "
+                                         "meshnode agent")
+            raw = await self._read(reader)
+            cmd = str(raw.get("cmd", "?"))
+            # Parsed and checked once, here: enrollment sees typed fields only.
+            reply = await self._dispatch(CniRequest.parse(raw), started)
+        except CniError as err:
+            reply = Reply.failed(err)
         except TimeoutError:
-            reply = fail("request not received in time")
+            reply = Reply.failed(TryAgain("request not received in time"))
         except Exception as exc:  # never let one request take the agent down
             log.exception("request_failed", cmd=cmd)
-            reply = fail(f"internal error: {type(exc).__name__}: {exc}")
+            reply = Reply.failed(TryAgain(f"internal error: {type(exc).__name__}: {exc}"))
         metrics.PLUGIN_REQUESTS.labels(cmd, "ok" if reply.ok else "error").inc()
         # The plugin's activity, in the agent's log (the plugin itself logs to the runtime).
-        info = req if isinstance(req, dict) else {}
-        pod = info.get("pod") or {}
-        log.info("plugin_request", cmd=cmd, container=info.get("container_id", ""),
+        pod = raw.get("pod")
+        pod = pod if isinstance(pod, dict) else {}
+        log.info("plugin_request", cmd=cmd, container=raw.get("container_id", ""),
                  pod=f"{pod.get('namespace', '')}/{pod.get('name', '')}", ok=reply.ok,
                  detail=reply.detail, ms=round((time.monotonic() - started) * 1e3, 2))
         try:
@@ -94,43 +95,37 @@ class CniServer:
         except (ConnectionError, OSError):
             pass  # the plugin gave up (timeout): enrollment state is already consistent
 
-    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any] | Reply:
+    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
             req = json.loads(line)
         except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
-            return fail(f"malformed request: {exc}", INVALID_CONFIG)
+            raise InvalidConfig(f"malformed request: {exc}") from None
         if not isinstance(req, dict):
-            return fail("malformed request: not a JSON object", INVALID_CONFIG)
+            raise InvalidConfig("malformed request: not a JSON object")
         return req
 
-    async def _dispatch(self, cmd: str, req: dict[str, Any], started: float) -> Reply:
+    async def _dispatch(self, req: CniRequest, started: float) -> Reply:
         run = asyncio.get_running_loop().run_in_executor
         e = self.enroller
-        if cmd == "STATUS":
+        if req.command is Command.STATUS:
             return self._status()
-        if cmd == "ADD":
-            try:
-                deadline = Deadline.after(budget_ms(req), started)
-            except BudgetError as exc:
-                return fail(f"malformed request: {exc}", INVALID_CONFIG)
-            return await run(None, e.add, req, deadline)
-        if cmd == "DEL":
-            return await run(None, e.delete, str(req.get("container_id", "")))
-        if cmd == "CHECK":
+        if req.command is Command.ADD:
+            return await run(None, e.add, req, Deadline.after(req.deadline_ms, started))
+        if req.command is Command.DEL:
+            return await run(None, e.delete, req.container_id)
+        if req.command is Command.CHECK:
             return await run(None, e.check, req)
-        if cmd == "GC":
-            return await run(None, e.gc, list(req.get("attachments") or []))
-        return fail(f"unknown command {cmd!r}", INVALID_CONFIG)
+        return await run(None, e.gc, req.attachments)
 
     def _status(self) -> Reply:
         """CNI STATUS: can an ADD succeed now? Not without a proxy that takes pods (every
         ADD would fail), so the runtime holds new pods instead of failing them one by one."""
         if not self.ready():
-            return fail("meshnode agent is not ready", PLUGIN_NOT_AVAILABLE)
+            raise PluginNotAvailable("meshnode agent is not ready")
         if self.enroller.cfg.proxy_handoff:
             handoff = self.enroller.handoff
             if handoff is None or not handoff.ready():
-                return fail("no node proxy is connected and synced: new pods cannot be "
-                            "handed over", PLUGIN_NOT_AVAILABLE)
+                raise PluginNotAvailable("no node proxy is connected and synced: new pods "
+                                         "cannot be handed over")
         return Reply(ok=True, detail="ready")

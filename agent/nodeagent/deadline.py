@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 # Old plugins send no deadline_ms: they wait timeout_seconds, 10 s unless configured.
 DEFAULT_BUDGET_MS = 10_000
@@ -30,26 +30,29 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class Deadline:
-    at: float  # time.monotonic() by which the agent must have committed (margin included)
+    at: float  # clock() by which the agent must have committed (margin included)
     budget_ms: float  # what the plugin sent, for messages
+    # time.monotonic; a test's fake clock makes deadline logic testable without sleeping
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     @classmethod
-    def after(cls, budget_ms: float, start: float | None = None) -> Deadline:
-        start = time.monotonic() if start is None else start
+    def after(cls, budget_ms: float, start: float | None = None,
+              clock: Callable[[], float] = time.monotonic) -> Deadline:
+        start = clock() if start is None else start
         seconds = max(budget_ms, 0) / 1000
         return cls(at=start + seconds - min(MAX_MARGIN, seconds * MARGIN_SHARE),
-                   budget_ms=budget_ms)
+                   budget_ms=budget_ms, clock=clock)
 
     def remaining(self) -> float:
-        return self.at - time.monotonic()
+        return self.at - self.clock()
 
     def passed(self) -> bool:
         return self.remaining() <= 0
 
 
-def budget_ms(req: dict[str, Any]) -> float:
-    """The request's `deadline_ms`, or the default for a plugin that sends none."""
-    value = req.get("deadline_ms")
+def budget_of(value: object) -> float:
+    """A request's `deadline_ms` as the plugin sent it, checked; the default for a plugin
+    that sends none (None)."""
     if value is None:
         return DEFAULT_BUDGET_MS
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(

@@ -2,54 +2,46 @@
 
 Everything here blocks (it enters netns and runs netfilter tools), so the asyncio side calls
 it on worker threads. Operations on one container are serialised by a per-container lock.
+
+The Enroller is given what touches the kernel or the proxy (agent/nodeagent/deps.py): the
+backend, the redirect engine, the netns lookups, the hand-off; the agent passes the real
+ones, tests/unit/test_enroller.py fakes. Requests arrive typed (agent/nodeagent/request.py)
+and refusals are typed errors with their CNI code (agent/nodeagent/errors.py), answered
+as a Reply.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import structlog
 
 from agent.config import AgentConfig
-from agent.nodeagent import hostns, ipfamily, metrics, netnsfind
+from agent.nodeagent import ipfamily, metrics
+from agent.nodeagent.backend import make_capture_backend
 from agent.nodeagent.deadline import Deadline
-from agent.nodeagent.handoff import ProxyHandoff
+from agent.nodeagent.deps import Handoff, HostNetns, NetnsLookup, RedirectEngine
+from agent.nodeagent.errors import (
+    CniError,
+    InvalidConfig,
+    InvalidEnvironment,
+    Reply,
+    TryAgain,
+    fail,
+)
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
+from agent.nodeagent.request import Attachment, CniRequest, Command
 from agent.redirect import backend as engine
-from agent.redirect.ebpf.backend import EbpfBackend
-from agent.redirect.ebpf.loader import LoadError
 from agent.redirect.errors import RedirectError
-from agent.redirect.spec import RedirectSpec, SpecError
+from agent.redirect.spec import RedirectSpec, SpecError, with_overrides
 from agent.zds.server import ZdsError
-from core.config import ConfigError
 
 log = structlog.get_logger("enroll")
 
-TRY_AGAIN = 11  # CNI: "try again later"
-INVALID_CONFIG = 7  # CNI: invalid network config
-INVALID_ENVIRONMENT = 4  # CNI: invalid environment variables (here: CNI_NETNS)
-
-
-@dataclass(frozen=True)
-class Reply:
-    ok: bool
-    captured: bool = False
-    detail: str = ""
-    code: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        if self.ok:
-            return {"ok": True, "captured": self.captured, "detail": self.detail}
-        return {"ok": False, "code": self.code or TRY_AGAIN, "msg": self.detail,
-                "details": ""}
-
-
-def fail(msg: str, code: int = TRY_AGAIN) -> Reply:
-    return Reply(ok=False, detail=msg, code=code)
+__all__ = ["Enroller", "PodEnrollment", "PodWatch", "Reply", "SelectionPolicy", "fail"]
 
 
 class PodEnrollment(Protocol):
@@ -59,7 +51,7 @@ class PodEnrollment(Protocol):
 
     store: PodStore
 
-    def add(self, req: dict[str, Any]) -> Reply: ...
+    def add(self, req: Mapping[str, Any]) -> Reply: ...
 
     def delete(self, cid: str) -> Reply: ...
 
@@ -79,44 +71,24 @@ class SelectionPolicy(Protocol):
     def selects(self, namespace: str, name: str) -> bool | None: ...
 
 
-_OVERRIDABLE = {"dns_capture", "inbound_capture", "ipv6", "virtual_interfaces",
-                "exclude_outbound_cidrs", "exclude_inbound_ports", "exclude_outbound_ports"}
-
-
-def make_capture_backend(cfg: AgentConfig) -> engine.RuleBackend:
-    """The configured backend, ready to use. Flavour detection runs here, in the host netns,
-    once; the eBPF programs are loaded here, so a kernel that cannot run them is found at
-    start-up (and, with `capture.fallback`, replaced by a netfilter backend) rather than at
-    the first pod."""
-    impl = engine.make_backend(cfg.capture.backend, cfg.capture.iptables_flavour)
-    if impl.name != "ebpf":
-        return impl
-    assert isinstance(impl, EbpfBackend)
-    try:
-        impl.loader.load()
-        dead = impl.loader.prune()
-    except LoadError as exc:
-        if not cfg.capture.fallback:
-            raise ConfigError(f"capture.backend ebpf: {exc} (set capture.fallback: iptables "
-                              "to fall back)") from None
-        log.warning("ebpf_unavailable_falling_back", reason=str(exc),
-                    fallback=cfg.capture.fallback)
-        metrics.BACKEND_FALLBACK.inc()
-        return engine.make_backend(cfg.capture.fallback, cfg.capture.iptables_flavour)
-    log.info("ebpf_loaded", pin_dir=impl.loader.pin_dir, cgroup=impl.loader.cgroup,
-             pruned_dead_pods=len(dead))
-    return impl
-
-
 class Enroller:
-    def __init__(self, cfg: AgentConfig, store: PodStore,
-                 handoff: ProxyHandoff | None = None) -> None:
+    """`backend`: the capture backend, prepared (default: the config's, made and prepared
+    here); `redirect`: applies a backend's rules in a netns (default: the redirect engine);
+    `netns`: finds and vets netns (default: this host's); `handoff`: the node proxy (set by
+    the agent once its ZDS server runs; None: rules only)."""
+
+    def __init__(self, cfg: AgentConfig, store: PodStore, handoff: Handoff | None = None, *,
+                 backend: engine.RuleBackend | None = None,
+                 redirect: RedirectEngine = engine,
+                 netns: NetnsLookup | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.handoff = handoff
         self.policy: SelectionPolicy | None = None  # set by the Kubernetes pod source
         self.watch: PodWatch | None = None  # the drift watch (driftwatch.py), set by server.py
-        self.impl = make_capture_backend(cfg)
+        self.impl = backend if backend is not None else make_capture_backend(cfg)
+        self.redirect = redirect
+        self.netns = netns if netns is not None else HostNetns()
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         for state in PodState:  # counted when scraped, not on every change
@@ -127,69 +99,72 @@ class Enroller:
         with self._locks_guard:
             return self._locks[cid]
 
-    def spec_for(self, capture: dict[str, Any]) -> RedirectSpec:
-        base = self.cfg.capture.spec()
-        unknown = set(capture) - _OVERRIDABLE
-        if unknown:
-            raise SpecError(f"capture: unknown option(s) {sorted(unknown)}")
-        changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in capture.items()}
-        return dataclasses.replace(base, **changes)
+    def spec_for(self, capture: Mapping[str, Any]) -> RedirectSpec:
+        """The config's spec with a pod's capture overrides (SpecError, TypeError if bad)."""
+        return with_overrides(self.cfg.capture.spec(), capture)
 
     # -- plugin commands ------------------------------------------------------------------
 
-    def add(self, req: dict[str, Any], deadline: Deadline | None = None) -> Reply:
+    def add(self, req: CniRequest | Mapping[str, Any],
+            deadline: Deadline | None = None) -> Reply:
         """Enroll a pod. With a `deadline` (the plugin's), an ADD that cannot commit in
         time is refused, or rolled back whole, so the runtime is never told "failed" about
-        a pod that stays captured. Without one (the Kubernetes source), it takes its time."""
-        pod = req.get("pod") or {}
-        namespace, name = str(pod.get("namespace", "")), str(pod.get("name", ""))
-        cid, netns = str(req.get("container_id", "")), str(req.get("netns", ""))
+        a pod that stays captured. Without one (the Kubernetes source), it takes its time.
+        A request in its wire form (the Kubernetes source's) is parsed first."""
+        try:
+            if not isinstance(req, CniRequest):
+                req = CniRequest.parse(req, Command.ADD)
+            return self._add(req, deadline)
+        except CniError as err:
+            return Reply.failed(err)
+
+    def _add(self, req: CniRequest, deadline: Deadline | None) -> Reply:
+        namespace, name = req.pod.namespace, req.pod.name
+        cid, netns = req.container_id, req.netns
         if not cid or not netns:
-            return fail("ADD needs container_id and netns", INVALID_CONFIG)
+            raise InvalidConfig("ADD needs container_id and netns")
         if not self.cfg.selection.captures(namespace):
             return Reply(ok=True, captured=False, detail=f"namespace {namespace!r} not selected")
         verdict = self.policy.selects(namespace, name) if self.policy is not None else True
         if verdict is None:
             # Fail closed: the runtime retries, and by then the watch has seen the pod.
-            return fail(f"pod {namespace}/{name} not yet seen by the Kubernetes watch")
+            raise TryAgain(f"pod {namespace}/{name} not yet seen by the Kubernetes watch")
         if not verdict:
             return Reply(ok=True, captured=False, detail=f"pod {namespace}/{name} not selected "
                          "by its dataplane-mode labels")
-        capture = dict((req.get("config") or {}).get("capture") or {})
         # `ipv6: auto` becomes true/false here, from the pod's addresses, and is recorded.
-        capture = ipfamily.resolve(capture, self.cfg.capture.ipv6,
-                                   [str(ip) for ip in req.get("ips") or []], netns)
+        capture = ipfamily.resolve(dict(req.capture), self.cfg.capture.ipv6, list(req.ips),
+                                   netns, self.netns.has_ipv6)
         try:
             spec = self.spec_for(capture)
         except (SpecError, TypeError) as exc:
-            return fail(f"invalid capture options: {exc}", INVALID_CONFIG)
-        inode = netnsfind.inode_of(netns)
+            raise InvalidConfig(f"invalid capture options: {exc}") from None
+        inode = self.netns.inode_of(netns)
         if inode is None:
-            return fail(f"netns {netns} does not exist")
-        if whose := hostns.forbidden(netns):
+            raise TryAgain(f"netns {netns} does not exist")
+        if whose := self.netns.forbidden(netns):
             log.warning("enroll_refused", pod=f"{namespace}/{name}", container=cid,
                         netns=netns, reason=f"{whose} network namespace")
-            return fail(f"netns {netns} is {whose} network namespace: refusing to capture "
-                        "the node's own traffic", INVALID_ENVIRONMENT)
+            raise InvalidEnvironment(f"netns {netns} is {whose} network namespace: refusing "
+                                     "to capture the node's own traffic")
         with self._lock(cid):
             if deadline is not None and deadline.passed():
                 # Waiting for the lock or a worker thread used the plugin's whole budget.
                 metrics.DEADLINE_EXCEEDED.labels("before_start").inc()
-                return fail(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
-                            "before the agent could start; nothing was changed")
+                raise TryAgain(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
+                               "before the agent could start; nothing was changed")
             rec = PodRecord(container_id=cid, netns=netns, netns_inode=inode,
-                            ifname=str(req.get("ifname", "")), ips=list(req.get("ips") or []),
-                            name=name, namespace=namespace, uid=str(pod.get("uid", "")),
-                            backend=self.impl.name, capture=capture)
+                            ifname=req.ifname, ips=list(req.ips), name=name,
+                            namespace=namespace, uid=req.pod.uid, backend=self.impl.name,
+                            capture=capture)
             self.store.put(rec)  # pending: a crash from here on is finished by reconcile
             try:
-                engine.apply(netns, spec, self.impl)
+                self.redirect.apply(netns, spec, self.impl)
             except RedirectError as exc:
                 self.store.drop(cid)
                 log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
                             error=str(exc))
-                return fail(f"redirection failed: {exc}")
+                raise TryAgain(f"redirection failed: {exc}") from None
             rec.state = PodState.REDIRECTED
             rec.detail = ""
             self.store.put(rec)
@@ -205,7 +180,7 @@ class Enroller:
                     self.store.drop(cid)
                     log.warning("enroll_failed", pod=f"{namespace}/{name}", container=cid,
                                 error=f"node proxy: {exc}")
-                    return fail(f"the node proxy did not take the pod: {exc}")
+                    raise TryAgain(f"the node proxy did not take the pod: {exc}") from None
             # The commit point: past it the plugin has given up, and the runtime believes the
             # ADD failed. Undo everything (proxy, rules, record) rather than leave the pod
             # captured behind the runtime's back.
@@ -214,8 +189,8 @@ class Enroller:
                 metrics.DEADLINE_EXCEEDED.labels("rolled_back").inc()
                 log.warning("enroll_rolled_back", pod=f"{namespace}/{name}", container=cid,
                             reason="plugin deadline passed", budget_ms=deadline.budget_ms)
-                return fail(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
-                            "before the pod was enrolled; rolled back")
+                raise TryAgain(f"the plugin's deadline ({deadline.budget_ms:.0f} ms) passed "
+                               "before the pod was enrolled; rolled back")
             if self.handoff is not None:
                 rec.state = PodState.ENROLLED
                 self.store.put(rec)
@@ -247,7 +222,7 @@ class Enroller:
 
     def _undo_rules(self, rec: PodRecord, spec: RedirectSpec) -> None:
         try:
-            engine.remove(rec.netns, spec, self.impl)
+            self.redirect.remove(rec.netns, spec, self.impl)
         except RedirectError as exc:
             log.error("undo_failed", container=rec.container_id, error=str(exc))
 
@@ -256,38 +231,45 @@ class Enroller:
         netns took them along). istio-cni's order: the proxy lets go before the rules do."""
         if self.handoff is not None:
             self.handoff.delete(rec)
-        if netnsfind.inode_of(rec.netns) == rec.netns_inode:
+        if self.netns.inode_of(rec.netns) == rec.netns_inode:
             try:
-                engine.remove(rec.netns, self.spec_for(rec.capture), self.impl)
+                self.redirect.remove(rec.netns, self.spec_for(rec.capture), self.impl)
             except (RedirectError, SpecError) as exc:
                 log.warning("release_failed", container=rec.container_id, error=str(exc))
         self.store.drop(rec.container_id)
         self._unwatch(rec.container_id)
         log.info("pod_released", pod=f"{rec.namespace}/{rec.name}", container=rec.container_id)
 
-    def check(self, req: dict[str, Any]) -> Reply:
-        cid = str(req.get("container_id", ""))
-        namespace = str((req.get("pod") or {}).get("namespace", ""))
+    def check(self, req: CniRequest | Mapping[str, Any]) -> Reply:
+        try:
+            if not isinstance(req, CniRequest):
+                req = CniRequest.parse(req, Command.CHECK)
+            return self._check(req)
+        except CniError as err:
+            return Reply.failed(err)
+
+    def _check(self, req: CniRequest) -> Reply:
+        cid, namespace, name = req.container_id, req.pod.namespace, req.pod.name
         rec = self.store.get(cid)
         if rec is None:
-            name = str((req.get("pod") or {}).get("name", ""))
             if self.cfg.selection.captures(namespace) and (
                     self.policy is None or self.policy.selects(namespace, name)):
-                return fail(f"container {cid} should be captured but is not enrolled")
+                raise TryAgain(f"container {cid} should be captured but is not enrolled")
             return Reply(ok=True, detail="not selected")
         with self._lock(cid):
             try:
-                drift = engine.diff(rec.netns, self.spec_for(rec.capture), self.impl)
+                drift = self.redirect.diff(rec.netns, self.spec_for(rec.capture), self.impl)
             except (RedirectError, SpecError) as exc:
-                return fail(f"cannot verify redirection: {exc}")
+                raise TryAgain(f"cannot verify redirection: {exc}") from None
         if not drift.in_sync:
             what = "; ".join((drift.missing + drift.unexpected)[:5])
-            return fail(f"redirection drifted ({len(drift.missing)} missing, "
-                        f"{len(drift.unexpected)} unexpected): {what}")
+            raise TryAgain(f"redirection drifted ({len(drift.missing)} missing, "
+                           f"{len(drift.unexpected)} unexpected): {what}")
         return Reply(ok=True, captured=True, detail="in sync")
 
-    def gc(self, attachments: list[dict[str, Any]]) -> Reply:
-        valid = {str(a.get("container_id", a.get("containerID", ""))) for a in attachments}
+    def gc(self, attachments: Iterable[Attachment]) -> Reply:
+        """Release every pod that is not among the runtime's valid attachments."""
+        valid = {a.container_id for a in attachments}
         dropped = 0
         for rec in self.store.all():
             if rec.container_id not in valid:
@@ -303,7 +285,7 @@ class Enroller:
         """On start: trust a known pod's netns only after verifying it, then repair it."""
         for rec in self.store.all():
             with self._lock(rec.container_id):
-                where = netnsfind.locate(rec.netns, rec.netns_inode, rec.ips)
+                where = self.netns.locate(rec.netns, rec.netns_inode, rec.ips)
                 if where is None:
                     self.store.drop(rec.container_id)
                     metrics.RECONCILE_EVENTS.labels("forgotten").inc()
@@ -327,7 +309,7 @@ class Enroller:
             rec = self.store.get(cid)
             if rec is None:
                 return 0
-            if netnsfind.inode_of(rec.netns) != rec.netns_inode:
+            if self.netns.inode_of(rec.netns) != rec.netns_inode:
                 self.store.drop(cid)
                 self._unwatch(cid)
                 metrics.RECONCILE_EVENTS.labels("forgotten").inc()
@@ -337,10 +319,10 @@ class Enroller:
     def _repair(self, rec: PodRecord, why: str) -> int:
         try:
             spec = self.spec_for(rec.capture)
-            drift = engine.diff(rec.netns, spec, self.impl)
+            drift = self.redirect.diff(rec.netns, spec, self.impl)
             if drift.in_sync and rec.state is not PodState.PENDING:
                 return 0
-            engine.apply(rec.netns, spec, self.impl)
+            self.redirect.apply(rec.netns, spec, self.impl)
         except (RedirectError, SpecError) as exc:
             rec.detail = f"repair failed: {exc}"
             self.store.put(rec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -38,23 +39,24 @@ def netns_has_ipv6(netns: str) -> bool:
     return False
 
 
-def pod_has_ipv6(ips: list[str], netns: str) -> bool:
+def pod_has_ipv6(ips: list[str], netns: str,
+                 probe: Callable[[str], bool] = netns_has_ipv6) -> bool:
     """From the addresses the runtime reported (prevResult / pod status); without any, from
-    the pod's netns itself (the primary CNI has set it up before we run)."""
+    the pod's netns itself (`probe`; the primary CNI has set it up before we run)."""
     seen = [v for v in (_v6_global(str(ip)) for ip in ips) if v is not None]
     if seen:
         return any(seen)
     try:
-        return netns_has_ipv6(netns)
+        return probe(netns)
     except OSError:
         return False  # no such netns: the ADD fails on that a moment later
 
 
 def resolve(capture: dict[str, Any], default: bool | str, ips: list[str],
-            netns: str) -> dict[str, Any]:
+            netns: str, probe: Callable[[str], bool] = netns_has_ipv6) -> dict[str, Any]:
     """`capture` (the pod's overrides) with `ipv6` made a bool when it is, or defaults to,
     `auto`. An explicit true/false (config or per pod) is kept as it is."""
     want = capture.get("ipv6", default)
     if want != AUTO:
         return capture
-    return {**capture, "ipv6": pod_has_ipv6(ips, netns)}
+    return {**capture, "ipv6": pod_has_ipv6(ips, netns, probe)}

@@ -1,4 +1,5 @@
-"""The one error type the redirect engine raises: it names the netns and the step."""
+"""The redirect engine's errors: RedirectError names the netns and the step of one pod's
+redirection; BackendUnavailable says a backend cannot run on this host at all."""
 
 from __future__ import annotations
 
@@ -11,3 +12,8 @@ class RedirectError(Exception):
         self.step = step
         self.detail = " ".join(detail.split())  # one line, whatever the tool printed
         super().__init__(f"netns {netns}: {step}: {self.detail}")
+
+
+class BackendUnavailable(Exception):
+    """A backend cannot run on this host (`prepare()` failed: for eBPF, no bpffs, cgroup
+    v2, kernel headers or a verifier rejection); the message names the cause."""

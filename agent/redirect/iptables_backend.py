@@ -83,6 +83,12 @@ class IptablesBackend:
         self.flavour = flavour
         self.name = f"iptables-{flavour}"
 
+    def prepare(self) -> None:
+        """Nothing to load: the tools run per call (flavour detection ran at construction)."""
+
+    def close(self) -> None:
+        """Nothing held between calls."""
+
     def _tool(self, family: int, verb: str) -> str:
         return f"{'ip' if family == 4 else 'ip6'}tables-{self.flavour}-{verb}"
 

@@ -112,6 +112,12 @@ def parse_ruleset(text: str, ours: frozenset[str]) -> OwnRules:
 class NftablesBackend:
     name = "nftables"
 
+    def prepare(self) -> None:
+        """Nothing to load: each call makes its own libnftables context."""
+
+    def close(self) -> None:
+        """Nothing held between calls."""
+
     def _ours(self, spec: RedirectSpec) -> frozenset[str]:
         return frozenset(names_for(spec.profile).nft_tables)
 

@@ -1,12 +1,20 @@
-"""What one pod's redirection must be. Renderers and backends read only this."""
+"""What one pod's redirection must be. Renderers and backends read only this.
+
+Also the one definition of the capture options an operator sets (`CaptureOptions`): the
+agent config's `capture:` keys and a pod's plugin `capture` overrides are its fields, the
+`meshnode redirect` flags are generated from it, and the Helm chart's `capture` values map
+onto it (tests/unit/test_capture_options.py checks the chart).
+"""
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from core.config import ChoiceEnum
 from core.ports import (
     CONNMARK,
     DNS_PORT,
@@ -27,13 +35,25 @@ PROBE_SOURCE_V6 = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
-class Backend(enum.StrEnum):
+class Backend(ChoiceEnum):
     IPTABLES = "iptables"
     NFTABLES = "nftables"
     EBPF = "ebpf"
 
 
-class Profile(enum.StrEnum):
+class IptablesFlavour(ChoiceEnum):
+    """Which iptables: `auto` picks legacy only if the host's legacy tables hold rules."""
+
+    AUTO = "auto"
+    NFT = "nft"
+    LEGACY = "legacy"
+
+    @classmethod
+    def _missing_(cls, value: object) -> IptablesFlavour:
+        raise ValueError("must be auto, nft or legacy")
+
+
+class Profile(ChoiceEnum):
     MESHNODE = "meshnode"
     ISTIO = "istio"
 
@@ -132,3 +152,63 @@ class RedirectSpec:
 
     def with_(self, **changes: object) -> RedirectSpec:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+# -- the capture options -------------------------------------------------------------------
+
+AUTO = "auto"  # `ipv6: auto`: per pod, from its addresses (agent/nodeagent/ipfamily.py)
+
+
+def _flag(flag: str, help: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """A capture option's `meshnode redirect` flag (cli/redirect_cmd.py makes it): a bool
+    option whose default is true gets an off switch (`--no-dns`), any other bool an on
+    switch (`--ipv6`); a list takes comma-separated values (`--exclude-outbound-ports 80,443`)."""
+    return {"flag": flag, "help": help, "metavar": metavar}
+
+
+@dataclass
+class CaptureOptions:
+    """The capture options: the same key in the agent config's `capture:` section, in a
+    pod's plugin `capture` overrides and in `RedirectSpec`; a flag of `meshnode redirect`;
+    a camelCase value under the Helm chart's `capture`. Lists here, tuples in the spec."""
+
+    # true: dual stack; false: IPv4 only (IPv6 passes untouched); "auto" (config and per
+    # pod only): dual stack when the pod has an IPv6 address
+    ipv6: bool | str = field(default=AUTO, metadata=_flag(
+        "--ipv6", "dual stack: also IPv6 rules"))
+    dns_capture: bool = field(default=True, metadata=_flag(
+        "--no-dns", "do not capture DNS (port 53)"))
+    inbound_capture: bool = field(default=True, metadata=_flag(
+        "--ingress", "ingress mode: no inbound capture"))
+    virtual_interfaces: list[str] = field(default_factory=list, metadata=_flag(
+        "--virtual-interfaces", "inbound on these interfaces is treated as outbound",
+        "IF,..."))
+    exclude_outbound_cidrs: list[str] = field(default_factory=list, metadata=_flag(
+        "--exclude-outbound-cidrs", metavar="CIDR,..."))
+    exclude_inbound_ports: list[int] = field(default_factory=list, metadata=_flag(
+        "--exclude-inbound-ports", metavar="PORT,..."))
+    exclude_outbound_ports: list[int] = field(default_factory=list, metadata=_flag(
+        "--exclude-outbound-ports", metavar="PORT,..."))
+
+    def spec(self, base: RedirectSpec | None = None) -> RedirectSpec:
+        """`base` (default: the defaults) with these options; `ipv6: auto` counts as false
+        here (the agent resolves it per pod before building a pod's spec)."""
+        values = {f.name: getattr(self, f.name) for f in fields(CaptureOptions)}
+        values["ipv6"] = self.ipv6 is True
+        return with_overrides(base or RedirectSpec(), values)
+
+
+CAPTURE_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(CaptureOptions))
+
+
+def with_overrides(spec: RedirectSpec, overrides: Mapping[str, Any]) -> RedirectSpec:
+    """`spec` with some capture options changed (a pod's plugin `capture` object, or a
+    whole `CaptureOptions`). Raises SpecError for a key that is not a capture option and
+    for a bad value (the spec validates itself); a value of the wrong type may raise
+    TypeError."""
+    unknown = set(overrides) - set(CAPTURE_OPTIONS)
+    if unknown:
+        raise SpecError(f"capture: unknown option(s) {sorted(unknown)}")
+    changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                               for k, v in overrides.items()}
+    return replace(spec, **changes)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 
+from core.mesh.model import DEFAULT_CLUSTER
+
 # ztunnel's limit: a full push of a large mesh is one message.
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024
 
@@ -24,7 +26,7 @@ class ControlPlaneEndpoint:
     root_ca: str                      # PEM file
     server_name: str = ""             # expected SAN when it differs from the address's host
     token_path: str = ""              # bearer token file (istio: audience istio-ca)
-    cluster_id: str = "Kubernetes"    # sent as `clusterid`, as istio's agents do
+    cluster_id: str = DEFAULT_CLUSTER  # sent as `clusterid`, as istio's agents do
     client_cert: str = ""             # PEM chain file, for control planes that want mTLS
     client_key: str = ""
     headers: dict[str, str] = field(default_factory=dict)   # extra metadata (XDS_HEADER_*)

@@ -28,12 +28,12 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from agent.xds.backoff import Backoff
 from agent.xds.channel import ControlPlaneEndpoint, call_metadata, secure_channel
-from agent.xds.convert import Converter, ConvertError
 from agent.xds.node import NodeInfo
-from agent.xds.records import Policy, Service, Workload
 from agent.xds.state import XdsState
+from core.backoff import Backoff
+from core.mesh.frompb import Converter, ConvertError
+from core.mesh.model import Policy, Service, Workload
 
 log = structlog.get_logger("xds")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 
+from core.mesh.model import DEFAULT_CLUSTER
+
 NODE_TYPE = "ztunnel"
 USER_AGENT = "meshnode"
 # istiod gates features on ISTIO_VERSION; claim the ambient era we are wire-compatible with.
@@ -25,7 +27,7 @@ class NodeInfo:
     pod_name: str = "meshnode"           # POD_NAME of the agent itself
     pod_namespace: str = "istio-system"  # POD_NAMESPACE of the agent
     instance_ip: str = "1.1.1.1"         # INSTANCE_IP; ztunnel's default when unknown
-    cluster_id: str = "Kubernetes"       # ISTIO_META_CLUSTER_ID
+    cluster_id: str = DEFAULT_CLUSTER    # ISTIO_META_CLUSTER_ID
     service_account: str = "ztunnel"     # the agent's own SA (CA_TRUSTED_NODE_ACCOUNTS)
     version: str = "0.1.0"
     # Like ISTIO_META_*: extra string metadata, prefix already stripped.

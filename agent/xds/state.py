@@ -16,7 +16,7 @@ from typing import Literal
 
 import structlog
 
-from agent.xds.records import Policy, Service, Workload
+from core.mesh.model import Policy, Service, Workload
 
 log = structlog.get_logger("xds.state")
 

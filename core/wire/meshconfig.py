@@ -10,6 +10,8 @@ Every message has a type `t`:
 - `delta`: upserts (`workloads`, `services`, `policies`) and removals (`removed_workloads`,
   `removed_services`, `removed_policies`), one per applied discovery response;
 - `cert`: `identity` + `key`, `chain`, `roots` (PEM text), or `identity` + `removed: true`.
+
+The records in `workloads`, `services` and `policies` are core/mesh/channel.py's.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from typing import Protocol, TypeVar
 # istio reads into a 1024-byte buffer (ztunnel too): a bigger datagram would arrive
 # truncated, so refuse to send one. Real messages are far smaller (names are <= 253 bytes).
 MAX_DATAGRAM = 1024
+# Where the agent listens and the proxy connects unless their configs say otherwise.
+DEFAULT_SOCKET = "/var/run/meshnode/zds.sock"
 _FD_SIZE = array.array("i").itemsize
 
 

@@ -22,17 +22,17 @@ from typing import Any
 import structlog
 from h2.errors import ErrorCodes
 
+from core.ports import TUNNEL_PORT
+from core.spiffe import SpiffeId
 from proxy.forward import Traffic, reset
 from proxy.hbone import metrics, peer
 from proxy.hbone.h2link import H2Link, Stream, StreamReset
 from proxy.hbone.relay import relay
 from proxy.hbone.tls import TlsTransport
 from proxy.identity.certs import CertStore, NoCertificate
-from proxy.identity.spiffe import SpiffeId
 
 log = structlog.get_logger("hbone")
 
-TUNNEL_PORT = 15008
 Addr = tuple[str, int]
 DialTunnel = Callable[[Addr], Awaitable[socket.socket]]
 _Key = tuple[SpiffeId, frozenset[SpiffeId], str]

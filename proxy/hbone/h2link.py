@@ -38,10 +38,10 @@ import structlog
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
+from core.spiffe import SpiffeId
 from proxy.hbone import frames
 from proxy.hbone.frames import FrameError, RecvWindow
 from proxy.hbone.tls import TlsTransport
-from proxy.identity.spiffe import SpiffeId
 
 log = structlog.get_logger("hbone")
 

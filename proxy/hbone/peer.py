@@ -7,8 +7,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Collection
 
+from core.spiffe import SpiffeError, from_der
 from proxy.hbone.h2link import H2Link
-from proxy.identity.spiffe import SpiffeError, from_der
 
 
 def check(link: H2Link, expect: Collection[object] | None = None) -> str | None:

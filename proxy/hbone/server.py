@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 import structlog
 from h2.errors import ErrorCodes
 
+from core.addr import plain_ip
+from core.aio import cancel_and_wait
+from core.spiffe import SpiffeId
 from proxy.authz import Decision
 from proxy.forward import Traffic, reset
 from proxy.hbone import metrics, peer
@@ -32,7 +35,6 @@ from proxy.hbone.h2link import H2Link, Headers, Stream
 from proxy.hbone.relay import relay
 from proxy.hbone.tls import TlsTransport
 from proxy.identity.certs import CertStore, NoCertificate
-from proxy.identity.spiffe import SpiffeId
 
 log = structlog.get_logger("hbone")
 
@@ -77,12 +79,6 @@ def parse_authority(value: str) -> Addr | None:
     return str(ip), int(port)
 
 
-def _plain(ip: str) -> str:
-    addr = ipaddress.ip_address(ip)
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return str(mapped or addr)
-
-
 class HboneServer:
     """Serves HBONE for one local identity (a pod's service account)."""
 
@@ -113,7 +109,7 @@ class HboneServer:
                           str(exc))
             reset(sock)
             return
-        src = (_plain(src[0]), src[1])
+        src = (plain_ip(src[0]), src[1])
         link = H2Link(False, on_ready=peer.check,
                       on_request=lambda s, h: self._spawn(link, s, h, src))
         try:
@@ -228,7 +224,4 @@ class HboneServer:
         """Stop: GOAWAY on every connection, then reset whatever is still relaying."""
         for link in list(self.links):
             link.close()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)

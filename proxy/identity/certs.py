@@ -24,7 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from proxy.identity.spiffe import SpiffeId, from_certificate
+from core.spiffe import SpiffeId, from_certificate
 
 ALPN = ["h2"]
 

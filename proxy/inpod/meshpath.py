@@ -18,6 +18,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from core.addr import plain_ip
+from core.mesh.model import Workload
+from core.spiffe import SpiffeError, SpiffeId, parse
 from proxy import metrics
 from proxy.authz import Decision
 from proxy.config import ProxyConfig
@@ -25,20 +28,14 @@ from proxy.forward import Traffic, reset
 from proxy.hbone import metrics as hbone_metrics
 from proxy.hbone.client import HboneClient, HboneError
 from proxy.hbone.server import HboneServer, InboundStream
-from proxy.identity.spiffe import SpiffeError, SpiffeId, parse
 from proxy.meshconfig.runtime import ProxyMesh
-from proxy.meshconfig.table import MeshWorkload, Target
+from proxy.meshconfig.table import Target
 from proxy.sockets import socket_in
 
 log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
 Addr = tuple[str, int]
 LOCAL_HANDSHAKE_SECONDS = 1.0
-
-
-def _plain_ip(ip: str) -> str:
-    addr = ipaddress.ip_address(ip)
-    return str(getattr(addr, "ipv4_mapped", None) or addr)
 
 
 class PodProxy(Protocol):
@@ -74,15 +71,15 @@ class PodMesh:
 
     # -- who this pod is ----------------------------------------------------------------
 
-    def workload(self) -> MeshWorkload | None:
+    def workload(self) -> Workload | None:
         return self.mesh.table.first_workload(self.pod.ips)
 
     def identity(self) -> SpiffeId:
         w = self.workload()
         if w is not None:
-            return parse(w.identity)
+            return parse(w.spiffe_id)
         td = self.mesh.table.trust_domain
-        return parse(f"spiffe://{td}/ns/{self.pod.namespace}/sa/{self.pod.service_account}")
+        return SpiffeId.of(td, self.pod.namespace, self.pod.service_account)
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -132,7 +129,7 @@ class PodMesh:
                 on_open=self._opened, on_close=self._closed,
                 refuse_target=self._refuse_target, may_log=self.pod.may_log)
         try:
-            local_peer = _plain_ip(sock.getpeername()[0]) in self.pod.ips
+            local_peer = plain_ip(sock.getpeername()[0]) in self.pod.ips
         except OSError:
             local_peer = False  # gone already: serve() reports it
         # A TLS client in the pod itself (this proxy tunnelling a pod to itself) sends its

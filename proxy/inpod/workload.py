@@ -28,12 +28,14 @@ from typing import Any
 import structlog
 
 from core import sysctl
+from core.addr import plain_ip
+from core.aio import cancel_and_wait
 from core.netns import addresses, entered
 from core.ports import TRANSPARENT_MARK
 from proxy import bpf, metrics
 from proxy.config import ProxyConfig
-from proxy.dns import DnsProxy
 from proxy.forward import Traffic, relay, reset
+from proxy.inpod.dns import DnsProxy
 from proxy.inpod.meshpath import PodMesh
 from proxy.inpod.zds_client import WorkloadInfo
 from proxy.limits import NodeLimits, Refused
@@ -76,12 +78,6 @@ def _addr(v: Any) -> Any:
     return v
 
 
-def _plain(ip: str) -> str:
-    addr = ipaddress.ip_address(ip)
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return str(mapped or addr)
-
-
 class PodProxy:
     def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, cfg: ProxyConfig,
                  lookup: Lookup, mesh: ProxyMesh | None = None,
@@ -98,7 +94,7 @@ class PodProxy:
         self.conns: dict[int, Conn] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
-        self.dns: Any = None
+        self.dns: DnsProxy | None = None
         self.ebpf = False  # the inbound listener is registered with the eBPF backend
         self.started = time.time()
         self.meshpath = PodMesh(self, mesh) if mesh is not None else None
@@ -169,9 +165,7 @@ class PodProxy:
 
     async def stop_accepting(self) -> None:
         """Close the listeners (queued connections migrate to a newer proxy, if any)."""
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.dns is not None:
             await self.dns.stop()
@@ -184,10 +178,7 @@ class PodProxy:
         deadline = time.monotonic() + grace
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        tasks = list(self._handlers)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._handlers)
         if self.meshpath is not None:
             await self.meshpath.close()
         if self.netns_fd >= 0:
@@ -209,7 +200,7 @@ class PodProxy:
                     log.warning("accept_failed", uid=self.uid, error=str(exc), suppressed=n)
                 await asyncio.sleep(0.05)
                 continue
-            if direction == "tunnel" and ipaddress.ip_address(_plain(peer[0])).is_loopback:
+            if direction == "tunnel" and ipaddress.ip_address(plain_ip(peer[0])).is_loopback:
                 # HBONE comes from other pods' addresses, never from loopback: only a local
                 # process can be there, talking to the proxy's own port.
                 self.refuse(direction, "loop", sock, src=peer[:2], detail="loopback_client")
@@ -274,7 +265,7 @@ class PodProxy:
     async def _outbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
         peer = client.getpeername()[:2]
-        src = (self._pod_address(_plain(peer[0])), peer[1])
+        src = (self._pod_address(plain_ip(peer[0])), peer[1])
         why = self.loop_reason(dst)
         if why is not None:
             # The app asked for one of our own listeners (127.0.0.1:15001, its own IP on a
@@ -326,13 +317,13 @@ class PodProxy:
             self._closed(conn, labels, error, transport="hbone",
                          original_dst=f"{orig[0]}:{orig[1]}",
                          service=target.service.key if target.service else None,
-                         source_principal=me.identity if me else None,
-                         destination_principal=w.identity if w else None)
+                         source_principal=me.spiffe_id if me else None,
+                         destination_principal=w.spiffe_id if w else None)
 
     async def _inbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
         peer = client.getpeername()[:2]
-        src = (_plain(peer[0]), peer[1])
+        src = (plain_ip(peer[0]), peer[1])
         decided: dict[str, Any] = {}
         if self.meshpath is not None:
             # Plaintext inbound obeys the same policies as HBONE (so does ztunnel): without

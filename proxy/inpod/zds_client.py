@@ -22,6 +22,7 @@ from typing import Protocol
 
 import structlog
 
+from core.backoff import Backoff
 from core.wire import zds as wire
 from meshpb import zds_pb2
 
@@ -94,27 +95,26 @@ class ZdsClient:
 
     async def run(self) -> None:
         """Connect, serve, reconnect; forever (until cancelled)."""
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max, jitter=False)
         while True:
             try:
                 sock = await self._connect()
             except OSError as e:
+                delay = backoff.next()
                 log.warning("zds_connect_retry", path=self.path, error=str(e),
                             retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
             try:
                 if await self._session(sock):
                     # Reset only after a working session: an agent that accepts and hangs
                     # up at once must not turn this into a tight loop.
-                    delay = self.backoff_initial
+                    backoff.reset()
             finally:
                 self._sock = None
                 self._snapshot = None
                 wire.close(sock)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            await asyncio.sleep(backoff.next())
 
     async def _connect(self) -> socket.socket:
         sock = wire.seqpacket()

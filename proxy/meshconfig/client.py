@@ -16,9 +16,11 @@ from typing import Any
 
 import structlog
 
+from core.aio import cancel_and_wait
+from core.backoff import Backoff
+from core.spiffe import SpiffeError, parse
 from core.wire.meshconfig import WireError, read_frame
 from proxy.identity.certs import CertBundle, CertStore
-from proxy.identity.spiffe import SpiffeError, parse
 from proxy.meshconfig.table import MeshTable
 
 log = structlog.get_logger("meshconfig")
@@ -40,21 +42,20 @@ class MeshConfigClient:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
-        delay = 0.05
+        # A node-local peer: exact doubling, as for the ZDS socket.
+        backoff = Backoff(initial=0.05, cap=2.0, jitter=False)
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.path)
             except OSError as exc:
                 log.debug("meshconfig_connect_failed", socket=self.path, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(backoff.next())
                 continue
             self.connected = True
-            delay = 0.05
+            backoff.reset()
             log.info("meshconfig_connected", socket=self.path)
             try:
                 while (msg := await read_frame(reader)) is not None:
@@ -67,7 +68,7 @@ class MeshConfigClient:
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
             log.info("meshconfig_disconnected")
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next())
 
     def _apply(self, msg: dict[str, Any]) -> None:
         self.messages += 1

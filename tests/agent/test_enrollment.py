@@ -18,8 +18,9 @@ from testing.agent_harness import AgentProc, cni
 from testing.lab import Lab, Node
 
 
-def in_sync(netns: str, backend: str = "nftables", **spec: object) -> bool:
-    impl = engine.make_backend(backend, "nft")
+def in_sync(netns: str, backend: str = "nftables", flavour: str = "nft",
+            **spec: object) -> bool:
+    impl = engine.make_backend(backend, flavour)
     return engine.diff(netns, RedirectSpec(**spec), impl).in_sync  # type: ignore[arg-type]
 
 
@@ -60,14 +61,29 @@ def test_add_enrolls_check_passes_del_releases(tmp_path: Path, pods: tuple[Node,
         agent.stop()
 
 
-def test_check_fails_on_drift_and_the_watch_repairs_it(agent: AgentProc,
-                                                       pods: tuple[Node, Node]) -> None:
+def test_check_fails_on_drift(tmp_path: Path, pods: tuple[Node, Node]) -> None:
+    """iptables-legacy sends no change notifications and the drift loop is an hour away,
+    so nothing repairs the flushed chain before CHECK looks: CHECK must see the drift."""
+    pod, _ = pods
+    agent = AgentProc(tmp_path, backend="iptables", flavour="legacy",
+                      drift_interval=3600).start()
+    try:
+        assert cni("ADD", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
+        assert in_sync(pod.path, "iptables", flavour="legacy")
+        subprocess.run(["ip", "netns", "exec", pod.name, "iptables-legacy", "-t", "nat",
+                        "-F", "MESHNODE_OUTPUT"], check=True)
+        bad = cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4])
+        assert bad.code != 0 and "drifted" in bad.error["msg"], bad.stdout
+    finally:
+        agent.stop()
+
+
+def test_the_drift_watch_repairs_then_check_passes(agent: AgentProc,
+                                                  pods: tuple[Node, Node]) -> None:
     pod, _ = pods
     assert cni("ADD", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
     subprocess.run(["ip", "netns", "exec", pod.name, "nft", "flush", "chain", "inet",
                     "meshnode-nat", "meshnode-output"], check=True)
-    bad = cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4])
-    assert bad.code != 0 and "drifted" in bad.error["msg"], bad.stdout
     assert wait_for(lambda: in_sync(pod.path), 5), "drift watch did not repair"
     assert cni("CHECK", agent.socket, pod.path, "c1", [pod.ip4]).code == 0
     assert agent.metric("meshnode_drift_repairs_total") >= 1

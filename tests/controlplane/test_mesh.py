@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from controlplane import mesh
+from core.mesh.model import StringKind, StringMatch
 from tests.controlplane.harness import EXAMPLE
 
 
@@ -31,8 +32,9 @@ def test_example_file_parses_with_links() -> None:
     assert svc.ports == [mesh.PortSpec(80, 8080, "tcp")]
     pol = m.policies[0]
     assert (pol.action, pol.scope) == ("allow", "workload")
-    assert pol.rules[0].sources[0].principals == ["cluster.local/ns/default/sa/sleep"]
-    assert pol.rules[0].destinations[0].ports == [8080]
+    assert pol.rules[0].sources[0].principals == (
+        StringMatch(StringKind.EXACT, "cluster.local/ns/default/sa/sleep"),)
+    assert pol.rules[0].destinations[0].destination_ports == (8080,)
     assert m.has_identity_on_node("default", "echo", "node1")
     assert not m.has_identity_on_node("default", "sleep", "node2")
 
@@ -155,8 +157,9 @@ def test_explicit_service_reference_and_policy_fields() -> None:
     assert m.services[0].ports == [mesh.PortSpec(5432, 5432)]
     pol = m.policies[0]
     assert pol.action == "deny" and pol.dry_run
-    assert pol.rules[0].sources[0].not_namespaces == ["data", "kube-*"]
-    assert pol.rules[0].sources[0].source_ips == [ipaddress.ip_network("10.0.0.0/8")]
+    assert pol.rules[0].sources[0].not_namespaces == (
+        StringMatch(StringKind.EXACT, "data"), StringMatch(StringKind.PREFIX, "kube-"))
+    assert pol.rules[0].sources[0].source_ips == (ipaddress.ip_network("10.0.0.0/8"),)
     assert pol.rules[1] == mesh.RuleSpec([], [])
 
 

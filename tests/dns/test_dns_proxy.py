@@ -23,7 +23,7 @@ from agent.redirect.spec import RedirectSpec
 from core.netns import entered
 from core.ports import DNS_PORT, PROXY_MARK
 from proxy import bpf
-from proxy.dns import DnsProxy, conntrack_original_dst
+from proxy.inpod.dns import DnsProxy, conntrack_original_dst
 from proxy.sockets import listener_in
 from testing.lab import Lab, Node
 from tests.dns.resolver import ANSWER_IP, Resolver, answer_ip, build_query, tcp_ask, udp_ask
@@ -44,12 +44,15 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture
-def dnslab(backend: str) -> Iterator[tuple[Node, Node, Resolver]]:
+def dnslab(backend: str, request: pytest.FixtureRequest
+           ) -> Iterator[tuple[Node, Node, Resolver]]:
     """Client pod (redirected) and resolver netns; all deleted even if the test fails."""
     with Lab("dns") as lab:
         client, resolver = lab.node("client"), lab.node("resolver")
         lab.link(client, resolver)
-        engine.apply(client.path, RedirectSpec(), engine.make_backend(backend))
+        impl = (request.getfixturevalue("ebpf_impl") if backend == "ebpf"
+                else engine.make_backend(backend))
+        engine.apply(client.path, RedirectSpec(), impl)
         with Resolver(resolver.path) as server:
             yield client, resolver, server
 
@@ -207,7 +210,7 @@ def test_stop_leaves_no_open_fds(dnslab: tuple[Node, Node, Resolver]) -> None:
 def test_udp_falls_back_when_conntrack_has_no_answer(dnslab: tuple[Node, Node, Resolver],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, resolver, server = dnslab
-    monkeypatch.setattr("proxy.dns.conntrack_original_dst", lambda *_a: None)
+    monkeypatch.setattr("proxy.inpod.dns.conntrack_original_dst", lambda *_a: None)
     monkeypatch.setattr("proxy.bpf.dns_origin", lambda *_a: None)
 
     async def main() -> None:

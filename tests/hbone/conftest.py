@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import uvloop
 
+from core.mesh import model
+from core.spiffe import SpiffeId, parse
 from proxy import authz
 from proxy.forward import Traffic
 from proxy.hbone import HboneClient, HboneServer
 from proxy.hbone.server import InboundStream
 from proxy.identity.certs import CertStore
-from proxy.identity.spiffe import SpiffeId, parse
 from tests.hbone.pki import CA
 
 CLIENT_ID = parse("spiffe://cluster.local/ns/a/sa/client")
@@ -69,7 +70,7 @@ class Mesh:
         self.client_certs.put(ca.leaf(str(CLIENT_ID)))
         self.server_certs.put(ca.leaf(str(SERVER_ID)))
         self.app_handler = app
-        self.policies: list[authz.Policy] = []
+        self.policies: list[model.Policy] = []
         self.expect: SpiffeId = SERVER_ID
         self.inbound: list[InboundStream] = []
         self.outbound_errors: list[BaseException] = []

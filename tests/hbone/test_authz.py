@@ -8,23 +8,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.authz import (
-    Action,
-    Connection,
+from core.mesh.model import (
     Group,
     Match,
     Policy,
     Rule,
-    Scope,
     ServiceAccountMatch,
     StringKind,
     StringMatch,
+)
+from core.mesh.model import PolicyAction as Action
+from core.mesh.model import PolicyScope as Scope
+from core.spiffe import SpiffeId
+from proxy.authz import (
+    Connection,
     Workload,
     evaluate,
     match_matches,
     policy_matches,
 )
-from proxy.identity.spiffe import SpiffeId
 
 SLEEP = SpiffeId("cluster.local", "default", "sleep")
 WL = Workload("app", ("app/by-selector",))

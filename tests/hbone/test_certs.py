@@ -6,8 +6,8 @@ import ssl
 
 import pytest
 
+from core.spiffe import parse
 from proxy.identity.certs import CertBundle, CertStore, NoCertificate
-from proxy.identity.spiffe import parse
 from tests.hbone.pki import CA
 
 ID = "spiffe://cluster.local/ns/a/sa/b"

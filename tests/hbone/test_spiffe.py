@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.identity.spiffe import SpiffeError, SpiffeId, from_certificate, from_der, parse
+from core.spiffe import SpiffeError, SpiffeId, from_certificate, from_der, parse
 from tests.hbone.pki import CA
 
 

@@ -13,10 +13,11 @@ import structlog
 from cryptography import x509
 from prometheus_client import REGISTRY
 
+from core.mesh import model
+from core.spiffe import parse
 from proxy import authz
 from proxy.hbone import HboneError
 from proxy.identity.certs import CertBundle
-from proxy.identity.spiffe import parse
 from tests.hbone.conftest import CLIENT_ID, SERVER_ID, Mesh, echo
 from tests.hbone.pki import CA
 
@@ -129,10 +130,11 @@ def test_client_cert_that_is_not_an_svid_is_refused(ca: CA, run: Any) -> None:
     run(body())
 
 
-def _deny(principal: str) -> authz.Policy:
-    return authz.Policy("deny-client", "b", authz.Scope.NAMESPACE, authz.Action.DENY, (
-        authz.Group((authz.Rule((authz.Match(principals=(
-            authz.StringMatch(authz.StringKind.EXACT, principal),)),)),)),))
+def _deny(principal: str) -> model.Policy:
+    return model.Policy("deny-client", "b", model.PolicyScope.NAMESPACE,
+                        model.PolicyAction.DENY, (model.Group((model.Rule((model.Match(
+                            principals=(model.StringMatch(model.StringKind.EXACT, principal),)),
+                        )),)),))
 
 
 def test_denied_by_policy_is_refused_logged_and_counted(ca: CA, run: Any) -> None:
@@ -168,16 +170,16 @@ def test_denied_by_policy_is_refused_logged_and_counted(ca: CA, run: Any) -> Non
 def test_allow_policy_that_does_not_match_denies(ca: CA, run: Any) -> None:
     async def body() -> None:
         mesh = await Mesh(ca, CountingEcho()).start()
-        other_port = authz.Match(destination_ports=(mesh.app_addr[1] + 1,))
-        mesh.policies = [authz.Policy("only-other-port", "b", authz.Scope.NAMESPACE,
-                                      authz.Action.ALLOW,
-                                      (authz.Group((authz.Rule((other_port,)),)),))]
+        other_port = model.Match(destination_ports=(mesh.app_addr[1] + 1,))
+        mesh.policies = [model.Policy("only-other-port", "b", model.PolicyScope.NAMESPACE,
+                                      model.PolicyAction.ALLOW,
+                                      (model.Group((model.Rule((other_port,)),)),))]
         try:
             await _refused(mesh)
             assert mesh.outbound_errors[-1].status == 401  # type: ignore[attr-defined]
-            mesh.policies = [authz.Policy("this-port", "b", authz.Scope.NAMESPACE,
-                                          authz.Action.ALLOW, (authz.Group((authz.Rule((
-                                              authz.Match(destination_ports=(mesh.app_addr[1],),
+            mesh.policies = [model.Policy("this-port", "b", model.PolicyScope.NAMESPACE,
+                                          model.PolicyAction.ALLOW, (model.Group((model.Rule((
+                                              model.Match(destination_ports=(mesh.app_addr[1],),
                                                           source_ips=(ipaddress.ip_network(
                                                               "127.0.0.0/8"),)),)),)),))]
             await _works(mesh)

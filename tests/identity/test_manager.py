@@ -10,8 +10,8 @@ from pathlib import Path
 from agent.identity.bundle import CertBundle, bundle_from_response
 from agent.identity.csr import make_csr
 from agent.identity.manager import IdentityConfig, IdentityManager
-from agent.xds.records import Workload
 from agent.xds.state import XdsState
+from core.mesh.model import Workload
 from tests.identity.cp import ECHO, SLEEP, ca_client, control_plane
 from tests.xds.helpers import Ca, run, until
 

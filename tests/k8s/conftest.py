@@ -82,7 +82,7 @@ async def source_for(api: FakeApi, enroller: PodEnrollment, tmp: Path, istio: bo
                         retry_seconds=0.05, find_netns=kw.pop("find_netns", fake_netns), **kw)
     # Fast reconnects: the tests exercise backoff, not its real pace.
     for inf in (src.pods, src.namespaces):
-        inf.backoff.initial = inf.backoff._next = 0.02
+        inf.backoff.initial = 0.02
         inf.backoff.cap = 0.2
     await src.start()
     try:

@@ -12,21 +12,24 @@ import pytest
 from agent.identity.bundle import CertBundle as AgentBundle
 from agent.identity.manager import IdentityManager
 from agent.meshconfig.server import MeshConfigServer
-from agent.xds.records import (
+from agent.xds.state import XdsState
+from core.mesh.model import (
+    Group,
     LbMode,
     Match,
     Policy,
     PolicyAction,
     PolicyScope,
     Port,
+    Rule,
     Service,
+    StringKind,
     StringMatch,
     Vip,
     Workload,
     WorkloadStatus,
 )
-from agent.xds.state import XdsState
-from proxy.identity.spiffe import parse
+from core.spiffe import parse
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import NoEndpoint
 from tests.xds.helpers import run, until
@@ -102,8 +105,8 @@ def test_policies_reach_the_authorizer(tmp_path: Path) -> None:
         await until(mesh.ready, what="snapshot")
         deny = Policy(name="deny-sleep", namespace="default", scope=PolicyScope.NAMESPACE,
                       action=PolicyAction.DENY,
-                      groups=(((Match(principals=(StringMatch(
-                          "exact", "cluster.local/ns/default/sa/sleep"),)),),),))
+                      groups=(Group((Rule((Match(principals=(StringMatch(
+                          StringKind.EXACT, "cluster.local/ns/default/sa/sleep"),)),)),)),))
         state.apply([wl("e1", "198.18.1.1"), deny])
         t = mesh.table
         await until(lambda: "default/deny-sleep" in t.policies, what="policy")

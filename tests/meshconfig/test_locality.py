@@ -1,5 +1,5 @@
 """Locality-aware endpoint picking (Istio's Service.load_balancing, as ztunnel does it): the
-agent's encoding of locality, cluster and routing preference, and the proxy table's pick for
+channel's encoding of locality, cluster and routing preference, and the proxy table's pick for
 a given source workload. Pure logic: records -> channel JSON -> MeshTable, no sockets."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from collections import Counter
 
 import pytest
 
-from agent.meshconfig import encode
-from agent.xds.records import LbMode, Port, Service, Vip, Workload, WorkloadStatus
-from proxy.meshconfig.table import MeshTable, MeshWorkload, NoEndpoint
+from core.mesh import channel
+from core.mesh.model import NO_LOCALITY, LbMode, Port, Service, Vip, Workload, WorkloadStatus
+from proxy.meshconfig.table import MeshTable, NoEndpoint
 
 SVC = "default/echo.default.svc.cluster.local"
 VIP = ("198.19.0.10", 80)
 REGION, ZONE, SUBZONE, NODE, CLUSTER, NETWORK = range(1, 7)
 
 
-def wl(name: str, ip: str, *, node: str = "n1", loc: tuple[str, str, str] | None = None,
+def wl(name: str, ip: str, *, node: str = "n1", loc: tuple[str, str, str] = NO_LOCALITY,
        cluster: str = "", network: str = "", healthy: bool = True,
        backs: bool = True) -> Workload:
     return Workload(uid=f"uid-{name}", name=name, namespace="default", addresses=(ip,),
@@ -36,16 +36,16 @@ def svc(mode: int = LbMode.UNSPECIFIED_MODE, prefs: tuple[int, ...] = (),
 
 def table(service: Service, *workloads: Workload) -> MeshTable:
     t = MeshTable()
-    t.apply({"t": "snapshot", "services": [encode.service(service)],
-             "workloads": [encode.workload(w) for w in workloads]})
+    t.apply({"t": "snapshot", "services": [channel.encode_service(service)],
+             "workloads": [channel.encode_workload(w) for w in workloads]})
     return t
 
 
-def me(t: MeshTable, name: str = "client") -> MeshWorkload:
+def me(t: MeshTable, name: str = "client") -> Workload:
     return t.workloads[f"uid-{name}"]
 
 
-def picks(t: MeshTable, src: MeshWorkload | None, n: int) -> list[str]:
+def picks(t: MeshTable, src: Workload | None, n: int) -> list[str]:
     return [t.route(VIP, src).addr[0] for _ in range(n)]
 
 
@@ -105,7 +105,7 @@ def test_failover_picks_the_best_rank_round_robin() -> None:
     t.apply({"t": "delta", "removed_workloads": ["uid-e-zone"]})
     assert picks(t, me(t), 2) == ["198.18.1.3"] * 2
     # An unhealthy endpoint never counts, even with the best rank.
-    t.apply({"t": "delta", "workloads": [encode.workload(
+    t.apply({"t": "delta", "workloads": [channel.encode_workload(
         wl("e-sick", "198.18.1.6", node="n1", loc=("us-east", "a", "s1"), healthy=False))]})
     assert picks(t, me(t), 2) == ["198.18.1.3"] * 2
 
@@ -146,7 +146,7 @@ def test_an_update_to_the_source_changes_the_pick() -> None:
     t = table(svc(LbMode.STRICT, (NODE,)), CLIENT, E_NODE, E_ZONE)
     assert set(picks(t, me(t), 2)) == {"198.18.1.1"}
     moved = wl("client", "198.18.0.1", node="n2", backs=False)
-    t.apply({"t": "delta", "workloads": [encode.workload(moved)]})
+    t.apply({"t": "delta", "workloads": [channel.encode_workload(moved)]})
     assert set(picks(t, me(t), 2)) == {"198.18.1.2"}
 
 
@@ -157,19 +157,20 @@ def test_unknown_scope_matches_nothing() -> None:
 
 
 def test_encode_sends_locality_cluster_and_preference_only_when_set() -> None:
-    full = encode.workload(wl("a", "198.18.0.1", loc=("r", "z", "s"), cluster="c1",
+    full = channel.encode_workload(wl("a", "198.18.0.1", loc=("r", "z", "s"), cluster="c1",
                               network="net1"))
     assert (full["loc"], full["cl"], full["net"]) == (["r", "z", "s"], "c1", "net1")
-    bare = encode.workload(wl("b", "198.18.0.2", cluster="Kubernetes"))
+    bare = channel.encode_workload(wl("b", "198.18.0.2", cluster="Kubernetes"))
     assert not {"loc", "cl", "net"} & bare.keys()
-    assert "loc" not in encode.workload(wl("c", "198.18.0.3", loc=("", "", "")))
-    assert encode.service(svc(LbMode.FAILOVER, (NETWORK, REGION)))["rp"] == [NETWORK, REGION]
-    assert "rp" not in encode.service(svc())
+    assert "loc" not in channel.encode_workload(wl("c", "198.18.0.3", loc=("", "", "")))
+    assert channel.encode_service(svc(LbMode.FAILOVER, (NETWORK, REGION)))["rp"] == [
+        NETWORK, REGION]
+    assert "rp" not in channel.encode_service(svc())
     # And the proxy reads back what was sent.
     t = MeshTable()
-    t.apply({"t": "snapshot", "services": [encode.service(svc(LbMode.STRICT, (ZONE,)))],
+    t.apply({"t": "snapshot", "services": [channel.encode_service(svc(LbMode.STRICT, (ZONE,)))],
              "workloads": [full, bare]})
     a, b = t.workloads["uid-a"], t.workloads["uid-b"]
     assert (a.locality, a.cluster, a.network) == (("r", "z", "s"), "c1", "net1")
     assert (b.locality, b.cluster, b.network) == (("", "", ""), "Kubernetes", "")
-    assert t.services[SVC].routing == (ZONE,) and t.services[SVC].by_locality
+    assert t.services[SVC].lb_routing_preference == (ZONE,) and t.services[SVC].by_locality

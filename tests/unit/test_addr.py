@@ -3,9 +3,11 @@ flags."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from core.addr import AddressError, host_port, ip_port, port, unix_path
+from core.addr import AddressError, host_port, ip_port, plain_ip, port, unix_path, unmap
 
 
 @pytest.mark.parametrize(("value", "kw", "want"), [
@@ -68,3 +70,22 @@ def test_bad_socket_paths(value: str, error: str) -> None:
         unix_path(value)
     assert str(e.value) == error
     assert unix_path("/" + "x" * 106) == "/" + "x" * 106
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("::ffff:1.2.3.4", "1.2.3.4"),
+    ("::ffff:127.0.0.1", "127.0.0.1"),
+    ("1.2.3.4", "1.2.3.4"),
+    ("::1", "::1"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("::1.2.3.4", "::102:304"),          # IPv4-compatible, not mapped: left alone
+    ("fe80::1%eth0", "fe80::1%eth0"),
+])
+def test_unmap(text: str, want: str) -> None:
+    assert plain_ip(text) == want
+    assert unmap(ipaddress.ip_address(text)) == ipaddress.ip_address(want)
+
+
+def test_plain_ip_refuses_a_name() -> None:
+    with pytest.raises(ValueError):
+        plain_ip("localhost")

@@ -1,8 +1,8 @@
 """L4 authorization of a connection with no peer identity: plaintext inbound on 15006, as
 ztunnel's inbound passthrough evaluates it (source address, no principal, no namespace).
 
-Policies go in as the agent sends them on mesh.sock (agent/meshconfig/encode.py), through
-the proxy's table (proxy/meshconfig/table.py), so the decoding is covered too.
+Policies go in as the agent sends them on mesh.sock (core/mesh/channel.py), through the
+proxy's table (proxy/meshconfig/table.py), so the decoding is covered too.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from core.spiffe import parse
 from proxy.authz import Decision
-from proxy.identity.spiffe import parse
 from proxy.meshconfig.table import MeshTable
 
 ECHO_IP = "198.18.43.1"

@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.xds.backoff import Backoff
 from agent.xds.channel import ControlPlaneEndpoint
 from agent.xds.client import DeltaAdsClient, XdsClientConfig
 from agent.xds.node import NodeInfo
 from agent.xds.state import Change
 from controlplane.server import ControlPlane, ControlPlaneConfig
+from core.backoff import Backoff
 from tests.xds.helpers import run, until
 
 MESH = """\

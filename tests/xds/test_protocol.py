@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from agent.xds.backoff import Backoff
 from agent.xds.channel import ControlPlaneEndpoint
 from agent.xds.client import DeltaAdsClient, XdsClientConfig
 from agent.xds.node import NodeInfo
+from core.backoff import Backoff
 from testing.fake_ads import (
     ADDRESS,
     AUTHZ,

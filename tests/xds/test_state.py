@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from agent.xds.records import Policy, Port, Service, Vip, Workload
 from agent.xds.state import Change, XdsState
+from core.mesh.model import Policy, Port, Service, Vip, Workload
 
 
 def wl(uid: str, *ips: str, node: str = "n1", svc: str = "", version: str = "1",

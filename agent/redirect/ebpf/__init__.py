@@ -2,7 +2,8 @@
 sockops on the cgroup v2 root, sk_lookup per pod netns; a peer of the netfilter backends.
 
   loader.py   compile bpf/redirect.c, attach through pinned bpf links, pin maps; pod entries
-  backend.py  the redirect backend on top of the loader
+  backend.py  the redirect backend on top of the loader; prepare() loads and attaches the
+              programs before the first pod (BackendUnavailable if this host cannot)
 
 The raw bpf(2) calls, the pin dir and SO_NETNS_COOKIE are core/bpf.py (the proxy uses them).
 """

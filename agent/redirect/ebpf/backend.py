@@ -6,6 +6,12 @@ netns fd are read from there too. "Rules" here are the pod's entry in the `pods`
 sk_lookup link and the reply-routing rule, one line each, so read/expected/diff work
 unchanged.
 
+`prepare()` loads and attaches the programs and forgets pods whose netns died while no agent
+ran; every other method loads them too if that has not happened yet (the CLI), so prepare
+is where a host that cannot run them is found (BackendUnavailable), before the first pod.
+The backend owns its loader; the pin dir and cgroup come from whoever makes it (the agent's
+config, the CLI's environment: agent/redirect/backend.py).
+
 Besides the maps, inbound capture with the client's address preserved needs two things in
 the pod's netns that conntrack gives the iptables backends for free (see TRANSPARENT_MARK):
 `net.ipv4.tcp_fwmark_accept=1` and `ip rule fwmark 0x1000/0x1000 lookup <route_table>`.
@@ -19,12 +25,13 @@ import ipaddress
 import os
 import socket
 
+import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.redirect import routes
 from agent.redirect.ebpf.loader import Loader, LoadError, PodOpts, netns_cookie
-from agent.redirect.errors import RedirectError
+from agent.redirect.errors import BackendUnavailable, RedirectError
 from agent.redirect.rules import ChainKey, LiveRule, OwnRules
 from agent.redirect.spec import RedirectSpec
 from core import sysctl
@@ -35,6 +42,8 @@ LINK_KEY = ChainKey("ebpf", "links", "sk_lookup")
 RULE_KEY = ChainKey("ebpf", "netns", "reply-routing")
 _FWMARK_ACCEPT = "net.ipv4.tcp_fwmark_accept"
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+log = structlog.get_logger("ebpf")
 
 
 def _addr_dump(ipr: IPRoute) -> tuple[tuple[str, ...], bool]:
@@ -84,6 +93,21 @@ class EbpfBackend:
 
     def __init__(self, loader: Loader | None = None) -> None:
         self.loader = loader or Loader()
+
+    def prepare(self) -> None:
+        """Load and attach the programs (or take over pinned ones), then forget the pods
+        whose netns is gone. Idempotent."""
+        try:
+            self.loader.load()
+            dead = self.loader.prune()
+        except LoadError as exc:
+            raise BackendUnavailable(str(exc)) from None
+        log.info("ebpf_loaded", pin_dir=self.loader.pin_dir, cgroup=self.loader.cgroup,
+                 pruned_dead_pods=len(dead))
+
+    def close(self) -> None:
+        """Drop this process's program and map fds; pinned links and maps stay."""
+        self.loader.close()
 
     def _opts(self, label: str, spec: RedirectSpec) -> PodOpts:
         try:

@@ -36,6 +36,7 @@ from typing import Any
 
 from agent.redirect.spec import RedirectSpec
 from core import bpf as sc
+from core.addr import unmap
 from core.bpf import DEFAULT_PIN_DIR, SO_NETNS_COOKIE
 from core.netns import entered
 
@@ -194,6 +195,16 @@ def find_cgroup2() -> str:
                 return left.split()[4].replace("\\040", " ")
     raise LoadError("no cgroup v2 mount found (the eBPF backend needs cgroup v2; "
                     "mount -t cgroup2 none /sys/fs/cgroup/unified)")
+
+
+CGROUP_ENV = "MESHNODE_BPF_CGROUP"
+
+
+def default_cgroup() -> str:
+    """$MESHNODE_BPF_CGROUP: the host's cgroup v2 root as mounted in a container (the
+    DaemonSet sets it); "" = find it from mountinfo, which inside a container is the
+    container's own cgroup. Read by whoever makes a backend (agent config, CLI)."""
+    return os.environ.get(CGROUP_ENV, "")
 
 
 def netns_cookie(netns: str | None = None) -> int:
@@ -561,7 +572,7 @@ class Loader:
         for k, v in self._table("pod_ips").items():
             if int(v.value) == cookie:
                 a = ipaddress.IPv6Address(bytes(k))
-                out.append(str(a.ipv4_mapped or a))
+                out.append(str(unmap(a)))
         return sorted(out)
 
     def netns_linked(self, cookie: int) -> bool:

@@ -1,25 +1,33 @@
-"""Discovery protos -> the agent's records, with errors that name what is wrong.
+"""Discovery protobufs (istio.workload.Address, istio.security.Authorization) -> the mesh
+model: the one conversion from the wire, with errors that name what is wrong (the agent
+NACKs the resource with the message).
 
-Strings that repeat across workloads (namespace, service account, node, ...) are interned,
-and equal small tuples (a deployment's service/port lists) are shared: that, more than the
-record layout, is what keeps a 100k-workload state under 1 KiB per workload.
+Repeated strings are interned and equal small tuples shared (intern.py), so a converted
+100k-workload snapshot stays under 1 KiB per workload.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
-from collections.abc import Hashable
-from typing import Any, TypeVar
+from typing import Any
 
-from agent.xds.records import (
-    Cidr,
+from core.mesh.intern import Interner
+from core.mesh.model import (
+    NO_LOCALITY,
     Gateway,
+    Group,
+    IPNetwork,
     Match,
     Policy,
+    PolicyAction,
+    PolicyScope,
     Port,
+    Rule,
     Service,
     ServiceAccountMatch,
+    StringKind,
     StringMatch,
     Vip,
     Workload,
@@ -27,32 +35,14 @@ from agent.xds.records import (
 from meshpb.istio import authorization_pb2 as authz_pb
 from meshpb.istio import workload_pb2 as wl_pb
 
-H = TypeVar("H", bound=Hashable)
-
 
 class ConvertError(ValueError):
-    """A resource the agent cannot use; the message says why (the caller adds its name)."""
-
-
-class Interner:
-    """Shares equal immutable values. Bounded: cleared when it grows past `limit` entries,
-    so values of long-gone resources do not pile up (sharing restarts from the next one)."""
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self._seen: dict[Any, Any] = {}
-        self._limit = limit
-
-    def __call__(self, v: H) -> H:
-        got = self._seen.get(v)
-        if got is not None:
-            return got  # type: ignore[no-any-return]
-        if len(self._seen) >= self._limit:
-            self._seen.clear()
-        self._seen[v] = v
-        return v
+    """A resource the model cannot hold; the message says why (the caller adds its name)."""
 
 
 _s = sys.intern
+_ACTIONS = frozenset(int(x) for x in PolicyAction)
+_SCOPES = frozenset(int(x) for x in PolicyScope)
 
 
 def ip_text(raw: bytes, what: str) -> str:
@@ -82,7 +72,7 @@ def _gateway(g: wl_pb.GatewayAddress, what: str) -> Gateway:
 
 
 class Converter:
-    """Holds the interners so sharing spans every resource of a stream (and reconnects)."""
+    """Holds the interner so sharing spans every resource of a stream (and reconnects)."""
 
     def __init__(self) -> None:
         self.share = Interner()
@@ -110,7 +100,7 @@ class Converter:
         services: tuple[tuple[str, tuple[Port, ...]], ...] = share(tuple(sorted(
             (_s(k), share(tuple(_port(p, f"service {k}") for p in pl.ports)))
             for k, pl in w.services.items())))
-        loc = None
+        loc = NO_LOCALITY
         if w.HasField("locality"):
             loc = share((_s(w.locality.region), _s(w.locality.zone), _s(w.locality.subzone)))
         return Workload(
@@ -159,17 +149,25 @@ class Converter:
             a.ParseFromString(raw)
         except Exception as e:  # protobuf's DecodeError (no stubs for google.protobuf)
             raise ConvertError(f"cannot decode istio.security.Authorization: {e}") from None
-        if not a.name:
-            raise ConvertError("authorization has no name")
-        key = f"{a.namespace}/{a.name}"
-        if key != name:
-            raise ConvertError(f"authorization {key!r} differs from the resource name")
-        if a.action not in (0, 1):
-            raise ConvertError(f"unknown action {a.action}")
-        groups = tuple(tuple(tuple(_match(m) for m in r.matches) for r in g.rules)
-                       for g in a.groups)
-        return Policy(name=a.name, namespace=a.namespace, scope=a.scope, action=a.action,
-                      groups=groups, dry_run=a.dry_run, version=version)
+        return authorization(name, version, a)
+
+
+def authorization(name: str, version: str, a: authz_pb.Authorization) -> Policy:
+    if not a.name:
+        raise ConvertError("authorization has no name")
+    key = f"{a.namespace}/{a.name}"
+    if key != name:
+        raise ConvertError(f"authorization {key!r} differs from the resource name")
+    if a.action not in _ACTIONS:
+        raise ConvertError(f"unknown action {a.action}")
+    # As ztunnel (Scope::try_from): a scope we do not know could select anything.
+    if a.scope not in _SCOPES:
+        raise ConvertError(f"unknown scope {a.scope}")
+    groups = tuple(Group(tuple(Rule(tuple(_match(m) for m in r.matches)) for r in g.rules))
+                   for g in a.groups)
+    return Policy(name=a.name, namespace=a.namespace, scope=PolicyScope(a.scope),
+                  action=PolicyAction(a.action), groups=groups, dry_run=a.dry_run,
+                  version=version)
 
 
 def _strings(ms: Any) -> tuple[StringMatch, ...]:
@@ -178,17 +176,17 @@ def _strings(ms: Any) -> tuple[StringMatch, ...]:
         kind = m.WhichOneof("match_type")
         if kind is None:
             raise ConvertError("empty string match")
-        out.append(StringMatch(kind, "" if kind == "presence" else getattr(m, kind)))
+        out.append(StringMatch(StringKind(kind), "" if kind == "presence" else getattr(m, kind)))
     return tuple(out)
 
 
-def _cidrs(addrs: Any) -> tuple[Cidr, ...]:
+def _cidrs(addrs: Any) -> tuple[IPNetwork, ...]:
     out = []
     for a in addrs:
         ip = ip_text(a.address, "policy address")
         if a.length > (32 if ":" not in ip else 128):
             raise ConvertError(f"policy address {ip}/{a.length}: bad prefix length")
-        out.append(Cidr(ip, a.length))
+        out.append(ipaddress.ip_network(f"{ip}/{a.length}", strict=False))
     return tuple(out)
 
 

@@ -1,12 +1,16 @@
-"""Protos -> records: every field that matters arrives, and every rejection names its cause."""
+"""Protos -> mesh model (core/mesh/frompb.py): every field that matters arrives, and every
+rejection names its cause (the agent NACKs with it)."""
 
 from __future__ import annotations
+
+import ipaddress
 
 import pytest
 from google.protobuf import wrappers_pb2
 
-from agent.xds.convert import Converter, ConvertError, Interner
-from agent.xds.records import Gateway, LbMode, Port
+from core.mesh.frompb import Converter, ConvertError
+from core.mesh.intern import Interner
+from core.mesh.model import Gateway, LbMode, Port
 from meshpb.istio import authorization_pb2 as az
 from meshpb.istio import workload_pb2 as wl
 
@@ -92,9 +96,10 @@ def test_policy_shape_and_matches() -> None:
                              service_accounts=[az.ServiceAccountMatch(namespace="a",
                                                                       serviceAccount="b")])])])])
     p = Converter().policy("ns/p", "3", a.SerializeToString())
-    m = p.groups[0][0][0]
+    m = p.groups[0].rules[0].matches[0]
     assert (p.key, p.action, p.scope, p.version) == ("ns/p", 1, 2, "3")
-    assert m.destination_ports == (80, 443) and m.source_ips[0].address == "10.0.0.0"
+    assert m.destination_ports == (80, 443)
+    assert m.source_ips[0] == ipaddress.ip_network("10.0.0.0/8")
     assert m.principals[0].matches("spiffe://td/ns/q/sa/x")
     assert not m.namespaces[0].matches("b") and m.service_accounts[0].service_account == "b"
 

@@ -1,9 +1,12 @@
 """SPIFFE IDs as Istio uses them: ``spiffe://<trust domain>/ns/<namespace>/sa/<account>``.
 
-The rules are SPIFFE-ID.md's (lowercase trust domain of ``[a-z0-9._-]``, path segments of
-``[a-zA-Z0-9._-]``, no ``.``/``..`` segment, at most 2048 bytes) plus Istio's shape. Like
-ztunnel, empty namespace/account segments are accepted (``spiffe://td/ns//sa/``): istiod can
-emit them, and refusing would break traffic rather than protect anything.
+One rule set for the agent, the proxy and the control plane. The rules are SPIFFE-ID.md's
+(lowercase trust domain of ``[a-z0-9._-]``, path segments of ``[a-zA-Z0-9._-]``, no
+``.``/``..`` segment, at most 2048 bytes of UTF-8) plus Istio's shape. Like ztunnel, empty
+namespace/account segments are accepted when reading an ID (``spiffe://td/ns//sa/``): istiod
+can emit them, and refusing would break traffic rather than protect anything. Nothing is ever
+issued to such an ID, though: the agent's CSR and the CA's signing check with
+`parse_issuable`, which also refuses empty segments.
 
 Peer extraction follows X509-SVID.md: a leaf carries exactly one URI SAN; more than one is
 an invalid SVID, not a choice for us to make.
@@ -33,6 +36,11 @@ class SpiffeId:
     namespace: str
     service_account: str
 
+    @classmethod
+    def of(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
+        """The ID of (trust domain, namespace, service account), checked like `parse`."""
+        return parse(str(cls(trust_domain, namespace, service_account)))
+
     def __str__(self) -> str:
         return f"{SCHEME}{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
@@ -40,6 +48,11 @@ class SpiffeId:
     def principal(self) -> str:
         """The form Istio policies name principals in: the ID without ``spiffe://``."""
         return str(self)[len(SCHEME):]
+
+    @property
+    def issuable(self) -> bool:
+        """Whether a certificate may be issued for it: no empty namespace or account."""
+        return bool(self.namespace and self.service_account)
 
 
 def parse(uri: str) -> SpiffeId:
@@ -57,6 +70,14 @@ def parse(uri: str) -> SpiffeId:
         if not _SEGMENT.fullmatch(seg) or seg in (".", ".."):
             raise SpiffeError(f"invalid path segment {seg!r} in {uri!r}")
     return SpiffeId(td, parts[1], parts[3])
+
+
+def parse_issuable(uri: str) -> SpiffeId:
+    """`parse`, and refuse an empty namespace or account: an ID a certificate may name."""
+    sid = parse(uri)
+    if not sid.issuable:
+        raise SpiffeError(f"empty namespace or service account in {uri!r}")
+    return sid
 
 
 def from_certificate(cert: x509.Certificate) -> SpiffeId:
