@@ -4,7 +4,6 @@ discovery and certificate clients, and the mesh config channel to the proxy.
 
   config.py     the agent's YAML config (`meshnode agent --config`)
   server.py     the daemon: wires the sub-packages together
-  logs.py       JSON logs
   install/      the CNI plugin binary and conflist entry, watched and repaired
   nodeagent/    enrollment: the CNI socket (typed requests and errors), pod records,
                 reconcile and drift repair; the Enroller is given its backend, netns

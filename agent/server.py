@@ -90,6 +90,8 @@ class Agent:
             self.driftwatch.watch(rec.container_id, rec.netns)
 
     async def _start_owner_check(self) -> None:
+        # Imported here, not for a cycle: it pulls in kubernetes_asyncio (~0.6 s), which an
+        # agent without a kubeconfig never needs.
         from agent.k8s.owner import OwnerCheck
 
         self.owner = await OwnerCheck.connect(self.cfg.kubernetes.kubeconfig)

@@ -10,7 +10,7 @@ from typing import Any
 def run(main: Coroutine[Any, Any, None], log_level: str) -> int:
     import uvloop
 
-    from agent import logs
+    from core import logs
 
     logs.configure(log_level)
     # uvloop for our own loop only, not as the global policy: pyroute2 runs its own asyncio

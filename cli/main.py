@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the CLI's last line of defence: no traceback for users
+        # Imported only on this error path: a command for the proxy or the control plane
+        # never loads the agent's packages.
         from agent.redirect.errors import RedirectError
         from agent.redirect.spec import SpecError
         from core.config import ConfigError

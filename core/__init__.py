@@ -11,6 +11,7 @@
   backoff.py     `Backoff`: capped exponential retry delays, jittered, reset on success
   aio.py         `peer_credentials` (SO_PEERCRED), `cancel_and_wait`
   config.py      YAML files onto typed dataclasses (`load_yaml`, `ConfigError`)
+  logs.py        structlog JSON logs for every daemon
   monitoring.py  /healthz, /readyz, /metrics for the agent and the control plane
   wire/          the two agent -> proxy codecs, each used by both of its ends: ZDS, mesh.sock
   mesh/          the mesh model: workload, service and policy records, protobuf -> model ->
