@@ -13,25 +13,20 @@ alone: the writer's next close (an inotify event) brings it back here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from asyncinotify import Inotify, Mask
 
 from controlplane import metrics
 from controlplane.mesh import Mesh, MeshError, parse
 from controlplane.store import MeshStore
+from core.fswatch import HOLD_SECONDS, HOLD_TRIES, changes
 
 log = structlog.get_logger("controlplane.watch")
 
-DIR_MASK = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.DELETE | Mask.ATTRIB
-# Editors write in bursts (truncate, write, rename); one reload after the burst settles.
-DEBOUNCE_SECONDS = 0.05
-HOLD_SECONDS = 0.3
-HOLD_TRIES = 4
 # What a held-back read that stays that way is refused with: a writer that truncated the
 # file and died must not empty the mesh; an empty mesh is asked for explicitly.
 EMPTY_REFUSED = ("empty file: the last good mesh stays served (an empty mesh is written "
@@ -62,19 +57,8 @@ class MeshWatcher:
 
     async def run(self) -> None:
         names = {self.path.name, "..data"}
-        with Inotify() as ino:
-            ino.add_watch(self.path.parent, DIR_MASK)
-            events = aiter(ino)
-            while True:
-                event = await anext(events)
-                if event.name is not None and str(event.name) not in names:
-                    continue
-                changed_at = time.monotonic()  # push latency counts from here (debounce too)
-                while True:
-                    try:
-                        await asyncio.wait_for(anext(events), DEBOUNCE_SECONDS)
-                    except TimeoutError:
-                        break
+        async with contextlib.aclosing(changes(self.path.parent, names.__contains__)) as bursts:
+            async for changed_at in bursts:  # push latency counts from the first event
                 await self.reload(changed_at)
 
     async def reload(self, changed_at: float | None = None) -> bool:

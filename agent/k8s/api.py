@@ -6,29 +6,27 @@ checks it against the ClusterRole in deploy/rbac.yaml, and checks that no other 
 agent/ touches the client library: so RBAC can be least privilege and stay correct.
 
 The client (kubernetes_asyncio) is used as transport only: configuration (kubeconfig or
-in-cluster token and CA), TLS, auth and URL building. Responses are read raw
-(`_preload_content=False`): the watch protocol is handled in `watch.py`, and objects stay
-plain dicts, so one malformed object cannot break deserialisation of a whole list.
+in-cluster token and CA), TLS, auth and URL building; the typed calls below build the URLs,
+core/k8s/client.py does the rest (raw responses, ApiError), shared with the control plane.
+Responses are read raw (`_preload_content=False`): the watch protocol is handled in
+`watch.py` (core/k8s/reflector.py), and objects stay plain dicts, so one malformed object
+cannot break deserialisation of a whole list.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client as kclient
-from kubernetes_asyncio import config as kconfig
 
-
-@dataclass(frozen=True)
-class ApiCall:
-    verb: str      # RBAC verb: get, list, watch, patch, ...
-    group: str     # API group, "" for the core group
-    resource: str  # plural resource name as RBAC spells it
-
+from core.k8s.client import ApiCall as ApiCall
+from core.k8s.client import ApiError as ApiError
+from core.k8s.client import KubeClient, load_configuration, watch_args
+from core.k8s.client import Listing as Listing
+from core.k8s.client import listing as _listing
+from core.k8s.client import read_json as _json
 
 # Filled by @_call below: method name -> the RBAC permissions it needs.
 CALLS: dict[str, tuple[ApiCall, ...]] = {}
@@ -44,99 +42,31 @@ def _call(*needs: tuple[str, str, str]) -> Callable[[Callable[P, R]], Callable[P
     return mark
 
 
-class ApiError(Exception):
-    """A non-2xx answer (status > 0) or a transport failure (status 0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}" if status else message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Listing:
-    items: list[Any]
-    resource_version: str
-
-
-async def _check(resp: aiohttp.ClientResponse) -> None:
-    if not 200 <= resp.status <= 299:
-        body = (await resp.read())[:500].decode(errors="replace")
-        resp.release()
-        raise ApiError(resp.status, body)
-
-
-async def _json(resp: aiohttp.ClientResponse) -> Any:
-    await _check(resp)
-    try:
-        return json.loads(await resp.read())
-    except ValueError as exc:
-        raise ApiError(resp.status, f"not JSON: {exc}") from None
-    finally:
-        resp.release()
-
-
-def _listing(data: Any) -> Listing:
-    if not isinstance(data, dict) or not isinstance(data.get("items", []), list):
-        raise ApiError(200, "list answer is not a List object")
-    rv = (data.get("metadata") or {}).get("resourceVersion")
-    if not isinstance(rv, str) or not rv:
-        raise ApiError(200, "list answer has no metadata.resourceVersion")
-    return Listing(items=list(data.get("items") or []), resource_version=rv)
-
-
 class KubeApi:
     def __init__(self, api_client: kclient.ApiClient) -> None:
         self._client = api_client
+        self._kube = KubeClient(api_client)  # the transport (core/k8s/client.py)
         self._core = kclient.CoreV1Api(api_client)
         self._apps = kclient.AppsV1Api(api_client)
 
     @classmethod
     async def connect(cls, kubeconfig: str = "") -> KubeApi:
         """From a kubeconfig file, or (empty path) the pod's service account."""
-        conf = kclient.Configuration()
-        if kubeconfig:
-            await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=conf)
-        else:
-            kconfig.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
-        return cls(kclient.ApiClient(conf))
+        return cls(kclient.ApiClient(await load_configuration(kubeconfig)))
 
     async def close(self) -> None:
         await self._client.close()
 
     async def _raw(self, call: Awaitable[Any]) -> aiohttp.ClientResponse:
-        try:
-            resp = await call
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ApiError(0, f"{type(exc).__name__}: {exc}") from None
-        assert isinstance(resp, aiohttp.ClientResponse)
-        return resp
+        return await self._kube.raw(call)
 
-    async def _lines(self, call: Awaitable[Any]) -> AsyncIterator[bytes]:
+    def _lines(self, call: Awaitable[Any]) -> AsyncIterator[bytes]:
         """The raw lines of a watch stream; HTTP errors raise ApiError before the first."""
-        resp = await self._raw(call)
-        try:
-            await _check(resp)
-            while True:
-                try:
-                    line = await resp.content.readline()
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    raise ApiError(0, f"watch stream broke: {type(exc).__name__}: {exc}") \
-                        from None
-                if not line:
-                    return  # the server ended the watch (timeoutSeconds): watch again
-                yield line
-        finally:
-            resp.release()
+        return self._kube.lines(call)
 
     @staticmethod
     def _watch_args(resource_version: str, timeout_seconds: int) -> dict[str, Any]:
-        # The server ends the watch after timeout_seconds; the client gives it a margin
-        # before declaring the connection dead (a silent half-open TCP connection).
-        return {"watch": True, "resource_version": resource_version,
-                "allow_watch_bookmarks": True, "timeout_seconds": timeout_seconds,
-                "_preload_content": False,
-                "_request_timeout": aiohttp.ClientTimeout(
-                    total=None, sock_connect=10, sock_read=timeout_seconds + 30)}
+        return watch_args(resource_version, timeout_seconds)
 
     # -- pods on this node -------------------------------------------------------------------
 

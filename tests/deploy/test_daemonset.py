@@ -341,6 +341,8 @@ def test_rbac_is_the_documented_minimum() -> None:
     assert ns_binding["subjects"] == binding["subjects"]
     assert [(o["kind"], o["metadata"]["name"]) for o in objs
             if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")] == [
+        # the control plane's list/watch role (tests/controlplane/kube/test_rbac.py)
+        ("ClusterRole", "meshnode-controlplane"), ("ClusterRoleBinding", "meshnode-controlplane"),
         ("ClusterRole", "meshnode-node"), ("ClusterRoleBinding", "meshnode-node"),
         ("Role", "meshnode-node"), ("RoleBinding", "meshnode-node")]
 

@@ -1,7 +1,7 @@
 """SIGTERM: an uninstall removes the plugin and our entry, an upgrade keeps them.
 
 A real agent (install on, in a temporary net.d and bin dir) asks a local API server
-(tests/k8s/fakeapi.py) for its own DaemonSet when it is told to stop. Then a chained ADD
+(testing/fakeapi.py) for its own DaemonSet when it is told to stop. Then a chained ADD
 runs the remaining conflist with the reference plugins (bridge + host-local), in a "node"
 netns for a "pod" netns: after an uninstall it succeeds; after an upgrade our entry is
 still there and the ADD fails closed until the next agent comes (pods never start
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from testing.agent_harness import AgentProc
+from testing.fakeapi import ThreadedFakeApi, daemonset
 from testing.lab import Lab, Node
 from tests.agent.agentconf import configure
-from tests.k8s.fakeapi import ThreadedFakeApi, daemonset
 
 pytestmark = pytest.mark.kernel
 SYSTEM_CNI = "/usr/lib/cni"

@@ -14,7 +14,7 @@ from agent.k8s.api import KubeApi
 from agent.k8s.source import KubePodSource
 from agent.nodeagent.enroll import PodEnrollment, Reply, fail
 from agent.nodeagent.pods import PodRecord, PodState, PodStore
-from tests.k8s.fakeapi import FakeApi
+from testing.fakeapi import FakeApi
 
 NODE = "node1"
 

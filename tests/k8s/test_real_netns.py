@@ -19,9 +19,9 @@ from agent.nodeagent.pods import PodStore
 from agent.redirect import backend as engine
 from agent.redirect.spec import RedirectSpec
 from testing.agent_harness import AgentProc, cni
+from testing.fakeapi import FakeApi, ThreadedFakeApi, namespace, node, pod
 from testing.lab import Lab
 from tests.k8s.conftest import NODE, eventually, run, source_for
-from tests.k8s.fakeapi import FakeApi, ThreadedFakeApi, namespace, node, pod
 
 pytestmark = pytest.mark.kernel
 ON = {"meshnode.io/dataplane-mode": "enabled"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.k8s.labels import ANNOTATION
+from testing.fakeapi import FakeApi, namespace, pod
 from tests.k8s.conftest import NODE, StubEnroller, eventually, run, source_for
-from tests.k8s.fakeapi import FakeApi, namespace, pod
 
 ON = {"meshnode.io/dataplane-mode": "enabled"}
 OFF = {"meshnode.io/dataplane-mode": "disabled"}

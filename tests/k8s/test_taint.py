@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agent.k8s.api import KubeApi
 from agent.k8s.taint import TAINT_KEY, remove_not_ready_taint
+from testing.fakeapi import FakeApi, node
 from tests.k8s.conftest import NODE, StubEnroller, eventually, run, source_for
-from tests.k8s.fakeapi import FakeApi, node
 
 OURS = {"key": TAINT_KEY, "effect": "NoSchedule"}
 THEIRS = [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},

@@ -1,21 +1,31 @@
-"""A local HTTP server that speaks the Kubernetes list/watch protocol for pods, namespaces and
-nodes, as far as the agent uses it (there is no API server on this machine).
+"""A local HTTP server that speaks the Kubernetes list/watch protocol for any resource, built-in
+or custom (there is no API server on this machine). The agent's tests (tests/k8s) and the
+control plane's (tests/controlplane/kube) both run against it.
 
+- resources are served at their real paths: `/api/v1/<plural>` for the core group,
+  `/apis/<group>/<version>/<plural>` for the others (CRDs included), and below
+  `namespaces/<ns>/` for one namespace; a resource that is not served is a 404 (a CRD that is
+  not installed); `FakeApi(resources=...)` or `serve(...)` choose which;
 - one global resourceVersion counter, stamped on every change, as etcd does;
-- list: `{"kind": "...List", "metadata": {"resourceVersion"}, "items"}`, pods filtered by
-  `fieldSelector=spec.nodeName=<node>`;
+- list: `{"kind": "...List", "metadata": {"resourceVersion"}, "items"}`, filtered by
+  `fieldSelector=spec.nodeName=<node>`; items of built-in kinds carry no apiVersion/kind,
+  custom resources' do (as the API server answers); `limit` pages it with `continue` tokens
+  (410 once compacted);
 - watch (`?watch=true&resourceVersion=N`): a chunked stream of JSON lines
-  (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR), replaying history after N first; bookmarks only
-  when the client asked with `allowWatchBookmarks=true`; ends after `timeoutSeconds`;
+  (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR), replaying history after N first; event objects carry
+  apiVersion/kind; bookmarks only when the client asked with `allowWatchBookmarks=true`; ends
+  after `timeoutSeconds`;
 - a resourceVersion older than the last `compact()` gets 410 Gone: an ERROR event with a
   Status (what the API server sends on a started watch) or, with `gone_as_http`, the HTTP
   status itself;
+- GET of one object (a node, a DaemonSet, ...);
 - PATCH of a pod (strategic merge / merge: annotations) and of a node (JSON patch with
   `test`, `add`, `remove`, `replace`; a failed test is a 422, as in the API server); every
   patch is recorded.
 Tests change the world with `put`, `delete`, `compact`, `bookmark`, `inject`, `close_watches`,
 `fail_next`; with `notify=False` a change is not sent to live watches (it happened while
-the client was away).
+the client was away). `stop()` then `start(port=api.port)` is an API server restart that
+keeps its state.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import copy
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,71 +43,138 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 T = TypeVar("T")
-KINDS = {"pods": "Pod", "namespaces": "Namespace", "nodes": "Node",
-         "daemonsets": "DaemonSet"}
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    plural: str
+    kind: str
+    group: str = ""        # "" for the core group
+    version: str = "v1"
+    namespaced: bool = True
+    custom: bool = False   # a CRD's: list items carry apiVersion and kind
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def path(self) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        return f"{base}/{self.plural}"
+
+
+PODS = Resource("pods", "Pod")
+NAMESPACES = Resource("namespaces", "Namespace", namespaced=False)
+NODES = Resource("nodes", "Node", namespaced=False)
+DAEMONSETS = Resource("daemonsets", "DaemonSet", "apps")
+SERVICES = Resource("services", "Service")
+ENDPOINT_SLICES = Resource("endpointslices", "EndpointSlice", "discovery.k8s.io")
+SERVICE_ENTRIES = Resource("serviceentries", "ServiceEntry", "networking.istio.io",
+                           custom=True)
+WORKLOAD_ENTRIES = Resource("workloadentries", "WorkloadEntry", "networking.istio.io",
+                            custom=True)
+AUTHORIZATION_POLICIES = Resource("authorizationpolicies", "AuthorizationPolicy",
+                                  "security.istio.io", custom=True)
+PEER_AUTHENTICATIONS = Resource("peerauthentications", "PeerAuthentication",
+                                "security.istio.io", custom=True)
+
+# What the agent's tests have always had.
+AGENT_RESOURCES = (PODS, NAMESPACES, NODES, DAEMONSETS)
+# Every kind the control plane reads (controlplane/kube/objects.py KINDS), Istio's CRDs too.
+CONTROLPLANE_RESOURCES = (NAMESPACES, NODES, PODS, SERVICES, ENDPOINT_SLICES, SERVICE_ENTRIES,
+                          WORKLOAD_ENTRIES, AUTHORIZATION_POLICIES, PEER_AUTHENTICATIONS)
 
 
 @dataclass
 class Watch:
     resource: str
     node: str | None
+    namespace: str | None
     bookmarks: bool
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
 
 
 def pod(name: str, namespace: str = "default", node: str = "node1", ip: str = "10.0.0.1",
         labels: dict[str, str] | None = None, host_network: bool = False,
-        phase: str = "Running", uid: str = "") -> dict[str, Any]:
+        phase: str = "Running", uid: str = "") -> Obj:
     return {"metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
                          "labels": labels or {}, "annotations": {}},
             "spec": {"nodeName": node, "hostNetwork": host_network},
             "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}] if ip else []}}
 
 
-def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def namespace(name: str, labels: dict[str, str] | None = None) -> Obj:
     return {"metadata": {"name": name, "uid": f"ns-{name}", "labels": labels or {}}}
 
 
-def daemonset(name: str, namespace: str, deleting: bool = False) -> dict[str, Any]:
+def daemonset(name: str, namespace: str, deleting: bool = False) -> Obj:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": f"uid-ds-{name}"}
     if deleting:
         meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta, "spec": {}}
 
 
-def node(name: str, taints: list[dict[str, Any]]) -> dict[str, Any]:
+def node(name: str, taints: list[dict[str, Any]]) -> Obj:
     return {"metadata": {"name": name, "uid": f"node-{name}"}, "spec": {"taints": taints}}
 
 
+def obj(resource: Resource, name: str, namespace: str = "", **fields: Any) -> Obj:
+    """Any object of `resource` (uid left to `put`): `obj(SERVICE_ENTRIES, "ext", "shop",
+    spec={...})`."""
+    meta: dict[str, Any] = {"name": name}
+    if resource.namespaced:
+        meta["namespace"] = namespace or "default"
+    return {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": meta,
+            **copy.deepcopy(fields)}
+
+
+def _meta(o: Obj) -> dict[str, Any]:
+    meta = o.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 class FakeApi:
-    def __init__(self) -> None:
+    def __init__(self, resources: Iterable[Resource] = AGENT_RESOURCES) -> None:
         self.rv = 100
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KINDS}
-        self.history: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.resources: dict[str, Resource] = {}
+        self.objects: dict[str, dict[str, Obj]] = {}
+        self.serve(*resources)
+        self.history: list[tuple[int, str, str, Obj]] = []
         self.compacted = 0
         self.gone_as_http = False
         self.watches: list[Watch] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.auth: list[str] = []  # the Authorization header of every request
         self.patches: list[dict[str, Any]] = []
         self.failures: list[tuple[str, int]] = []  # (method path prefix, status), FIFO
         self.on_node_patch: Callable[[], None] | None = None  # a concurrent writer
+        self._pages: dict[str, tuple[int, list[Obj]]] = {}  # continue token -> (rv, rest)
         self.port = 0
         self._runner: web.AppRunner | None = None
 
+    def serve(self, *resources: Resource) -> None:
+        """Serve these resources too (a CRD installed), keyed by plural."""
+        for r in resources:
+            self.resources[r.plural] = r
+            self.objects.setdefault(r.plural, {})
+
+    def unserve(self, plural: str) -> None:
+        """Stop serving a resource (a CRD uninstalled): its objects are gone, paths 404."""
+        self.resources.pop(plural, None)
+        self.objects.pop(plural, None)
+        self.close_watches(plural)
+
     # -- server --------------------------------------------------------------------------------
 
-    async def start(self) -> FakeApi:
+    async def start(self, port: int = 0) -> FakeApi:
+        """Listen on 127.0.0.1 (`port` 0: any free one; the old one to restart)."""
         app = web.Application()
-        app.router.add_get("/api/v1/pods", self._collection("pods"))
-        app.router.add_get("/api/v1/namespaces", self._collection("namespaces"))
-        app.router.add_get("/api/v1/nodes/{name}", self._get_node)
-        app.router.add_get("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-                           self._get_daemonset)
-        app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
-        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -106,6 +183,7 @@ class FakeApi:
         self.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     @property
     def url(self) -> str:
@@ -121,40 +199,71 @@ class FakeApi:
 
     # -- the world -----------------------------------------------------------------------------
 
-    def _stamp(self, resource: str, kind: str, obj: dict[str, Any], notify: bool) -> None:
+    def _typed(self, resource: str, o: Obj) -> Obj:
+        """A copy with apiVersion and kind, as the API server sends single objects."""
+        r = self.resources.get(resource)
+        out = copy.deepcopy(o)
+        if r is not None:
+            out["apiVersion"], out["kind"] = r.api_version, r.kind
+        return out
+
+    def _stamp(self, resource: str, kind: str, o: Obj, notify: bool) -> None:
         self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        snap = copy.deepcopy(obj)
+        o["metadata"]["resourceVersion"] = str(self.rv)
+        snap = self._typed(resource, o)
         self.history.append((self.rv, resource, kind, snap))
         if notify:
             for w in self.watches:
-                if w.resource == resource and self._visible(w.node, snap):
+                if w.resource == resource and self._visible(w, snap):
                     w.queue.put_nowait(("event", {"type": kind, "object": snap}))
 
     @staticmethod
-    def _visible(node: str | None, obj: dict[str, Any]) -> bool:
-        return node is None or (obj.get("spec") or {}).get("nodeName") == node
+    def _visible(w: Watch, o: Obj) -> bool:
+        if w.namespace is not None and _meta(o).get("namespace") != w.namespace:
+            return False
+        return w.node is None or (o.get("spec") or {}).get("nodeName") == w.node
 
-    def put(self, resource: str, obj: dict[str, Any], notify: bool = True) -> dict[str, Any]:
-        uid = obj["metadata"]["uid"]
-        kind = "MODIFIED" if uid in self.objects[resource] else "ADDED"
+    def find(self, resource: str, name: str, namespace: str = "") -> Obj | None:
+        """The stored object of that name (and namespace), or None."""
+        for o in self.objects[resource].values():
+            meta = _meta(o)
+            if meta.get("name") == name and (meta.get("namespace") or "") == namespace:
+                return o
+        return None
+
+    def put(self, resource: str, obj: Obj, notify: bool = True) -> Obj:
+        """Create or replace; an object without a uid takes the uid of the one of the same
+        name (an update) or a new one (a create)."""
         obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("uid"):
+            same = self.find(resource, meta.get("name", ""), meta.get("namespace") or "")
+            meta["uid"] = _meta(same)["uid"] if same is not None else str(uuid.uuid4())
+        uid = meta["uid"]
+        kind = "MODIFIED" if uid in self.objects[resource] else "ADDED"
         self.objects[resource][uid] = obj
         self._stamp(resource, kind, obj, notify)
         return obj
 
-    def get(self, resource: str, uid: str) -> dict[str, Any]:
+    def get(self, resource: str, uid: str) -> Obj:
         return self.objects[resource][uid]
 
     def relabel(self, resource: str, uid: str, labels: dict[str, str],
                 notify: bool = True) -> None:
-        obj = copy.deepcopy(self.objects[resource][uid])
-        obj["metadata"]["labels"] = labels
-        self.put(resource, obj, notify)
+        o = copy.deepcopy(self.objects[resource][uid])
+        o["metadata"]["labels"] = labels
+        self.put(resource, o, notify)
 
     def delete(self, resource: str, uid: str, notify: bool = True) -> None:
-        obj = self.objects[resource].pop(uid)
-        self._stamp(resource, "DELETED", obj, notify)
+        o = self.objects[resource].pop(uid)
+        self._stamp(resource, "DELETED", o, notify)
+
+    def remove(self, resource: str, name: str, namespace: str = "",
+               notify: bool = True) -> None:
+        """`delete` by name."""
+        o = self.find(resource, name, namespace)
+        assert o is not None, f"no {resource} {namespace}/{name}"
+        self.delete(resource, _meta(o)["uid"], notify)
 
     def compact(self) -> None:
         """Forget history up to now: watching from any older version is 410 Gone."""
@@ -193,6 +302,9 @@ class FakeApi:
     def watch_count(self, resource: str) -> int:
         return sum(1 for m, p, q in self.requests if p.endswith(resource) and "watch" in q)
 
+    def live_watches(self, resource: str) -> int:
+        return sum(1 for w in self.watches if w.resource == resource)
+
     # -- handlers ------------------------------------------------------------------------------
 
     def _failure(self, request: web.Request) -> web.Response | None:
@@ -208,34 +320,97 @@ class FakeApi:
         return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                   "message": message, "code": code}, status=code)
 
-    def _collection(self, resource: str) -> Callable[[web.Request], Any]:
-        async def handle(request: web.Request) -> web.StreamResponse:
+    def _route(self, path: str) -> tuple[Resource, str | None, str | None] | None:
+        """(resource, namespace or None, object name or None) of an API path."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        ns: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if len(rest) not in (1, 2):
+            return None
+        r = self.resources.get(rest[0])
+        if r is None or (r.group, r.version) != (group, version) or \
+                (ns is not None and not r.namespaced):
+            return None
+        return r, ns, rest[1] if len(rest) == 2 else None
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.auth.append(request.headers.get("Authorization", ""))
+        route = self._route(request.path)
+        if route is None:
             self.requests.append((request.method, request.path, dict(request.query)))
             failed = self._failure(request)
-            if failed is not None:
-                return failed
-            selector = request.query.get("fieldSelector", "")
-            node_name = selector.split("=", 1)[1] if selector.startswith("spec.nodeName=") \
-                else None
-            if request.query.get("watch") in ("true", "True", "1"):
-                return await self._watch(request, resource, node_name)
-            items = [copy.deepcopy(o) for o in self.objects[resource].values()
-                     if self._visible(node_name, o)]
-            return web.json_response({"kind": KINDS[resource] + "List", "apiVersion": "v1",
-                                      "metadata": {"resourceVersion": str(self.rv)},
-                                      "items": items})
-        return handle
+            return failed or self._status(404, f"the server could not find the requested "
+                                               f"resource ({request.path})")
+        r, ns, name = route
+        if request.method == "PATCH" and name is not None and r.plural == "nodes":
+            return await self._patch_node(request, name)
+        if request.method == "PATCH" and name is not None and r.plural == "pods" and ns:
+            return await self._patch_pod(request, ns, name)
+        self.requests.append((request.method, request.path, dict(request.query)))
+        failed = self._failure(request)
+        if failed is not None:
+            return failed
+        if request.method != "GET":
+            return self._status(405, f"{request.method} is not supported here")
+        if name is not None:
+            return self._get_object(r, ns or "", name)
+        return await self._collection(request, r, ns)
 
-    async def _watch(self, request: web.Request, resource: str,
-                     node_name: str | None) -> web.StreamResponse:
+    def _get_object(self, r: Resource, ns: str, name: str) -> web.Response:
+        found = self.find(r.plural, name, ns)
+        if found is None:
+            return self._status(404, f"{r.kind.lower()} not found")
+        return web.json_response(found)
+
+    async def _collection(self, request: web.Request, r: Resource,
+                          ns: str | None) -> web.StreamResponse:
+        selector = request.query.get("fieldSelector", "")
+        node_name = selector.split("=", 1)[1] if selector.startswith("spec.nodeName=") \
+            else None
+        w = Watch(r.plural, node_name, ns, request.query.get("allowWatchBookmarks") in (
+            "true", "True", "1"))
+        if request.query.get("watch") in ("true", "True", "1"):
+            return await self._watch(request, r, w)
+        token = request.query.get("continue", "")
+        if token:
+            if token not in self._pages or self._pages[token][0] < self.compacted:
+                return self._status(410, "the provided continue parameter is too old")
+            snap_rv, items = self._pages.pop(token)
+        else:
+            snap_rv = self.rv
+            items = []
+            for o in self.objects[r.plural].values():
+                if self._visible(w, o):
+                    item = self._typed(r.plural, o) if r.custom else copy.deepcopy(o)
+                    if not r.custom:
+                        item.pop("apiVersion", None)
+                        item.pop("kind", None)
+                    items.append(item)
+        meta: dict[str, Any] = {"resourceVersion": str(snap_rv)}
+        limit = int(request.query.get("limit") or 0)
+        if limit and len(items) > limit:
+            items, rest = items[:limit], items[limit:]
+            token = f"{snap_rv}-{uuid.uuid4().hex[:8]}"
+            self._pages[token] = (snap_rv, rest)
+            meta["continue"] = token
+        return web.json_response({"kind": r.kind + "List", "apiVersion": r.api_version,
+                                  "metadata": meta, "items": items})
+
+    async def _watch(self, request: web.Request, r: Resource, w: Watch) -> web.StreamResponse:
+        resource = r.plural
         since = int(request.query.get("resourceVersion") or 0)
         gone = {"type": "ERROR", "object": {
             "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired",
             "code": 410, "message": f"too old resource version: {since} ({self.compacted})"}}
         if since and since < self.compacted and self.gone_as_http:
             return self._status(410, gone["object"]["message"])  # type: ignore[index]
-        w = Watch(resource, node_name, request.query.get("allowWatchBookmarks") in (
-            "true", "True", "1"))
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -249,9 +424,9 @@ class FakeApi:
         # Subscribe before replaying: nothing can slip between the two (one event loop).
         self.watches.append(w)
         try:
-            for rv, res, kind, obj in list(self.history):
-                if res == resource and rv > since and self._visible(node_name, obj):
-                    await send({"type": kind, "object": obj})
+            for rv, res, kind, o in list(self.history):
+                if res == resource and rv > since and self._visible(w, o):
+                    await send({"type": kind, "object": o})
             timeout = float(request.query.get("timeoutSeconds") or 300)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
@@ -267,7 +442,7 @@ class FakeApi:
                     await send(arg)
                 elif what == "bookmark":
                     await send({"type": "BOOKMARK", "object": {
-                        "kind": KINDS[resource], "apiVersion": "v1",
+                        "kind": r.kind, "apiVersion": r.api_version,
                         "metadata": {"resourceVersion": str(arg)}}})
                 elif what == "gone":
                     await send(gone)
@@ -280,32 +455,10 @@ class FakeApi:
             self.watches.remove(w)
         return resp
 
-    async def _get_node(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path, dict(request.query)))
-        failed = self._failure(request)
-        if failed is not None:
-            return failed
-        for obj in self.objects["nodes"].values():
-            if obj["metadata"]["name"] == request.match_info["name"]:
-                return web.json_response(obj)
-        return self._status(404, "node not found")
-
-    async def _get_daemonset(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path, dict(request.query)))
-        failed = self._failure(request)
-        if failed is not None:
-            return failed
-        for obj in self.objects["daemonsets"].values():
-            meta = obj["metadata"]
-            if (meta["name"], meta.get("namespace")) == (request.match_info["name"],
-                                                         request.match_info["ns"]):
-                return web.json_response(obj)
-        return self._status(404, "daemonset not found")
-
-    async def _patch_node(self, request: web.Request) -> web.Response:
+    async def _patch_node(self, request: web.Request, name: str) -> web.Response:
         self.requests.append((request.method, request.path, dict(request.query)))
         body = await request.json()
-        self.patches.append({"resource": "nodes", "name": request.match_info["name"],
+        self.patches.append({"resource": "nodes", "name": name,
                              "content_type": request.content_type, "body": body})
         failed = self._failure(request)
         if failed is not None:
@@ -313,8 +466,7 @@ class FakeApi:
         if self.on_node_patch is not None:
             hook, self.on_node_patch = self.on_node_patch, None
             hook()  # someone else changes the node just before our patch lands
-        target = next((o for o in self.objects["nodes"].values()
-                       if o["metadata"]["name"] == request.match_info["name"]), None)
+        target = self.find("nodes", name)
         if target is None:
             return self._status(404, "node not found")
         if request.content_type != "application/json-patch+json":
@@ -327,18 +479,15 @@ class FakeApi:
             return self._status(400, f"bad patch: {exc}")
         return web.json_response(self.put("nodes", patched))
 
-    async def _patch_pod(self, request: web.Request) -> web.Response:
+    async def _patch_pod(self, request: web.Request, ns: str, name: str) -> web.Response:
         self.requests.append((request.method, request.path, dict(request.query)))
         body = await request.json()
-        ns, name = request.match_info["ns"], request.match_info["name"]
         self.patches.append({"resource": "pods", "namespace": ns, "name": name,
                              "content_type": request.content_type, "body": body})
         failed = self._failure(request)
         if failed is not None:
             return failed
-        target = next((o for o in self.objects["pods"].values()
-                       if o["metadata"]["name"] == name and o["metadata"]["namespace"] == ns),
-                      None)
+        target = self.find("pods", name, ns)
         if target is None:
             return self._status(404, "pod not found")
         if request.content_type not in ("application/strategic-merge-patch+json",
@@ -375,7 +524,7 @@ def _walk(doc: Any, path: str) -> tuple[Any, str]:
     return doc, parts[-1]
 
 
-def json_patch(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+def json_patch(obj: Obj, ops: list[dict[str, Any]]) -> Obj:
     """RFC 6902, the ops the agent uses; all or nothing."""
     doc = copy.deepcopy(obj)
     for op in ops:
@@ -409,9 +558,9 @@ class ThreadedFakeApi:
     """The same server on its own thread and loop, for tests that block (a real agent
     process talking to it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resources: Iterable[Resource] = AGENT_RESOURCES) -> None:
         self.loop = asyncio.new_event_loop()
-        self.api = FakeApi()
+        self.api = FakeApi(resources)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> ThreadedFakeApi:
