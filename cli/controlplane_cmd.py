@@ -1,4 +1,6 @@
-"""`meshnode controlplane --mesh FILE`: run the standalone control plane (ADS + CA over TLS)."""
+"""`meshnode controlplane`: run the control plane (ADS + CA over TLS) from one source: Kubernetes
+and Istio manifests (`--config PATH`), the API server (`--kubeconfig FILE`, or the pod's
+service account when run in a pod with neither), or a mesh file (`--mesh FILE`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,21 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("controlplane", help="run the standalone control plane (ADS + CA)")
-    p.add_argument("--mesh", metavar="FILE", required=True,
-                   help="mesh file (YAML): services, workloads, policies; watched for edits")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="PATH",
+                     help="a file or directory of Kubernetes and Istio manifests (as `kubectl "
+                          "apply -f` takes them); watched for edits")
+    src.add_argument("--kubeconfig", metavar="FILE",
+                     help="list and watch the API server this kubeconfig names (default in a "
+                          "pod: its service account)")
+    src.add_argument("--mesh", metavar="FILE",
+                     help="mesh file (YAML): services, workloads, policies; watched for edits")
+    p.add_argument("--root-namespace", default="istio-system", metavar="NS",
+                   help="where mesh-wide AuthorizationPolicy and PeerAuthentication live "
+                        "(Istio's rootNamespace; default istio-system)")
+    p.add_argument("--cluster-id", default="Kubernetes", metavar="ID",
+                   help="this cluster's id, the first part of every workload uid (istiod's "
+                        "--clusterID; default Kubernetes)")
     p.add_argument("--address", default="0.0.0.0:15012",
                    help="listen address for ADS and the CA, TLS (default 0.0.0.0:15012)")
     p.add_argument("--metrics-address", default="127.0.0.1:15014", metavar="HOST:PORT",
@@ -29,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--print-node-token", metavar="NODE",
                    help="print the node token for NODE and exit (nothing is served)")
     p.add_argument("--check", action="store_true",
-                   help="validate the mesh file and exit (0: good)")
+                   help="validate the mesh file or the manifests and exit (0: good; else "
+                        "each problem as `Kind ns/name: field: reason`, exit 2)")
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long in-flight calls get to finish before the "
                         "process exits (default 5; ADS streams are ended at once)")
@@ -42,7 +58,15 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
     from cli import daemon
     from cli.errors import UserError, check_flag_address
     from controlplane import mesh, nodeauth, pki
-    from controlplane.server import DEFAULT_SERVER_NAMES, ControlPlane, ControlPlaneConfig
+    from controlplane.ambient.options import Options
+    from controlplane.kube import manifests
+    from controlplane.server import (
+        DEFAULT_SERVER_NAMES,
+        ControlPlane,
+        ControlPlaneConfig,
+        SourceError,
+    )
+    from core.k8s.client import in_cluster
 
     # Before anything is read or bound. Port 0 (any free port) is fine: the bound ports are
     # logged in `controlplane_serving`.
@@ -51,8 +75,16 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         check_flag_address("--metrics-address", a.metrics_address, port_zero=True)
     if not 0 <= a.drain_seconds <= 3600:
         raise UserError(f"--drain-seconds: {a.drain_seconds:g} out of range 0-3600")
+    chosen_in_cluster = not (a.config or a.kubeconfig or a.mesh)
+    if chosen_in_cluster and not a.print_node_token and not in_cluster():
+        raise UserError("no source: give --config PATH, --kubeconfig FILE or --mesh FILE "
+                        "(with none, the control plane must run in a pod with a service "
+                        "account token)")
     cfg = ControlPlaneConfig(
-        mesh=Path(a.mesh), address=a.address, trust_domain=a.trust_domain,
+        mesh=Path(a.mesh) if a.mesh else None, config=Path(a.config) if a.config else None,
+        kubeconfig=a.kubeconfig, in_cluster=chosen_in_cluster and not a.print_node_token,
+        ambient=Options(cluster_id=a.cluster_id, root_namespace=a.root_namespace),
+        address=a.address, trust_domain=a.trust_domain,
         root_cert=Path(a.root_cert) if a.root_cert else None,
         root_key=Path(a.root_key) if a.root_key else None,
         state_dir=Path(a.state_dir), token_key=Path(a.token_key) if a.token_key else None,
@@ -65,6 +97,13 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
                                 a.print_node_token))
             return 0
         if a.check:
+            if cfg.config is not None:
+                problems = manifests.check(cfg.config)
+                for line in problems:
+                    print(line)
+                return 2 if problems else 0
+            if cfg.mesh is None:
+                raise UserError("--check needs --config PATH or --mesh FILE")
             mesh.load(cfg.mesh)
             return 0
         cp = ControlPlane(cfg)
@@ -72,4 +111,7 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # a malformed token key file, a bad --metrics-address
         raise UserError(str(exc)) from None
-    return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)
+    try:
+        return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)
+    except SourceError as exc:
+        raise UserError(str(exc)) from None

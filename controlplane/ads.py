@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import metrics, nodeauth
 from controlplane.session import Session
-from controlplane.store import MeshStore
+from controlplane.store import ServedStore
 
 log = structlog.get_logger("controlplane.ads")
 
@@ -27,7 +27,7 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 class AdsService:
-    def __init__(self, store: MeshStore, token_key: bytes) -> None:
+    def __init__(self, store: ServedStore, token_key: bytes) -> None:
         self.store = store
         self.token_key = token_key
         self.sessions: set[Session] = set()  # live streams, for tests and debugging

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from controlplane import metrics, nodeauth, pki
-from controlplane.store import MeshStore
+from controlplane.store import ServedStore
 from core import pem, spiffe
 from meshpb.istio import ca_pb2
 
@@ -46,7 +46,7 @@ class Refused(Exception):
 
 
 class CertificateService:
-    def __init__(self, root: pki.RootCA, store: MeshStore, token_key: bytes,
+    def __init__(self, root: pki.RootCA, store: ServedStore, token_key: bytes,
                  config: CaConfig | None = None) -> None:
         self.root = root
         self.store = store
@@ -96,7 +96,7 @@ class CertificateService:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})",
                           metrics.FOREIGN_TRUST_DOMAIN)
-        if not self.store.mesh.has_identity_on_node(ns, sa, node):
+        if not self.store.has_identity_on_node(ns, sa, node):
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           f"no workload with identity {identity} on node {node!r}",
                           metrics.NODE_NOT_AUTHORIZED)

@@ -51,14 +51,14 @@ def snapshot(mesh: Mesh, trust_domain: str) -> Snapshot:
     addresses: dict[str, Entry] = {}
     for svc in mesh.services:
         addresses[svc.key] = make_entry(
-            _pack(wl.Address(service=service_proto(svc))),
+            pack(wl.Address(service=service_proto(svc))),
             tuple(f"/{vip}" for vip in svc.vips))
     for w in mesh.workloads:
         addresses[w.uid] = make_entry(
-            _pack(wl.Address(workload=workload_proto(w, services, mesh.cluster_id,
+            pack(wl.Address(workload=workload_proto(w, services, mesh.cluster_id,
                                                      trust_domain))),
             tuple(f"{w.network}/{ip}" for ip in w.ips))
-    policies = {p.key: make_entry(_pack(policy_proto(p))) for p in mesh.policies}
+    policies = {p.key: make_entry(pack(policy_proto(p))) for p in mesh.policies}
     for bad in mesh.malformed:
         # 0xFF is a field tag with wire type 7, which no protobuf decoder accepts.
         body = any_pb2.Any(type_url=ADDRESS_TYPE if bad.kind == "address"
@@ -124,7 +124,7 @@ def string_match(text: str) -> authz.StringMatch:
     return topb.string_match(pattern(text))
 
 
-def _pack(msg: wl.Address | authz.Authorization) -> any_pb2.Any:
+def pack(msg: wl.Address | authz.Authorization) -> any_pb2.Any:
     out = any_pb2.Any()
     # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
     out.type_url = f"type.googleapis.com/{msg.DESCRIPTOR.full_name}"

@@ -1,4 +1,11 @@
-"""The control plane process: Delta ADS and the CA on one TLS gRPC port, plus the file watch.
+"""The control plane process: Delta ADS and the CA on one TLS gRPC port, plus its source.
+
+One source of the mesh, exactly one of:
+- `mesh`: a mesh file (MeshStore), watched;
+- `config`: a file or directory of Kubernetes and Istio manifests (controlplane/kube), watched;
+- `kubeconfig` (or `in_cluster`): the API server, listed and watched per kind.
+The last two fill an ObjectStore, which the ambient index (controlplane/ambient) converts
+into the served resources (AmbientStore), incrementally.
 
 One port (Istio's 15012, "XDS and CA over TLS") carries both services, as istiod does; the
 server certificate is signed by the CA root, so node agents need only `root-cert.pem`. A second,
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import signal
@@ -22,9 +30,15 @@ from aiohttp import web
 
 from controlplane import http, nodeauth, pki
 from controlplane.ads import AdsService
+from controlplane.ambient.index import Index
+from controlplane.ambient.options import Options
+from controlplane.ambientstore import AmbientStore
 from controlplane.ca import CaConfig, CertificateService
+from controlplane.kube.informer import KubeInformers
+from controlplane.kube.manifests import ManifestWatcher
+from controlplane.kube.objects import ObjectStore
 from controlplane.mesh import MeshError, parse
-from controlplane.store import MeshStore
+from controlplane.store import MeshStore, ServedStore
 from controlplane.watch import MeshWatcher
 from core import addr
 
@@ -35,9 +49,20 @@ DEFAULT_SERVER_NAMES = ["meshnode-controlplane", "localhost", "127.0.0.1", "::1"
 DEFAULT_DRAIN_SECONDS = 5.0
 
 
+class SourceError(Exception):
+    """The mesh's source cannot be used (a bad kubeconfig, no service-account token)."""
+
+
 @dataclass
 class ControlPlaneConfig:
-    mesh: Path
+    # The source: exactly one of these (in_cluster: the pod's service account).
+    mesh: Path | None = None
+    config: Path | None = None
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    # How objects are converted (cluster id, root namespace, domain suffix, ...); its
+    # trust_domain is replaced by `trust_domain` below.
+    ambient: Options = field(default_factory=Options)
     address: str = f"0.0.0.0:{DEFAULT_PORT}"
     trust_domain: str = "cluster.local"
     # Both or neither: a given root. Neither: the root in state_dir, generated on first start.
@@ -76,11 +101,24 @@ class ControlPlane:
         _check_listen("address", config.address)
         self._metrics_at = (_check_listen("metrics_address", config.metrics_address)
                             if config.metrics_address is not None else None)
-        try:
-            served = config.mesh.read_bytes()
-        except OSError as exc:
-            raise MeshError(f"{config.mesh}: cannot read: {exc.strerror}") from None
-        mesh = parse(served.decode(errors="replace"), str(config.mesh))
+        chosen = [name for name, on in (("mesh", config.mesh is not None),
+                                         ("config", config.config is not None),
+                                         ("kubeconfig", config.kubeconfig is not None),
+                                         ("in_cluster", config.in_cluster)) if on]
+        if len(chosen) != 1:
+            raise ValueError("exactly one source: a mesh file, a manifests path (config) or "
+                             f"the API server (kubeconfig or in-cluster); got {chosen or 'none'}")
+        self.objects: ObjectStore | None = None
+        self.manifests: ManifestWatcher | None = None
+        self.informers: KubeInformers | None = None
+        self.watcher: MeshWatcher | None = None
+        mesh = served = None
+        if config.mesh is not None:
+            try:
+                served = config.mesh.read_bytes()
+            except OSError as exc:
+                raise MeshError(f"{config.mesh}: cannot read: {exc.strerror}") from None
+            mesh = parse(served.decode(errors="replace"), str(config.mesh))
         if (config.root_cert is None) != (config.root_key is None):
             raise pki.PkiError("--root-cert and --root-key go together")
         if config.root_cert is not None and config.root_key is not None:
@@ -89,8 +127,21 @@ class ControlPlane:
             self.root = pki.load_or_create_root(config.root_cert_path, config.root_key_path,
                                                 config.trust_domain)
         self.token_key = nodeauth.load_or_create_key(config.token_key_path)
-        self.store = MeshStore(mesh, config.trust_domain)
-        self.watcher = MeshWatcher(config.mesh, self.store, served)
+        self.store: ServedStore
+        if config.mesh is not None and mesh is not None and served is not None:
+            self.store = MeshStore(mesh, config.trust_domain)
+            self.watcher = MeshWatcher(config.mesh, self.store, served)
+        else:
+            self.objects = ObjectStore()
+            if config.config is not None:
+                self.manifests = ManifestWatcher(config.config, self.objects)
+                try:
+                    self.manifests.load()  # bad objects are logged and skipped, not fatal
+                except OSError as exc:
+                    raise MeshError(f"{config.config}: cannot read: "
+                                    f"{exc.strerror or exc}") from None
+            opts = dataclasses.replace(config.ambient, trust_domain=config.trust_domain)
+            self.store = AmbientStore(Index(self.objects, opts), config.trust_domain)
         self.ads = AdsService(self.store, self.token_key)
         self.ca = CertificateService(self.root, self.store, self.token_key,
                                      CaConfig(config.default_cert_ttl, config.max_cert_ttl))
@@ -104,7 +155,12 @@ class ControlPlane:
         return nodeauth.mint(self.token_key, node)
 
     async def start(self) -> int:
-        """Listen and start watching; returns the bound port (useful with port 0)."""
+        """Listen and start watching; returns the bound port (useful with port 0).
+
+        An API-server source is listed whole before anything is served: a replica that
+        answered with half the cluster would make a reconnecting agent remove the rest."""
+        if self.objects is not None and self.manifests is None:
+            await self._start_informers()
         server = grpc.aio.server(options=[
             # Big snapshots: ztunnel accepts up to 200 MiB, so should we.
             ("grpc.max_send_message_length", 200 * 1024 * 1024),
@@ -132,18 +188,60 @@ class ControlPlane:
                     raise OSError(f"cannot serve metrics on {self.config.metrics_address}: "
                                   f"{exc.strerror or exc}") from None
                 raise
-        self._watch_task = asyncio.create_task(self.watcher.run(), name="mesh-watch")
-        self._watch_task.add_done_callback(_watch_ended)
+        await self._start_source()
+        workloads, services, policies = self._counts()
         log.info("controlplane_serving", address=self.config.address, port=self.port,
                  metrics_address=self.config.metrics_address, metrics_port=self.metrics_port,
                  trust_domain=self.config.trust_domain, root_cert=str(self.config.root_cert_path),
-                 workloads=len(self.store.mesh.workloads), services=len(self.store.mesh.services),
-                 policies=len(self.store.mesh.policies))
+                 source=self._source_name(), workloads=workloads, services=services,
+                 policies=policies)
         return self.port
 
+    async def _start_source(self) -> None:
+        if self.watcher is not None:
+            self._watch_task = asyncio.create_task(self.watcher.run(), name="mesh-watch")
+        elif self.manifests is not None:
+            self._watch_task = asyncio.create_task(self.manifests.run(), name="manifests-watch")
+        if self._watch_task is not None:
+            self._watch_task.add_done_callback(_watch_ended)
+
+    async def _start_informers(self) -> None:
+        assert self.objects is not None
+        try:
+            self.informers = await KubeInformers.connect(self.config.kubeconfig or "",
+                                                         self.objects)
+        except Exception as exc:  # ConfigException, OSError: a bad kubeconfig or no token
+            where = self.config.kubeconfig or "in-cluster service account"
+            raise SourceError(f"{where}: {exc}") from None
+        await self.informers.start()
+        try:
+            await self.informers.wait_synced()
+        except BaseException:
+            await self.informers.stop()
+            self.informers = None
+            raise
+
+    def _source_name(self) -> str:
+        if self.watcher is not None:
+            return f"mesh:{self.config.mesh}"
+        if self.manifests is not None:
+            return f"config:{self.config.config}"
+        return f"kubeconfig:{self.config.kubeconfig}" if self.config.kubeconfig else "in-cluster"
+
+    def _counts(self) -> tuple[int, int, int]:
+        if isinstance(self.store, MeshStore):
+            m = self.store.mesh
+            return len(m.workloads), len(m.services), len(m.policies)
+        assert isinstance(self.store, AmbientStore)
+        return self.store.counts
+
     def ready(self) -> bool:
-        """ADS and the CA are served (what /readyz answers)."""
-        return self._server is not None
+        """ADS and the CA are served and the source has been read whole (what /readyz
+        answers): an API-server source is ready once every kind has been listed, so a new
+        replica does not serve a partial mesh (agents would remove what it lacks)."""
+        if self._server is None:
+            return False
+        return self.informers is None or self.informers.synced()
 
     async def stop(self, grace: float = 0.5) -> None:
         """Stop accepting, end every ADS stream cleanly (status OK: the client reconnects,
@@ -153,6 +251,9 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
             self._watch_task = None
+        if self.informers is not None:
+            await self.informers.stop()
+            self.informers = None
         if self._server is not None:
             server, self._server = self._server, None  # /readyz says 503 while draining
             stopping = asyncio.ensure_future(server.stop(grace))
@@ -169,7 +270,20 @@ class ControlPlane:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        # Start-up can wait on the API server (the first full list): a stop request then
+        # ends the wait instead of being held until the cluster answers.
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await self.stop(0)
+            log.info("controlplane_stopped")
+            return
+        stopping.cancel()
+        starting.result()  # a start-up error propagates
         try:
             await stop.wait()
             log.info("controlplane_stopping", streams=len(self.ads.sessions),
@@ -187,7 +301,7 @@ def _check_listen(key: str, value: str) -> tuple[str, int]:
 
 
 def _watch_ended(task: asyncio.Task[None]) -> None:
-    # Without the watch the file's edits are silently ignored: that must be loud.
+    # Without the watch the files' edits are silently ignored: that must be loud.
     if not task.cancelled() and task.exception() is not None:
         log.error("mesh_watch_stopped", error=repr(task.exception()))
 

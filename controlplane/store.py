@@ -1,4 +1,9 @@
-"""The served state: the last good mesh, its resources, and who to wake when it changes."""
+"""The served state: named, versioned resources, and who to wake when they change.
+
+`ServedStore` is what the ADS streams and the CA read, whatever the source. `MeshStore` fills
+it from a mesh file; controlplane/objectstore.py's `ObjectsStore` from Kubernetes and Istio
+objects (a manifests directory or the API server).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,10 @@ from controlplane.resources import SERVED_TYPES, Delta, Snapshot, diff
 log = structlog.get_logger("controlplane")
 
 
-class MeshStore:
-    def __init__(self, mesh: Mesh, trust_domain: str) -> None:
-        _warn_test_hook(mesh)
+class ServedStore:
+    def __init__(self, snapshot: Snapshot, trust_domain: str) -> None:
         self.trust_domain = trust_domain
-        self.mesh = mesh
-        self.snapshot: Snapshot = convert.snapshot(mesh, trust_domain)
+        self.snapshot: Snapshot = snapshot
         # Starts at 1 so that every response carries a non-empty system_version_info.
         self.version = 1
         # time.monotonic() of the change behind the served version (push latency is measured
@@ -32,34 +35,43 @@ class MeshStore:
         metrics.MESH_LOADED.set(time.time())
         self._export()
 
-    def update(self, mesh: Mesh, changed_at: float | None = None) -> dict[str, Delta]:
-        """Swap in a new mesh; returns the per-type delta (empty: nothing to push).
-        `changed_at`: time.monotonic() when the file changed (default: now)."""
-        _warn_test_hook(mesh)
-        new = convert.snapshot(mesh, self.trust_domain)
-        deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
-        self.mesh = mesh
+    def has_identity_on_node(self, namespace: str, service_account: str, node: str) -> bool:
+        """Whether a workload of that identity runs on `node` (the CA signs only those)."""
+        raise NotImplementedError
+
+    def publish(self, updated: Snapshot, removed: dict[str, set[str]],
+                changed_at: float | None = None) -> bool:
+        """Apply one change in place (O(size of the change), not of the mesh); wake every
+        stream if anything changed. The ADS streams read the snapshot only between awaits, so
+        an in-place change is never seen half-done."""
+        changed = False
+        for type_url, entries in updated.items():
+            served = self.snapshot.setdefault(type_url, {})
+            for name, entry in entries.items():
+                old = served.get(name)
+                if old is None or old.version != entry.version or old.aliases != entry.aliases:
+                    served[name] = entry
+                    changed = True
+        for type_url, names in removed.items():
+            served = self.snapshot.setdefault(type_url, {})
+            for name in names:
+                if served.pop(name, None) is not None:
+                    changed = True
         metrics.MESH_LOADED.set(time.time())
-        if not any(deltas.values()):
-            return {}
-        self.snapshot = new
+        if changed:
+            self._changed(changed_at)
+        return changed
+
+    def _changed(self, changed_at: float | None) -> None:
         self.version += 1
         self.changed_at = time.monotonic() if changed_at is None else changed_at
         self._export()
         for ev in self._waiters:
             ev.set()
-        return {t: d for t, d in deltas.items() if d}
 
     @property
     def empty(self) -> bool:
         return not any(self.snapshot.values())
-
-    def removals(self, mesh: Mesh) -> int:
-        """How many served resources `mesh` would take away (what a half-written file looks
-        like: the watch holds such a read back until it is stable)."""
-        new = convert.snapshot(mesh, self.trust_domain)
-        return sum(len(diff(entries, new.get(t, {})).removed)
-                   for t, entries in self.snapshot.items())
 
     def _export(self) -> None:
         metrics.MESH_VERSION.set(self.version)
@@ -84,6 +96,39 @@ class MeshStore:
             yield ev
         finally:
             self._waiters.discard(ev)
+
+
+class MeshStore(ServedStore):
+    """Served from a mesh file: every edit is converted whole and diffed."""
+
+    def __init__(self, mesh: Mesh, trust_domain: str) -> None:
+        _warn_test_hook(mesh)
+        self.mesh = mesh
+        super().__init__(convert.snapshot(mesh, trust_domain), trust_domain)
+
+    def has_identity_on_node(self, namespace: str, service_account: str, node: str) -> bool:
+        return self.mesh.has_identity_on_node(namespace, service_account, node)
+
+    def update(self, mesh: Mesh, changed_at: float | None = None) -> dict[str, Delta]:
+        """Swap in a new mesh; returns the per-type delta (empty: nothing to push).
+        `changed_at`: time.monotonic() when the file changed (default: now)."""
+        _warn_test_hook(mesh)
+        new = convert.snapshot(mesh, self.trust_domain)
+        deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
+        self.mesh = mesh
+        metrics.MESH_LOADED.set(time.time())
+        if not any(deltas.values()):
+            return {}
+        self.snapshot = new
+        self._changed(changed_at)
+        return {t: d for t, d in deltas.items() if d}
+
+    def removals(self, mesh: Mesh) -> int:
+        """How many served resources `mesh` would take away (what a half-written file looks
+        like: the watch holds such a read back until it is stable)."""
+        new = convert.snapshot(mesh, self.trust_domain)
+        return sum(len(diff(entries, new.get(t, {})).removed)
+                   for t, entries in self.snapshot.items())
 
 
 def _warn_test_hook(mesh: Mesh) -> None:

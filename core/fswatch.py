@@ -23,12 +23,18 @@ HOLD_SECONDS = 0.3
 HOLD_TRIES = 4
 
 
-async def changes(directory: Path, wanted: Callable[[str], bool]) -> AsyncGenerator[float, None]:
+async def changes(directory: Path, wanted: Callable[[str], bool],
+                  initial: bool = True) -> AsyncGenerator[float, None]:
     """The bursts of changes to the entries of `directory` that `wanted` accepts (by name;
     `..data` is a ConfigMap volume's swap), one per burst once it settles: yields the
-    time.monotonic() of the burst's first event. Close it (contextlib.aclosing) to stop."""
+    time.monotonic() of the burst's first event. With `initial`, it first yields once as soon
+    as the watch is in place. Close it (contextlib.aclosing) to stop."""
     with Inotify() as ino:
         ino.add_watch(directory, DIR_MASK)
+        if initial:
+            # Once the watch is in place: whatever changed between the caller's first read
+            # and now has no event of its own, so the caller reads again.
+            yield time.monotonic()
         events = aiter(ino)
         while True:
             event = await anext(events)
