@@ -1,6 +1,7 @@
-"""The example mesh and the mesh's daemons: one control plane, and per node an agent (with
-a `controlplane:` section, so it dials the control plane over the node network) and a proxy
-(fed by the agent over ZDS and mesh.sock). The layout of testing/mesh_procs.py."""
+"""The example mesh, as Kubernetes and Istio manifests, and the mesh's daemons: one control
+plane (`--config` on those manifests), and per node an agent (with a `controlplane:`
+section, so it dials the control plane over the node network) and a proxy (fed by the agent
+over ZDS and mesh.sock). The layout of testing/mesh_procs.py."""
 
 from __future__ import annotations
 
@@ -51,29 +52,44 @@ def pod(name: str) -> PodSpec:
     return next(p for p in PODS if p.name == name)
 
 
-def example_mesh() -> dict[str, Any]:
-    """Services, workloads (each pod its own service account) and one L4 DENY policy."""
-    return {
-        "services": [{"name": "backend", "namespace": NAMESPACE, "vips": [VIP],
-                      "ports": [{"port": 80, "target_port": SERVER_PORT}],
-                      "selector": {"app": "backend"}}],
-        "workloads": [{"name": p.name, "namespace": NAMESPACE, "service_account": p.name,
-                       "ips": [p.ip], "node": p.node, "labels": {"app": p.name},
-                       "tunnel": "hbone"} for p in PODS],
-        "policies": [{"name": "deny-batch-to-backend", "namespace": NAMESPACE,
-                      "scope": "workload", "selector": {"app": "backend"}, "action": "deny",
-                      "rules": [{"from": [{"principals": [
-                          f"cluster.local/ns/{NAMESPACE}/sa/{DENIED}"]}]}]}],
-    }
+def example_manifests() -> list[dict[str, Any]]:
+    """The mesh as Kubernetes and Istio objects, as `kubectl apply -f` would take them: the
+    namespace enrolled in ambient mode, the two nodes, the pods (each its own service
+    account, running and Ready at its address), the backend Service on the VIP, and one L4
+    DENY AuthorizationPolicy."""
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": NAMESPACE, "labels": {"istio.io/dataplane-mode": "ambient"}}}]
+    docs += [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}
+             for n in sorted({p.node for p in PODS})]
+    docs += [{"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": p.name, "namespace": NAMESPACE, "labels": {"app": p.name}},
+              "spec": {"nodeName": p.node, "serviceAccountName": p.name,
+                       "containers": [{"name": p.name, "image": "busybox"}]},
+              "status": {"phase": "Running", "podIP": p.ip, "podIPs": [{"ip": p.ip}],
+                         "conditions": [{"type": "Ready", "status": "True"}]}}
+             for p in PODS]
+    docs.append({"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "backend", "namespace": NAMESPACE},
+                 "spec": {"clusterIP": VIP, "selector": {"app": "backend"},
+                          "ports": [{"port": 80, "targetPort": SERVER_PORT}]}})
+    docs.append({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "deny-batch-to-backend", "namespace": NAMESPACE},
+                 "spec": {"selector": {"matchLabels": {"app": "backend"}}, "action": "DENY",
+                          "rules": [{"from": [{"source": {"principals": [
+                              f"cluster.local/ns/{NAMESPACE}/sa/{DENIED}"]}}]}]}})
+    return docs
 
 
 def control_plane(work: Path, netns: str) -> Daemon:
     """`meshnode controlplane` on its netns' address; its certificate names that address,
     so the agents verify it without a name override."""
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "mesh.yaml").write_text(yaml.safe_dump(example_mesh(), sort_keys=False))
+    manifests = work / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / "demo.yaml").write_text(yaml.safe_dump_all(example_manifests(),
+                                                            sort_keys=False))
     return Daemon.meshnode("control plane", [
-        "controlplane", "--mesh", str(work / "mesh.yaml"), "--state-dir", str(work / "state"),
+        "controlplane", "--config", str(manifests), "--state-dir", str(work / "state"),
         "--address", f"{CONTROL_PLANE_IP}:{CP_PORT}", "--server-name", "meshnode-controlplane",
         "--server-name", CONTROL_PLANE_IP], netns, work / "controlplane.log")
 

@@ -226,3 +226,13 @@ def test_no_source_and_a_bad_kubeconfig_are_clear_errors(tmp_path: Path) -> None
     r = cli("--config", str(tmp_path / "missing"), "--state-dir", str(tmp_path / "s"),
             "--address", "127.0.0.1:0", "--metrics-address", "")
     assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_shipped_example_manifests_and_the_demos_agree_and_check_clean() -> None:
+    import demo.mesh
+
+    example = Path(__file__).resolve().parents[2] / "controlplane/examples/manifests"
+    assert list(yaml.safe_load_all((example / "demo.yaml").read_text())) == \
+        demo.mesh.example_manifests()
+    r = cli("--check", "--config", str(example))
+    assert (r.returncode, r.stdout, "Traceback" in r.stderr) == (0, "", False), r.stderr
