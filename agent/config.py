@@ -120,8 +120,15 @@ class ControlPlaneSection:
     ca_address: str = ""                # default: address
     root_cert: str = ""                 # PEM that verifies the control plane's server cert
     server_name: str = ""               # SAN to expect when dialling an IP not in the cert
-    token: str = ""                     # the node token inline (written 0600 to state_dir)
+    # The bearer credential of discovery and the CA: a meshnode node token, or a projected
+    # service-account token (audience istio-ca) that meshnode's control plane (API-server
+    # source) or istiod checks by TokenReview.
+    token: str = ""                     # the token inline (written 0600 to state_dir)
     token_file: str = ""                # ...or a file holding it (read on every connect)
+    # A different credential for the CA only (e.g. the projected token,
+    # /var/run/secrets/tokens/istio-token, for an istiod at ca_address), read anew for every
+    # certificate request (the kubelet rotates it). Default: the one above.
+    ca_token_file: str = ""
     node_name: str = ""                 # default: $NODE_NAME, else the hostname
     trust_domain: str = "cluster.local"
     cluster_id: str = DEFAULT_CLUSTER

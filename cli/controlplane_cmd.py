@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where a generated root and the node token key are kept")
     p.add_argument("--token-key", metavar="FILE",
                    help="node token key (default <state-dir>/node-token.key; made if absent)")
+    p.add_argument("--trusted-node-account", action="append", metavar="NS/SA",
+                   help="with an API-server source: a service account whose Kubernetes tokens "
+                        "(audience istio-ca) are node agents', issued the identities of the "
+                        "pods on their own pod's node (repeatable; istiod's "
+                        "CA_TRUSTED_NODE_ACCOUNTS; default meshnode-system/meshnode-node)")
     p.add_argument("--server-name", action="append", metavar="NAME",
                    help="DNS name or IP in the server certificate (repeatable)")
     p.add_argument("--max-cert-ttl", type=int, default=7 * 86400, metavar="SECONDS")
@@ -59,6 +64,7 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
     from cli.errors import UserError, check_flag_address
     from controlplane import mesh, nodeauth, pki
     from controlplane.ambient.options import Options
+    from controlplane.auth import DEFAULT_TRUSTED_NODE_ACCOUNTS, parse_account
     from controlplane.kube import manifests
     from controlplane.server import (
         DEFAULT_SERVER_NAMES,
@@ -75,6 +81,12 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         check_flag_address("--metrics-address", a.metrics_address, port_zero=True)
     if not 0 <= a.drain_seconds <= 3600:
         raise UserError(f"--drain-seconds: {a.drain_seconds:g} out of range 0-3600")
+    trusted = a.trusted_node_account or list(DEFAULT_TRUSTED_NODE_ACCOUNTS)
+    for account in trusted:
+        try:
+            parse_account(account)
+        except ValueError as exc:
+            raise UserError(f"--trusted-node-account: {exc}") from None
     chosen_in_cluster = not (a.config or a.kubeconfig or a.mesh)
     if chosen_in_cluster and not a.print_node_token and not in_cluster():
         raise UserError("no source: give --config PATH, --kubeconfig FILE or --mesh FILE "
@@ -89,6 +101,7 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         root_key=Path(a.root_key) if a.root_key else None,
         state_dir=Path(a.state_dir), token_key=Path(a.token_key) if a.token_key else None,
         server_names=a.server_name or list(DEFAULT_SERVER_NAMES),
+        trusted_node_accounts=trusted,
         max_cert_ttl=datetime.timedelta(seconds=a.max_cert_ttl),
         metrics_address=a.metrics_address or None)
     try:

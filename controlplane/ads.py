@@ -8,6 +8,7 @@ ztunnel and our agent never use state-of-the-world.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane import metrics, nodeauth
+from controlplane import metrics
+from controlplane.auth import Authenticator, AuthError
 from controlplane.session import Session
 from controlplane.store import ServedStore
 
@@ -27,9 +29,9 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 class AdsService:
-    def __init__(self, store: ServedStore, token_key: bytes) -> None:
+    def __init__(self, store: ServedStore, auth: Authenticator) -> None:
         self.store = store
-        self.token_key = token_key
+        self.auth = auth
         self.sessions: set[Session] = set()  # live streams, for tests and debugging
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -43,60 +45,74 @@ class AdsService:
     async def delta_aggregated_resources(self, requests: AsyncIterator[Any],
                                          context: grpc.aio.ServicerContext[Any, Any],
                                          ) -> AsyncIterator[Any]:
-        node = nodeauth.node_from_metadata(self.token_key, context.invocation_metadata())
-        if node is None:
-            log.warning("ads_stream_refused", peer=context.peer(), reason="no valid node token")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failure")
-        assert node is not None
-        session = Session(peer=context.peer(), node_name=node)
+        # Node agents only (a node token, or a trusted node account's Kubernetes token):
+        # the stream is the node's view of the mesh, and its metrics are per node.
+        try:
+            caller = await self.auth.authenticate(context.invocation_metadata())
+        except AuthError as exc:
+            log.warning("ads_stream_refused", peer=context.peer(), reason=str(exc))
+            await context.abort(exc.code, str(exc))
+        if not caller.node_agent:
+            reason = f"{caller} is not a node agent (not a trusted node account)"
+            log.warning("ads_stream_refused", peer=context.peer(), reason=reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        node = caller.node
+        session = Session(peer=context.peer(), node_name=node, fed=True)
         log.info("ads_stream_opened", peer=session.peer, node=node)
         self.sessions.add(session)
         metrics.ADS_CLIENTS.labels(node=node).inc()
-        reader = aiter(requests)
         try:
-            with self.store.changes() as changed:
-                next_req: asyncio.Task[Any] = asyncio.ensure_future(anext(reader))
-                next_change = asyncio.ensure_future(changed.wait())
+            with self.store.feed() as feed:
+                # One wake-up for both sources: the store's changes (the feed sets it) and
+                # the answers to the client's requests (the reader sets it). Requests are read
+                # by a task of their own, so an ACK costs a read: no task, no wait per message.
+                wake = feed.event
+                answers: collections.deque[Any] = collections.deque()
+
+                async def read() -> None:
+                    try:
+                        async for req in requests:
+                            session.absorb(feed.take())
+                            answers.extend(session.on_request(req, self.store.snapshot,
+                                                              self.store.version))
+                            if answers:
+                                wake.set()
+                    finally:
+                        wake.set()  # the client ended the stream, or the read failed
+
+                reading = asyncio.ensure_future(read())
                 try:
                     while True:
-                        done, _ = await asyncio.wait({next_req, next_change},
-                                                     return_when=asyncio.FIRST_COMPLETED)
-                        if next_req in done:
-                            try:
-                                req = next_req.result()
-                            except StopAsyncIteration:
-                                return
-                            for resp in session.on_request(req, self.store.snapshot,
-                                                           self.store.version):
-                                metrics.PUSHES.labels(type_url=resp.type_url,
-                                                      trigger="request").inc()
-                                yield resp
-                            next_req = asyncio.ensure_future(anext(reader))
-                        if next_change in done:
-                            if self.store.closed:
-                                return  # stopping: end the stream with status OK
-                            # Cleared before computing: a change landing while we send is
-                            # picked up by the next round, never lost.
-                            changed.clear()
-                            changed_at = self.store.changed_at
-                            for resp in session.on_snapshot(self.store.snapshot,
-                                                            self.store.version):
-                                log.info("ads_push", node=node, type_url=resp.type_url,
-                                         updated=len(resp.resources),
-                                         removed=len(resp.removed_resources))
-                                metrics.PUSHES.labels(type_url=resp.type_url,
-                                                      trigger="change").inc()
-                                yield resp
-                                # Resumed once gRPC took the message: the push is sent.
-                                if changed_at is not None:
-                                    metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
-                            next_change = asyncio.ensure_future(changed.wait())
+                        await wake.wait()
+                        if self.store.closed:
+                            return  # stopping: end the stream with status OK
+                        # Cleared before computing: a change landing while we send is picked
+                        # up by the next round, never lost.
+                        wake.clear()
+                        while answers:
+                            resp = answers.popleft()
+                            metrics.PUSHES.labels(type_url=resp.type_url,
+                                                  trigger="request").inc()
+                            yield resp
+                        if reading.done():
+                            reading.result()  # a failed read ends the stream with its error
+                            return
+                        changed_at = self.store.changed_at
+                        session.absorb(feed.take())
+                        for resp in session.on_snapshot(self.store.snapshot, self.store.version):
+                            log.info("ads_push", node=node, type_url=resp.type_url,
+                                     updated=len(resp.resources),
+                                     removed=len(resp.removed_resources))
+                            metrics.PUSHES.labels(type_url=resp.type_url, trigger="change").inc()
+                            yield resp
+                            # Resumed once gRPC took the message: the push is sent.
+                            if changed_at is not None:
+                                metrics.PUSH_LATENCY.observe(time.monotonic() - changed_at)
                 finally:
-                    for task in (next_req, next_change):
-                        task.cancel()
-                        # The stream is over; a failed or cancelled read has nothing to add.
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
+                    reading.cancel()
+                    # The stream is over; a failed or cancelled read has nothing to add.
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reading
         finally:
             self.sessions.discard(session)
             metrics.ADS_CLIENTS.labels(node=node).dec()

@@ -1,9 +1,13 @@
 """`istio.v1.auth.IstioCertificateService/CreateCertificate`: sign workload certificates.
 
-Node authorization (what istiod's node_auth.go enforces for ztunnel): the caller is a node
-agent, authenticated by its node token (controlplane/nodeauth.py). It may obtain identity
-`spiffe://<td>/ns/<ns>/sa/<sa>` only if the mesh file has a workload with that namespace and
-service account on the caller's node. The identity asked for is the request's
+Authentication (controlplane/auth.py): a node token, or, when the control plane reads an API
+server, a Kubernetes service-account token checked by TokenReview.
+
+Authorization (what istiod's node_auth.go enforces for ztunnel): a node agent (a node token,
+or the token of a trusted node account's pod) may obtain identity
+`spiffe://<td>/ns/<ns>/sa/<sa>` only if the source has a workload with that namespace and
+service account on the caller's node. Any other Kubernetes caller (a workload's own token) is
+issued its own identity only. The identity asked for is the request's
 `metadata.ImpersonatedIdentity` (ztunnel's shared mode) or else the CSR's URI SAN; when both
 are present they must agree, and the CSR must carry exactly that one URI SAN.
 """
@@ -18,7 +22,8 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from controlplane import metrics, nodeauth, pki
+from controlplane import metrics, pki
+from controlplane.auth import Authenticator, AuthError, Caller
 from controlplane.store import ServedStore
 from core import pem, spiffe
 from meshpb.istio import ca_pb2
@@ -46,11 +51,11 @@ class Refused(Exception):
 
 
 class CertificateService:
-    def __init__(self, root: pki.RootCA, store: ServedStore, token_key: bytes,
+    def __init__(self, root: pki.RootCA, store: ServedStore, auth: Authenticator,
                  config: CaConfig | None = None) -> None:
         self.root = root
         self.store = store
-        self.token_key = token_key
+        self.auth = auth
         self.config = config or CaConfig()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -66,23 +71,30 @@ class CertificateService:
                                      ca_pb2.IstioCertificateRequest,
                                      ca_pb2.IstioCertificateResponse],
                                  ) -> ca_pb2.IstioCertificateResponse:
-        node = nodeauth.node_from_metadata(self.token_key, context.invocation_metadata())
-        if node is None:
-            metrics.CSR_REFUSED.labels(reason=metrics.UNAUTHENTICATED).inc()
-            log.warning("ca_csr_refused", peer=context.peer(), reason="no valid node token")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
-        assert node is not None
         try:
-            chain = self.sign(request, node)
+            caller = await self.auth.authenticate(context.invocation_metadata())
+        except AuthError as exc:
+            metrics.CSR_REFUSED.labels(
+                reason=metrics.AUTH_UNAVAILABLE if exc.code == grpc.StatusCode.UNAVAILABLE
+                else metrics.UNAUTHENTICATED).inc()
+            log.warning("ca_csr_refused", peer=context.peer(), reason=str(exc))
+            await context.abort(exc.code, str(exc))
+        try:
+            chain = self.sign(request, caller)
         except Refused as exc:
             metrics.CSR_REFUSED.labels(reason=exc.reason).inc()
-            log.warning("ca_csr_refused", peer=context.peer(), node=node, reason=str(exc))
+            log.warning("ca_csr_refused", peer=context.peer(), node=caller.node,
+                        caller=str(caller), reason=str(exc))
             await context.abort(exc.code, str(exc))
         metrics.CSR_SIGNED.inc()
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
-    def sign(self, request: ca_pb2.IstioCertificateRequest, node: str) -> list[str]:
-        """Checks and signs; raises Refused with the gRPC status to return."""
+    def sign(self, request: ca_pb2.IstioCertificateRequest, caller: Caller | str) -> list[str]:
+        """Checks and signs; raises Refused with the gRPC status to return. `caller`: who
+        asks (a bare node name: that node's agent)."""
+        if isinstance(caller, str):
+            caller = Caller(node=caller)
+        node = caller.node
         csr = _parse_csr(request.csr)
         identity = _requested_identity(request, csr)
         try:
@@ -96,7 +108,12 @@ class CertificateService:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           f"trust domain {td!r} is not this CA's ({self.store.trust_domain!r})",
                           metrics.FOREIGN_TRUST_DOMAIN)
-        if not self.store.has_identity_on_node(ns, sa, node):
+        own = bool(caller.namespace) and (ns, sa) == (caller.namespace, caller.service_account)
+        if not own and not caller.node_agent:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{caller} is not a node agent: it may be issued its own identity "
+                          f"only, not {identity}", metrics.NOT_OWN_IDENTITY)
+        if not own and not self.store.has_identity_on_node(ns, sa, node):
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           f"no workload with identity {identity} on node {node!r}",
                           metrics.NODE_NOT_AUTHORIZED)
@@ -104,7 +121,7 @@ class CertificateService:
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
         leaf = pki.sign_workload(self.root, public_key, identity, ttl)
-        log.info("ca_certificate_signed", node=node, identity=identity,
+        log.info("ca_certificate_signed", node=node, caller=str(caller), identity=identity,
                  serial=f"{leaf.serial_number:x}", not_after=leaf.not_valid_after_utc.isoformat())
         # Leaf first, root last, one PEM per element each ending in a newline (what ztunnel
         # expects from istiod).

@@ -60,14 +60,16 @@ PUSH_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 # `reason` values of CSR_REFUSED (bounded: the messages themselves go to the log).
-UNAUTHENTICATED = "unauthenticated"        # no valid node token
+UNAUTHENTICATED = "unauthenticated"        # no valid node token or Kubernetes token
+AUTH_UNAVAILABLE = "auth_unavailable"      # the API server could not check the token
+NOT_OWN_IDENTITY = "not_own_identity"      # a workload's token asked for another identity
 BAD_CSR = "bad_csr"                        # not PEM PKCS#10, bad signature, weak key, 2+ URI SANs
 BAD_IDENTITY = "bad_identity"              # no identity, not a SPIFFE ID, SAN vs impersonated
 FOREIGN_TRUST_DOMAIN = "foreign_trust_domain"
 NODE_NOT_AUTHORIZED = "node_not_authorized"  # no workload of that identity on the caller's node
 BAD_TTL = "bad_ttl"                        # negative validity_duration
-REFUSAL_REASONS = (UNAUTHENTICATED, BAD_CSR, BAD_IDENTITY, FOREIGN_TRUST_DOMAIN,
-                   NODE_NOT_AUTHORIZED, BAD_TTL)
+REFUSAL_REASONS = (UNAUTHENTICATED, AUTH_UNAVAILABLE, BAD_CSR, BAD_IDENTITY,
+                   FOREIGN_TRUST_DOMAIN, NODE_NOT_AUTHORIZED, NOT_OWN_IDENTITY, BAD_TTL)
 
 # Every bounded series exists from the start at 0, so rate() and alerts see the first event.
 for _t in SERVED_TYPES:

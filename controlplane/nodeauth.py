@@ -4,8 +4,9 @@ A node agent sends `authorization: Bearer <node token>` as gRPC metadata (the he
 sends to istiod). A node token is `mn1.<base64url node name>.<base64url HMAC-SHA256>`, keyed
 with the control plane's secret token key: stateless to check, cannot be forged or re-targeted
 to another node without the key, and minted by the operator per node
-(`meshnode controlplane --token-key FILE --print-node-token NODE`). We do not use Kubernetes
-service-account tokens (istiod's way) because the control plane runs without a Kubernetes API.
+(`meshnode controlplane --token-key FILE --print-node-token NODE`). They work with every
+source; a control plane that reads an API server also accepts Kubernetes service-account
+tokens, checked by TokenReview (istiod's way: controlplane/auth.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 AUTH_HEADER = "authorization"
-_PREFIX = "mn1"
+PREFIX = "mn1"
+_PREFIX = PREFIX
 _CONTEXT = b"meshnode node token v1\0"
 
 

@@ -23,6 +23,9 @@ class Entry:
 
 # type URL -> resource name -> entry
 Snapshot = dict[str, dict[str, Entry]]
+# type URL -> name of a resource that changed -> the version served before the change (None:
+# it was not served); what the store tells a woken ADS stream (controlplane/store.py ChangeFeed)
+Changes = dict[str, dict[str, str | None]]
 
 
 def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:

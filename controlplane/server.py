@@ -33,10 +33,12 @@ from controlplane.ads import AdsService
 from controlplane.ambient.index import Index
 from controlplane.ambient.options import Options
 from controlplane.ambientstore import AmbientStore
+from controlplane.auth import DEFAULT_TRUSTED_NODE_ACCOUNTS, Authenticator
 from controlplane.ca import CaConfig, CertificateService
 from controlplane.kube.informer import KubeInformers
 from controlplane.kube.manifests import ManifestWatcher
 from controlplane.kube.objects import ObjectStore
+from controlplane.kube.tokenreview import TokenReviewer
 from controlplane.mesh import MeshError, parse
 from controlplane.store import MeshStore, ServedStore
 from controlplane.watch import MeshWatcher
@@ -70,6 +72,11 @@ class ControlPlaneConfig:
     root_key: Path | None = None
     state_dir: Path = Path("/var/lib/meshnode/controlplane")
     token_key: Path | None = None            # default: <state_dir>/node-token.key
+    # With an API-server source, Kubernetes tokens of these service accounts (namespace/name)
+    # are node agents: issued the identities of the pods on their pod's node
+    # (controlplane/auth.py; istiod's CA_TRUSTED_NODE_ACCOUNTS).
+    trusted_node_accounts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TRUSTED_NODE_ACCOUNTS))
     # DNS names and IPs in the server certificate; clients verify one of them.
     server_names: list[str] = field(default_factory=lambda: list(DEFAULT_SERVER_NAMES))
     default_cert_ttl: datetime.timedelta = datetime.timedelta(hours=24)
@@ -142,8 +149,10 @@ class ControlPlane:
                                     f"{exc.strerror or exc}") from None
             opts = dataclasses.replace(config.ambient, trust_domain=config.trust_domain)
             self.store = AmbientStore(Index(self.objects, opts), config.trust_domain)
-        self.ads = AdsService(self.store, self.token_key)
-        self.ca = CertificateService(self.root, self.store, self.token_key,
+        self.auth = Authenticator(self.token_key, config.trusted_node_accounts,
+                                  cluster_id=config.ambient.cluster_id)
+        self.ads = AdsService(self.store, self.auth)
+        self.ca = CertificateService(self.root, self.store, self.auth,
                                      CaConfig(config.default_cert_ttl, config.max_cert_ttl))
         self.port = 0
         self.metrics_port = 0  # the bound monitoring port once started (0: not served)
@@ -213,10 +222,13 @@ class ControlPlane:
         except Exception as exc:  # ConfigException, OSError: a bad kubeconfig or no token
             where = self.config.kubeconfig or "in-cluster service account"
             raise SourceError(f"{where}: {exc}") from None
+        # Kubernetes tokens are reviewed over the same connection (controlplane/auth.py).
+        self.auth.reviewer = TokenReviewer(self.informers.client)
         await self.informers.start()
         try:
             await self.informers.wait_synced()
         except BaseException:
+            self.auth.reviewer = None
             await self.informers.stop()
             self.informers = None
             raise

@@ -16,6 +16,13 @@ xds_protocol.rst, and istiod's behaviour where the spec leaves room):
   ignored but their subscription changes are honoured.
 * Every request that changes subscriptions, and the first one of each type, gets a response,
   even an empty one: the client's readiness waits for it.
+
+Cost: a session that is `fed` (the ADS server passes it every change of the store, `absorb`)
+computes a push from the names that changed only, and for a wildcard type keeps no copy of
+what the client holds: after any response that is exactly the served snapshot, plus the
+changes since (each with the version served before it). So a push costs each stream
+O(change), not O(mesh), and a stream's memory does not grow with the mesh. Without feeding
+(the unit tests), every response compares the whole snapshot with `known`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import metrics
-from controlplane.resources import SERVED_TYPES, Entry, Snapshot
+from controlplane.resources import SERVED_TYPES, Changes, Entry, Snapshot
 
 log = structlog.get_logger("controlplane.ads")
 
@@ -44,6 +51,11 @@ class TypeState:
     nonce: str = ""                                  # the last nonce sent for this type
     acks: int = 0
     nacks: int = 0
+    # Fed sessions only. synced: the client holds exactly the served snapshot of this type
+    # (as of the last response) but for `pending`, so `known` is not kept. pending: names
+    # changed since the last response -> the version served before (None: not served).
+    synced: bool = False
+    pending: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(eq=False)  # identity semantics: the server keeps live sessions in a set
@@ -52,6 +64,18 @@ class Session:
     node_name: str
     node_id: str = ""
     types: dict[str, TypeState] = field(default_factory=dict)
+    # Every change of the store is passed to `absorb` before each on_request/on_snapshot.
+    fed: bool = False
+
+    def absorb(self, changes: Changes) -> None:
+        """The store's changes since the last call (ChangeFeed.take). The dicts given are
+        kept, never changed: streams that read the same changes share them (and the
+        response they make, `_shared_delta`)."""
+        for type_url, names in changes.items():
+            st = self.types.get(type_url)
+            if st is not None:  # a type asked later starts from the whole snapshot
+                # The first version seen of a name is what the client holds.
+                st.pending = {**names, **st.pending} if st.pending else names
 
     def on_request(self, req: Any, snap: Snapshot, push_version: int) -> list[Any]:
         """Handle one DeltaDiscoveryRequest; return the responses to send (0 or 1)."""
@@ -127,31 +151,118 @@ class Session:
     def _respond(self, st: TypeState, type_url: str, snap: Snapshot, push_version: int,
                  skip_empty: bool = False) -> Any:
         entries = snap.get(type_url, {})
-        wanted, absent = _wanted(st, entries)
-        send = sorted(n for n in wanted
-                      if n in st.force or st.known.get(n) != entries[n].version)
-        removed = sorted(n for n in st.known
-                         if n not in entries and (st.wildcard or n in st.names))
-        removed += sorted(n for n in absent if n in st.force and n not in removed)
-        if not st.wildcard:
-            # Names the client no longer subscribes to are simply forgotten.
-            for n in [n for n in st.known if n not in wanted and n not in st.names]:
-                del st.known[n]
+        resources = None
+        if skip_empty and self.fed and not st.force:
+            # A push after a change: only the changed names can differ.
+            if st.synced:  # the same changes make the same response, whoever asks
+                send, removed, resources = _shared_delta(st, type_url, entries, push_version)
+            else:
+                send, removed = _changed(st, entries)
+        else:
+            if st.synced:
+                st.known, st.synced = _held(entries, st.pending), False
+            if st.wildcard and not st.names and not st.force:
+                send, removed = _against_all(st.known, entries)
+            else:
+                send, removed = _against_wanted(st, entries)
         st.force.clear()
+        st.pending = {}
+        if self.fed and st.wildcard:
+            # After this response the client holds the snapshot as served now.
+            st.known, st.synced = {}, True
         if skip_empty and not send and not removed:
             return None
-        for n in send:
-            st.known[n] = entries[n].version
-            if not st.wildcard:
-                # A name reached through an alias is now a subscription of its own (istiod
-                # does the same), so its later changes and removal reach the client.
-                st.names.add(n)
-        for n in removed:
-            st.known.pop(n, None)
+        if not st.synced:
+            for n in send:
+                st.known[n] = entries[n].version
+                if not st.wildcard:
+                    # A name reached through an alias is now a subscription of its own
+                    # (istiod does the same), so its later changes and removal reach the
+                    # client.
+                    st.names.add(n)
+            for n in removed:
+                st.known.pop(n, None)
         st.nonce = f"{push_version}-{uuid.uuid4().hex[:12]}"
         return discovery_pb2.DeltaDiscoveryResponse(
             type_url=type_url, system_version_info=str(push_version), nonce=st.nonce,
-            resources=[_resource(n, entries[n]) for n in send], removed_resources=removed)
+            resources=resources if resources is not None else
+            [_resource(n, entries[n]) for n in send], removed_resources=removed)
+
+
+def _against_wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[list[str], list[str]]:
+    """The whole comparison: subscribed names, aliases, forced names."""
+    wanted, absent = _wanted(st, entries)
+    send = sorted(n for n in wanted if n in st.force or st.known.get(n) != entries[n].version)
+    removed = sorted(n for n in st.known if n not in entries and (st.wildcard or n in st.names))
+    removed += sorted(n for n in absent if n in st.force and n not in removed)
+    if not st.wildcard:
+        # Names the client no longer subscribes to are simply forgotten.
+        for n in [n for n in st.known if n not in wanted and n not in st.names]:
+            del st.known[n]
+    return send, removed
+
+
+def _against_all(known: dict[str, str], entries: dict[str, Entry]) -> tuple[list[str],
+                                                                           list[str]]:
+    """A wildcard-only subscription (every agent's): all of the snapshot, compared in its own
+    order (no set of wanted names: a reconnect of a big mesh costs half as much)."""
+    send = [n for n, e in entries.items() if known.get(n) != e.version]
+    send.sort()
+    if len(known) <= len(entries) - len(send):
+        return send, []  # that many held at the served version: every held name is served
+    return send, sorted(n for n in known if n not in entries)
+
+
+# (id of the pending changes, type, push version) -> (those changes, what they make): the
+# synced streams woken by a change mostly share their pending changes (ChangeFeed.take).
+# The changes are kept in the value, so their id is not reused while they are cached.
+_DELTAS: dict[tuple[int, str, int], tuple[dict[str, str | None], list[str], list[str],
+                                          list[Any]]] = {}
+DELTAS_MAX = 1024
+
+
+def _shared_delta(st: TypeState, type_url: str, entries: dict[str, Entry],
+                  push_version: int) -> tuple[list[str], list[str], list[Any]]:
+    """`_changed` of a synced (wildcard) type and its Resource messages, computed once for
+    every stream with the same pending changes at this push version (a synced client holds
+    exactly the snapshot but for them, so nothing else of the stream counts)."""
+    key = (id(st.pending), type_url, push_version)
+    hit = _DELTAS.get(key)
+    if hit is not None and hit[0] is st.pending:
+        return hit[1], hit[2], hit[3]
+    send, removed = _changed(st, entries)
+    resources = [_resource(n, entries[n]) for n in send]
+    if len(_DELTAS) >= DELTAS_MAX:
+        _DELTAS.clear()
+    _DELTAS[key] = (st.pending, send, removed, resources)
+    return send, removed, resources
+
+
+def _held(entries: dict[str, Entry], pending: dict[str, str | None]) -> dict[str, str]:
+    """What a synced client holds: the snapshot, but the pending names as they were."""
+    held = {n: e.version for n, e in entries.items()}
+    for n, old in pending.items():
+        if old is None:
+            held.pop(n, None)
+        else:
+            held[n] = old
+    return held
+
+
+def _changed(st: TypeState, entries: dict[str, Entry]) -> tuple[list[str], list[str]]:
+    """The names to send and to remove among the pending ones (what a whole-snapshot
+    comparison would find: nothing else changed since the last response)."""
+    send, removed = [], []
+    for n, old in st.pending.items():
+        held = old if st.synced else st.known.get(n)
+        e = entries.get(n)
+        if e is not None:
+            if held != e.version and (st.wildcard or n in st.names
+                                      or any(a in st.names for a in e.aliases)):
+                send.append(n)
+        elif held is not None and (st.wildcard or n in st.names):
+            removed.append(n)
+    return sorted(send), sorted(removed)
 
 
 def _wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[set[str], set[str]]:
@@ -175,6 +286,18 @@ def _wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[set[str], set[str
     return wanted, absent
 
 
+# The Resource messages built lately: a change is pushed to every stream, and copying a
+# built message costs a third of building it. Emptied when full (bounded memory).
+_BUILT: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+BUILT_MAX = 8192
+
+
 def _resource(name: str, entry: Entry) -> Any:
-    return discovery_pb2.Resource(name=name, version=entry.version, resource=entry.body,
-                                  aliases=list(entry.aliases))
+    key = (name, entry.version, entry.aliases)  # the version is the body's hash
+    msg = _BUILT.get(key)
+    if msg is None:
+        if len(_BUILT) >= BUILT_MAX:
+            _BUILT.clear()
+        msg = _BUILT[key] = discovery_pb2.Resource(
+            name=name, version=entry.version, resource=entry.body, aliases=list(entry.aliases))
+    return msg

@@ -16,9 +16,29 @@ import structlog
 
 from controlplane import convert, metrics
 from controlplane.mesh import Mesh
-from controlplane.resources import SERVED_TYPES, Delta, Snapshot, diff
+from controlplane.resources import SERVED_TYPES, Changes, Delta, Entry, Snapshot, diff
 
 log = structlog.get_logger("controlplane")
+
+# The change log is trimmed (of what every feed has read) once it holds this many changes,
+# then again whenever it has doubled.
+LOG_TRIM = 4096
+
+
+class ChangeFeed:
+    """One ADS stream's view of the store's changes: `event` is set on every change, and
+    `take()` returns the names changed since the last take (with the version served before
+    the first of those changes), so a woken stream looks at what changed, not at the whole
+    snapshot. Made by `ServedStore.feed()`."""
+
+    def __init__(self, store: ServedStore) -> None:
+        self.event = asyncio.Event()
+        self.cursor = store.log_end  # the position in the store's log read up to
+        self._store = store
+
+    def take(self) -> Changes:
+        """Not to be changed: feeds that read from the same position share it."""
+        return self._store.changes_since(self)
 
 
 class ServedStore:
@@ -31,6 +51,16 @@ class ServedStore:
         # from it); None until a change after start.
         self.changed_at: float | None = None
         self._waiters: set[asyncio.Event] = set()
+        # Every change while a feed is open: (type URL, name, version served before or None).
+        # _log[0] is change number _log_start; what every feed has read is dropped (_trim).
+        self._log: list[tuple[str, str, str | None]] = []
+        self._log_start = 0
+        self._trim_at = LOG_TRIM
+        self._feeds: set[ChangeFeed] = set()
+        # What changes_since gave, by start position, while the log ends at _shared_end:
+        # the streams woken by one change mostly read from the same position.
+        self._shared: dict[int, Changes] = {}
+        self._shared_end = 0
         self.closed = False  # set by close(): every ADS stream ends
         metrics.MESH_LOADED.set(time.time())
         self._export()
@@ -51,11 +81,13 @@ class ServedStore:
                 old = served.get(name)
                 if old is None or old.version != entry.version or old.aliases != entry.aliases:
                     served[name] = entry
+                    self._record(type_url, name, old)
                     changed = True
         for type_url, names in removed.items():
             served = self.snapshot.setdefault(type_url, {})
             for name in names:
-                if served.pop(name, None) is not None:
+                if (gone := served.pop(name, None)) is not None:
+                    self._record(type_url, name, gone)
                     changed = True
         metrics.MESH_LOADED.set(time.time())
         if changed:
@@ -66,8 +98,43 @@ class ServedStore:
         self.version += 1
         self.changed_at = time.monotonic() if changed_at is None else changed_at
         self._export()
+        self._trim()
         for ev in self._waiters:
             ev.set()
+        for f in self._feeds:
+            f.event.set()
+
+    # -- the change log ----------------------------------------------------------------------
+
+    @property
+    def log_end(self) -> int:
+        """The position after the last change logged."""
+        return self._log_start + len(self._log)
+
+    def _record(self, type_url: str, name: str, old: Entry | None) -> None:
+        if self._feeds:  # a feed opened later starts from the snapshot as it is then
+            self._log.append((type_url, name, None if old is None else old.version))
+
+    def changes_since(self, feed: ChangeFeed) -> Changes:
+        """What changed since `feed` last read (ChangeFeed.take)."""
+        end = self.log_end
+        if self._shared_end != end:
+            self._shared, self._shared_end = {}, end
+        out = self._shared.get(feed.cursor)
+        if out is None:
+            out = self._shared[feed.cursor] = {}
+            for type_url, name, old in self._log[feed.cursor - self._log_start:]:
+                out.setdefault(type_url, {}).setdefault(name, old)
+        feed.cursor = end
+        return out
+
+    def _trim(self) -> None:
+        if len(self._log) < self._trim_at:
+            return
+        low = min((f.cursor for f in self._feeds), default=self.log_end)
+        del self._log[:low - self._log_start]
+        self._log_start = low
+        self._trim_at = max(LOG_TRIM, 2 * len(self._log))
 
     @property
     def empty(self) -> bool:
@@ -84,6 +151,8 @@ class ServedStore:
         self.closed = True
         for ev in self._waiters:
             ev.set()
+        for f in self._feeds:
+            f.event.set()
 
     @contextmanager
     def changes(self) -> Iterator[asyncio.Event]:
@@ -96,6 +165,22 @@ class ServedStore:
             yield ev
         finally:
             self._waiters.discard(ev)
+
+    @contextmanager
+    def feed(self) -> Iterator[ChangeFeed]:
+        """A ChangeFeed for one ADS stream, from the snapshot as it is now."""
+        f = ChangeFeed(self)
+        if self.closed:
+            f.event.set()
+        self._feeds.add(f)
+        try:
+            yield f
+        finally:
+            self._feeds.discard(f)
+            if not self._feeds:  # nobody reads the log: it starts again empty
+                self._log_start = self.log_end
+                self._log.clear()
+                self._trim_at = LOG_TRIM
 
 
 class MeshStore(ServedStore):
@@ -119,6 +204,10 @@ class MeshStore(ServedStore):
         metrics.MESH_LOADED.set(time.time())
         if not any(deltas.values()):
             return {}
+        for t, d in deltas.items():
+            old = self.snapshot.get(t, {})
+            for name in (*d.updated, *d.removed):
+                self._record(t, name, old.get(name))
         self.snapshot = new
         self._changed(changed_at)
         return {t: d for t, d in deltas.items() if d}

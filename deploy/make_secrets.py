@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Print the Secrets meshnode needs on a cluster, as YAML for `kubectl apply -f -`.
 
+    .venv/bin/python deploy/make_secrets.py --dir ~/mn-ca | kubectl apply -f -
     .venv/bin/python deploy/make_secrets.py --dir ~/mn-ca --node node1 --node node2
     .venv/bin/python deploy/make_secrets.py --dir ~/mn-ca --nodes-from-kubectl | kubectl apply -f -
 
@@ -8,6 +9,11 @@ Secrets (namespace meshnode-system):
   meshnode-controlplane-ca    root-cert.pem, root-key.pem, node-token.key  (control plane only)
   meshnode-controlplane-root  root-cert.pem                                (agents: trust)
   meshnode-node-tokens        <node name>: that node's token               (agents: identity)
+
+The last only with nodes (--node, --nodes-from-kubectl): the manifests' agents authenticate
+with a projected service-account token, which the control plane checks with the API server;
+node tokens are for a control plane without one (--mesh, --config; Helm
+controlplane.agentCredential=nodeToken).
 
 `--dir` keeps the CA root and the token key (0600) so that a later run (a new node) reuses
 them: a new root would invalidate every issued certificate, a new key every node token. Keep
@@ -58,8 +64,8 @@ def build(directory: Path, trust_domain: str, nodes: list[str]) -> list[dict[str
             "root-cert.pem": root.cert_pem, "root-key.pem": root.key_pem().decode(),
             "node-token.key": key_path.read_text()}),
         secret("meshnode-controlplane-root", {"root-cert.pem": root.cert_pem}),
-        secret("meshnode-node-tokens", {n: nodeauth.mint(key, n) + "\n" for n in nodes}),
-    ]
+    ] + ([secret("meshnode-node-tokens", {n: nodeauth.mint(key, n) + "\n" for n in nodes})]
+         if nodes else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, required=True,
                    help="where the CA root and token key are kept (created on first use)")
     p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--node", action="append", default=[], help="a node name (repeatable)")
+    p.add_argument("--node", action="append", default=[],
+                   help="a node name (repeatable): make its node token too")
     p.add_argument("--nodes-from-kubectl", action="store_true",
                    help="every node of `kubectl get nodes`")
     a = p.parse_args(argv)
     nodes = list(a.node) + (kubectl_nodes() if a.nodes_from_kubectl else [])
-    if not nodes:
-        p.error("no nodes: give --node NAME or --nodes-from-kubectl")
     yaml.safe_dump_all(build(a.dir, a.trust_domain, sorted(set(nodes))), sys.stdout,
                        sort_keys=False)
     return 0

@@ -143,7 +143,10 @@ class CniResult:
 
 def cni(cmd: str, agent_socket: str, netns: str, container_id: str, ips: list[str],
         namespace: str = "default", name: str = "web-0", capture: dict[str, Any] | None = None,
-        extra_conf: dict[str, Any] | None = None, version: str = "1.1.0") -> CniResult:
+        extra_conf: dict[str, Any] | None = None, version: str = "1.1.0",
+        uid: str = "") -> CniResult:
+    """Run the plugin as a runtime would; the pod's K8S_POD_UID is `uid` (default
+    u-<name>: give pods of one name in two namespaces a uid each)."""
     prev = {"cniVersion": version, "interfaces": [{"name": "eth0", "sandbox": netns}],
             "ips": [{"address": f"{ip}/24", "interface": 0} for ip in ips]}
     conf: dict[str, Any] = {"cniVersion": version, "name": "test", "type": "meshnode-cni",
@@ -152,7 +155,8 @@ def cni(cmd: str, agent_socket: str, netns: str, container_id: str, ips: list[st
     conf.update(extra_conf or {})
     env = {"CNI_COMMAND": cmd, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
-           "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID=u-{name}",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+                       f"K8S_POD_UID={uid or 'u-' + name}",
            "PATH": os.environ.get("PATH", "")}
     p = subprocess.run([str(PLUGIN)], input=json.dumps(conf), capture_output=True, text=True,
                        env=env, timeout=30)

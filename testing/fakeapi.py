@@ -21,7 +21,12 @@ control plane's (tests/controlplane/kube) both run against it.
 - GET of one object (a node, a DaemonSet, ...);
 - PATCH of a pod (strategic merge / merge: annotations) and of a node (JSON patch with
   `test`, `add`, `remove`, `replace`; a failed test is a 422, as in the API server); every
-  patch is recorded.
+  patch is recorded;
+- TokenReview (POST /apis/authentication.k8s.io/v1/tokenreviews): tests register tokens
+  with `add_token(token, user, audiences)` (`sa_user` builds a service account's user as the
+  API server does); an unknown token, or one without any of the asked audiences (default:
+  the API server's own, `API_AUDIENCES`), is answered `authenticated: false` with an error,
+  as the API server answers.
 Tests change the world with `put`, `delete`, `compact`, `bookmark`, `inject`, `close_watches`,
 `fail_next`; with `notify=False` a change is not sent to live watches (it happened while
 the client was away). `stop()` then `start(port=api.port)` is an API server restart that
@@ -80,6 +85,9 @@ AUTHORIZATION_POLICIES = Resource("authorizationpolicies", "AuthorizationPolicy"
 PEER_AUTHENTICATIONS = Resource("peerauthentications", "PeerAuthentication",
                                 "security.istio.io", custom=True)
 
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)  # --api-audiences
+
 # What the agent's tests have always had.
 AGENT_RESOURCES = (PODS, NAMESPACES, NODES, DAEMONSETS)
 # Every kind the control plane reads (controlplane/kube/objects.py KINDS), Istio's CRDs too.
@@ -130,6 +138,25 @@ def obj(resource: Resource, name: str, namespace: str = "", **fields: Any) -> Ob
             **copy.deepcopy(fields)}
 
 
+def sa_user(namespace: str, service_account: str, pod_name: str = "", pod_uid: str = "",
+            node_name: str = "") -> Obj:
+    """The TokenReview `status.user` of a service account's token (node_name: what
+    Kubernetes >= 1.30 adds for a pod-bound token)."""
+    extra: dict[str, list[str]] = {}
+    if pod_name:
+        extra["authentication.kubernetes.io/pod-name"] = [pod_name]
+        extra["authentication.kubernetes.io/pod-uid"] = [pod_uid]
+    if node_name:
+        extra["authentication.kubernetes.io/node-name"] = [node_name]
+    user: Obj = {"username": f"system:serviceaccount:{namespace}:{service_account}",
+                 "uid": f"sa-{namespace}-{service_account}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                            "system:authenticated"]}
+    if extra:
+        user["extra"] = extra
+    return user
+
+
 def _meta(o: Obj) -> dict[str, Any]:
     meta = o.get("metadata")
     return meta if isinstance(meta, dict) else {}
@@ -150,6 +177,7 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
         self.failures: list[tuple[str, int]] = []  # (method path prefix, status), FIFO
         self.on_node_patch: Callable[[], None] | None = None  # a concurrent writer
+        self.tokens: dict[str, tuple[tuple[str, ...], Obj]] = {}  # token -> (audiences, user)
         self._pages: dict[str, tuple[int, list[Obj]]] = {}  # continue token -> (rv, rest)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -299,6 +327,13 @@ class FakeApi:
         """The next `times` requests whose "METHOD path?watch" starts with `what` fail."""
         self.failures.extend([(what, status)] * times)
 
+    def add_token(self, token: str, user: Obj, audiences: Iterable[str] = ("istio-ca",)) -> None:
+        """A token the TokenReview endpoint vouches for (`remove_token`: revoked)."""
+        self.tokens[token] = (tuple(audiences), copy.deepcopy(user))
+
+    def remove_token(self, token: str) -> None:
+        self.tokens.pop(token, None)
+
     def watch_count(self, resource: str) -> int:
         return sum(1 for m, p, q in self.requests if p.endswith(resource) and "watch" in q)
 
@@ -342,6 +377,8 @@ class FakeApi:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.auth.append(request.headers.get("Authorization", ""))
+        if request.path == TOKEN_REVIEWS:
+            return await self._token_review(request)
         route = self._route(request.path)
         if route is None:
             self.requests.append((request.method, request.path, dict(request.query)))
@@ -454,6 +491,36 @@ class FakeApi:
         finally:
             self.watches.remove(w)
         return resp
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        self.requests.append((request.method, request.path, dict(request.query)))
+        failed = self._failure(request)
+        if failed is not None:
+            return failed
+        if request.method != "POST":
+            return self._status(405, f"{request.method} is not supported here")
+        try:
+            body = await request.json()
+            spec = body["spec"]
+            token = spec["token"]
+        except (ValueError, KeyError, TypeError):
+            return self._status(400, "not a TokenReview with spec.token")
+        wanted = list(spec.get("audiences") or API_AUDIENCES)
+        status: Obj
+        known = self.tokens.get(token)
+        if known is None:
+            status = {"user": {}, "error": "[invalid bearer token, square/go-jose: error in "
+                                           "cryptographic primitive]"}
+        elif not set(wanted) & set(known[0]):
+            status = {"user": {}, "error": f"[invalid bearer token, token audiences "
+                                           f"{json.dumps(list(known[0]))} is invalid for the "
+                                           f"target audiences {json.dumps(wanted)}]"}
+        else:
+            status = {"authenticated": True, "user": copy.deepcopy(known[1]),
+                      "audiences": [a for a in wanted if a in known[0]]}
+        return web.json_response({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"creationTimestamp": None}, "spec": spec,
+                                  "status": status}, status=201)
 
     async def _patch_node(self, request: web.Request, name: str) -> web.Response:
         self.requests.append((request.method, request.path, dict(request.query)))

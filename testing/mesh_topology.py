@@ -11,6 +11,8 @@ endpoints of one service on different nodes, one of them local to the client):
 
     pod c (198.18.44.1) ─ node1
 
+`add_pod(t, role, t.node2, 46)` links one more netns under a node (198.18.46.1 here).
+
 Each node's agent and proxy run inside that node's netns (testing/mesh_procs.py): their
 admin/metrics ports are on the node's own 127.0.0.1, and each agent dials the control plane
 at 198.18.40.1 — node1 over its link to the control plane, node2 over the node link and
@@ -66,3 +68,16 @@ def build(lab: Lab, pod_c: bool = False) -> Topology:
         Lab.route(c, "default", "198.18.44.2")
         Lab.route(n2, "198.18.44.0/24", "198.18.42.1")
     return Topology(lab, n1, n2, a, b, cp, c)
+
+
+def add_pod(t: Topology, role: str, on: Node, subnet: int) -> Node:
+    """One more netns linked under node `on` (t.node1 or t.node2), pod = 198.18.<subnet>.1,
+    routed from the other node: a further pod, or (never enrolled) a client outside the
+    mesh. `subnet` must be one no other link of the lab uses (40-44 are taken)."""
+    assert on in (t.node1, t.node2) and subnet not in (40, 41, 42, 43, 44)
+    other, via = (t.node2, "198.18.42.1") if on is t.node1 else (t.node1, "198.18.42.2")
+    p = t.lab.node(role)
+    t.lab.link(p, on, subnet=subnet, ipv6=False)  # p = .<subnet>.1, on = .<subnet>.2
+    Lab.route(p, "default", f"198.18.{subnet}.2")
+    Lab.route(other, f"198.18.{subnet}.0/24", via)
+    return p

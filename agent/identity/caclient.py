@@ -3,6 +3,9 @@
 The agent authenticates as the node (bearer token / clusterid, or a client certificate) and
 asks for a workload's identity with `metadata.ImpersonatedIdentity = <spiffe id>`; the CA
 grants it only when a pod with that identity runs on the caller's node (istio node_auth.go).
+The bearer token is the endpoint's `token_path`, read anew for every request: a meshnode
+node token, or a projected service-account token (audience istio-ca) that the kubelet
+rotates, which meshnode's control plane (API-server source) and istiod check by TokenReview.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class ControlPlaneSettings:
     root_ca: str = "/var/run/meshnode/controlplane/root-cert.pem"
     server_name: str = ""                  # SAN to expect if it is not the address's host
     token_path: str = "/var/run/meshnode/node-token"   # `meshnode controlplane --print-node-token`
+    ca_token_path: str = ""                # the CA's bearer token file; "": token_path
     cluster_id: str = DEFAULT_CLUSTER
     node_name: str = ""                    # default: $NODE_NAME, else the hostname
     pod_name: str = ""                     # default: $POD_NAME, else "meshnode"
@@ -53,10 +54,16 @@ class ControlPlaneSettings:
                         instance_ip=self.instance_ip or env("INSTANCE_IP") or "1.1.1.1",
                         cluster_id=self.cluster_id)
 
-    def endpoint(self, address: str) -> ControlPlaneEndpoint:
+    def endpoint(self, address: str, token_path: str = "") -> ControlPlaneEndpoint:
         return ControlPlaneEndpoint(address=address, root_ca=self.root_ca,
-                                    server_name=self.server_name, token_path=self.token_path,
+                                    server_name=self.server_name,
+                                    token_path=token_path or self.token_path,
                                     cluster_id=self.cluster_id, headers=dict(self.headers))
+
+    def ca_endpoint(self) -> ControlPlaneEndpoint:
+        """The CA's: `ca_address` (default: discovery's), `ca_token_path` (default: the
+        discovery token); the token file is read for every request."""
+        return self.endpoint(self.ca_address or self.address, self.ca_token_path)
 
 
 class MeshClient:
@@ -67,8 +74,7 @@ class MeshClient:
         self.state = XdsState(local_node=node.node_name)
         self.xds = DeltaAdsClient(XdsClientConfig(settings.endpoint(settings.address), node),
                                   self.state)
-        self.ca = CaClient(settings.endpoint(settings.ca_address or settings.address),
-                           ttl_seconds=settings.cert_ttl_seconds)
+        self.ca = CaClient(settings.ca_endpoint(), ttl_seconds=settings.cert_ttl_seconds)
         self.identities = IdentityManager(self.ca, identity)
         self._task: asyncio.Task[None] | None = None
         self._unfollow: Callable[[], None] | None = None

@@ -38,7 +38,8 @@ class MeshRuntime:
         self._inline_token = cp.token
         self.settings = ControlPlaneSettings(
             address=cp.address, ca_address=cp.ca_address, root_ca=cp.root_cert,
-            server_name=cp.server_name, token_path=token_path, cluster_id=cp.cluster_id,
+            server_name=cp.server_name, token_path=token_path,
+            ca_token_path=cp.ca_token_file, cluster_id=cp.cluster_id,
             node_name=cp.node_name, cert_ttl_seconds=cp.cert_ttl_seconds)
         self.client: MeshClient | None = None
         self.server: MeshConfigServer | None = None

@@ -203,10 +203,18 @@ class Index:
               messages: Iterable[str]) -> None:
         ref = _ref(*src)
         msgs = [f"{ref}: {m}" for m in messages]
+        old = book.get((stage, src), [])
         if msgs:
             book[(stage, src)] = msgs
         else:
             book.pop((stage, src), None)
+        # Logged when they first appear (not again on every recomputation): an operator who
+        # applied Istio YAML learns what was skipped or read differently at L4, and why.
+        event = ("object_not_converted" if book is self._errors
+                 else "object_converted_with_warning")
+        for m in msgs:
+            if m not in old:
+                log.warning(event, detail=m)
 
     def _guard(self, stage: str, src: Src, fn: Callable[[Notes], Any]) -> Any:
         """Run one object's conversion: Bad -> its error; the notes it makes (warnings, and

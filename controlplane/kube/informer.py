@@ -18,9 +18,11 @@ items of built-in kinds) and without `metadata.managedFields` (large, and read b
 so both sources (this and the manifests directory) fill the store alike and a relist
 compares equal to what the watch delivered.
 
-Every API call the control plane makes is a list or a watch of one of these collections:
-`CALLS` is that table, and deploy/controlplane-rbac.yaml grants exactly it
-(tests/controlplane/kube/test_rbac.py compares the two).
+Every API call the control plane makes is a list or a watch of one of these collections, or
+one of the CA's token checks (controlplane/kube/tokenreview.py: create a TokenReview, get a
+token's bound pod; they use this connection): `CALLS` is that table, and
+deploy/controlplane-rbac.yaml grants exactly it (tests/controlplane/kube/test_rbac.py
+compares the two).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from controlplane.kube import tokenreview
 from controlplane.kube.objects import KINDS, Kind, Obj, ObjectStore
 from core.k8s.client import ApiCall, KubeClient
 from core.k8s.client import in_cluster as in_cluster
@@ -40,9 +43,11 @@ from core.k8s.reflector import Reflector, name_key
 log = structlog.get_logger("controlplane.kube.informer")
 
 VERBS = ("list", "watch")
-# kind -> the RBAC permissions its reflector needs; nothing else is ever called.
+# kind -> the RBAC permissions its reflector needs, and "TokenReview" -> the CA's token
+# checks; nothing else is ever called.
 CALLS: dict[str, tuple[ApiCall, ...]] = {
-    k.kind: tuple(ApiCall(v, k.group, k.plural) for v in VERBS) for k in KINDS}
+    **{k.kind: tuple(ApiCall(v, k.group, k.plural) for v in VERBS) for k in KINDS},
+    "TokenReview": tokenreview.CALLS}
 
 Key = tuple[str, str]
 

@@ -16,7 +16,6 @@ from agent import config as agent_config
 from agent.install.config import PluginEntry
 from agent.nodeagent.http import make_app
 from agent.nodeagent.pods import PodStore
-from controlplane import mesh
 from proxy import config as proxy_config
 from proxy.admin import make_admin_app
 from tests.deploy.manifests import config_file, container, find, plain, render
@@ -226,10 +225,6 @@ def test_configs_load_with_the_daemons_own_loaders(objs: list[Obj], tmp_path: Pa
     assert a.capture.backend == "iptables"
     assert a.controlplane is not None and a.controlplane.address.startswith(
         "meshnode-controlplane.meshnode-system.svc:")
-
-
-def test_the_example_mesh_is_valid(objs: list[Obj]) -> None:
-    mesh.parse(find(objs, "ConfigMap", "meshnode-mesh")["data"]["mesh.yaml"])
 
 
 def test_plain_configmap_documents_the_ebpf_option() -> None:

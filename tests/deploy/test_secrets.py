@@ -44,8 +44,13 @@ def test_a_second_run_keeps_the_root_and_the_key(tmp_path: Path) -> None:
     assert first["meshnode-node-tokens"]["a"] == second["meshnode-node-tokens"]["a"]
 
 
+def test_without_nodes_no_node_tokens(tmp_path: Path) -> None:
+    assert sorted(make(tmp_path / "ca", [])) == ["meshnode-controlplane-ca",
+                                                 "meshnode-controlplane-root"]
+
+
 def test_the_manifests_mount_these_secrets_and_keys(tmp_path: Path) -> None:
-    made = make(tmp_path / "ca", ["n1"])
+    made = make(tmp_path / "ca", [])
     objs = [o for _f, o in plain()]
     used: dict[str, Obj] = {}
     for kind, name in (("DaemonSet", "meshnode-node"), ("Deployment", "meshnode-controlplane")):
@@ -58,7 +63,7 @@ def test_the_manifests_mount_these_secrets_and_keys(tmp_path: Path) -> None:
         "containers"][0]["args"]
     for key in made["meshnode-controlplane-ca"]:
         assert f"/etc/meshnode/ca/{key}" in args, key
-    # The agent's token is the node's key, picked by subPathExpr $(NODE_NAME).
+    # The agent's credential is a projected token, not a Secret
+    # (tests/deploy/test_controlplane_deploy.py).
     ds = find(objs, "DaemonSet", "meshnode-node")["spec"]["template"]["spec"]
-    (m,) = [m for m in ds["containers"][0]["volumeMounts"] if m["name"] == "node-tokens"]
-    assert m["subPathExpr"] == "$(NODE_NAME)"
+    assert "node-tokens" not in {v["name"] for v in ds["volumes"]}

@@ -64,19 +64,26 @@ def outcome(node: Node, ip: str, port: int, payload: bytes,
         s = connect(node, ip, port, timeout)
     except ConnectionRefusedError:
         return "refused", ""
+    except ConnectionResetError:  # the RST came before connect() read the socket's state
+        return "reset", ""
     except TimeoutError:
         return "timeout", ""
     except OSError as exc:
         return "error", str(exc)
     h = hashlib.sha256()
     got = 0
+    send_reset: list[bool] = []
     with s:
         def send() -> None:
             try:
                 s.sendall(payload)
                 s.shutdown(socket.SHUT_WR)
+            except ConnectionResetError:
+                # A socket reports a reset to one call only: when the sender takes it, the
+                # reader meets a plain EOF after it.
+                send_reset.append(True)
             except OSError:
-                pass  # reset by a denial: the reader sees it too
+                pass  # the reader sees what happened
         sender = threading.Thread(target=send)
         sender.start()
         try:
@@ -91,7 +98,9 @@ def outcome(node: Node, ip: str, port: int, payload: bytes,
             return "error", str(exc)
         finally:
             sender.join()
-    return ("echo", h.hexdigest()) if got else ("closed", "")
+    if got:
+        return "echo", h.hexdigest()
+    return ("reset", "") if send_reset else ("closed", "")
 
 
 def sha(b: bytes) -> str:

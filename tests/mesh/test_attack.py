@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from testing import mesh_manifests as k8s
 from testing.agent_harness import cni
 from testing.lab import Lab
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
@@ -81,18 +82,17 @@ print(json.dumps(out))
 """
 
 
-def mesh_file(t: Topology) -> dict[str, Any]:
+def manifests(t: Topology) -> list[dict[str, Any]]:
+    """sleep (a) and curl (c) on node1, echo (b) on node2 behind the service echo; the
+    namespace is ambient (HBONE)."""
     assert t.c is not None
-    return {
-        "services": [{"name": "echo", "namespace": "default", "vips": [VIP],
-                      "ports": [{"port": 80, "target_port": 8080}], "selector": {"app": "echo"}}],
-        "workloads": [
-            {"name": "sleep", "namespace": "default", "service_account": "sleep",
-             "ips": [t.a.ip4], "node": "node1", "labels": {"app": "sleep"}, "tunnel": "hbone"},
-            {"name": "curl", "namespace": "default", "service_account": "curl",
-             "ips": [t.c.ip4], "node": "node1", "labels": {"app": "curl"}, "tunnel": "hbone"},
-            {"name": "echo", "namespace": "default", "service_account": "echo",
-             "ips": [t.b.ip4], "node": "node2", "labels": {"app": "echo"}, "tunnel": "hbone"}]}
+    return [*k8s.two_nodes(),
+            k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
+            k8s.pod("sleep", t.a.ip4, "node1", service_account="sleep",
+                    labels={"app": "sleep"}),
+            k8s.pod("curl", t.c.ip4, "node1", service_account="curl", labels={"app": "curl"}),
+            k8s.pod("echo", t.b.ip4, "node2", service_account="echo", labels={"app": "echo"},
+                    ports=[8080])]
 
 
 @dataclass
@@ -122,8 +122,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         t = build(lab, pod_c=True)
         assert t.c is not None
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_mesh(mesh_file(t))
+        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp.write_manifests("mesh.yaml", *manifests(t))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()
         n1 = MeshNode("node1", tmp / "node1", cp, t.node1)

@@ -1,6 +1,7 @@
 """L4 policy on every inbound path: a plaintext client from outside the mesh (captured on
 pod b's 15006) and a mesh client over HBONE (pod a, through both node proxies to b's 15008)
-meet the same policies, pushed from the mesh file through the control plane.
+meet the same policies: Istio AuthorizationPolicies in the control plane's manifests
+directory (`--config DIR`), pushed to the agents.
 
     pod a (sleep, 198.18.41.1) ─ node1 ─ node2 ─ pod b (echo, 198.18.43.1)
                                            │
@@ -10,11 +11,12 @@ Per policy (ALLOW by principal, namespace-wide DENY-all, DENY by ipBlock) each c
 outcome is asserted (a denied client is reset before any app byte and never reaches the
 app; an allowed one gets its bytes echoed), with node2's access-log decision (`authz`,
 `policy`) and `meshnode_proxy_authz_denied_total`. The tests share one mesh (module
-fixture) and each leaves the mesh file with no policy.
+fixture) and each leaves the manifests with no policy.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from testing import mesh_manifests as k8s
 from testing.agent_harness import cni
 from testing.lab import Lab, Node
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
@@ -37,17 +40,17 @@ PAYLOAD = os.urandom(16 * 1024)  # fits the socket buffers: one thread sends, th
 PORT = 8080
 DENIED_METRIC = "meshnode_proxy_authz_denied_total"
 
-ALLOW_SLEEP = {"name": "allow-sleep", "namespace": "default", "scope": "workload",
-               "selector": {"app": "echo"}, "action": "allow",
-               "rules": [{"from": [{"principals": ["cluster.local/ns/default/sa/sleep"]}]}]}
-DENY_ALL = {"name": "deny-all", "namespace": "default", "scope": "namespace",
-            "action": "deny", "rules": [{}]}
+ALLOW_SLEEP = k8s.authorization_policy(
+    "allow-sleep", "ALLOW", [{"from": [{"source": {
+        "principals": ["cluster.local/ns/default/sa/sleep"]}}]}], selector={"app": "echo"})
+# No selector: the whole namespace; one empty rule matches every connection.
+DENY_ALL = k8s.authorization_policy("deny-all", "DENY", [{}])
 
 
 def deny_ip(name: str, ip: str) -> dict[str, Any]:
-    return {"name": name, "namespace": "default", "scope": "workload",
-            "selector": {"app": "echo"}, "action": "deny",
-            "rules": [{"from": [{"ips": [f"{ip}/32"]}]}]}
+    return k8s.authorization_policy(
+        name, "DENY", [{"from": [{"source": {"ipBlocks": [f"{ip}/32"]}}]}],
+        selector={"app": "echo"})
 
 
 def exchange(node: Node, ip: str, port: int) -> str:
@@ -65,7 +68,11 @@ def exchange(node: Node, ip: str, port: int) -> str:
     with s:
         try:
             s.sendall(PAYLOAD)
-            s.shutdown(socket.SHUT_WR)
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError as exc:  # reset while sending: recv() below reports the reset
+                if exc.errno != errno.ENOTCONN:
+                    raise
             while data := s.recv(1 << 16):
                 h.update(data)
                 got += len(data)
@@ -76,13 +83,13 @@ def exchange(node: Node, ip: str, port: int) -> str:
     return "echo" if h.hexdigest() == sha(PAYLOAD) else "short"
 
 
-def mesh_file(t: Topology, policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"workloads": [
-        {"name": "sleep", "namespace": "default", "service_account": "sleep",
-         "ips": [t.a.ip4], "node": "node1", "labels": {"app": "sleep"}, "tunnel": "hbone"},
-        {"name": "echo", "namespace": "default", "service_account": "echo",
-         "ips": [t.b.ip4], "node": "node2", "labels": {"app": "echo"}, "tunnel": "hbone"}],
-        "policies": policies}
+def manifests(t: Topology) -> list[dict[str, Any]]:
+    """sleep on a (node1), echo on b (node2), in the ambient namespace default."""
+    return [*k8s.two_nodes(),
+            k8s.pod("sleep", t.a.ip4, "node1", service_account="sleep",
+                    labels={"app": "sleep"}),
+            k8s.pod("echo", t.b.ip4, "node2", service_account="echo", labels={"app": "echo"},
+                    ports=[PORT])]
 
 
 @dataclass
@@ -103,7 +110,11 @@ class Mesh:
         return exchange(self.t.a, self.t.b.ip4, PORT)
 
     def set_policies(self, *policies: dict[str, Any]) -> None:
-        self.cp.write_mesh(mesh_file(self.t, list(policies)))
+        """`kubectl apply -f policies.yaml` with these, or with none `kubectl delete -f`."""
+        if policies:
+            self.cp.write_manifests("policies.yaml", *policies)
+        else:
+            self.cp.remove_manifests("policies.yaml")
 
     def denied(self, **labels: str) -> float:
         return self.n2.proxy_metric(DENIED_METRIC, destination_principal=ECHO_ID, **labels)
@@ -134,8 +145,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         lab.link(outsider, t.node2, subnet=45, ipv6=False)  # x = .45.1, node2 = .45.2
         Lab.route(outsider, "default", "198.18.45.2")
         Lab.route(t.node1, "198.18.45.0/24", "198.18.42.2")  # a's tunnel replies, if any
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_mesh(mesh_file(t, []))
+        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp.write_manifests("mesh.yaml", *manifests(t))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()
         n1 = MeshNode("node1", tmp / "node1", cp, t.node1)

@@ -1,8 +1,10 @@
 """Two nodes, one control plane, real processes, real mTLS: pod a (node1) → service VIP →
-pod b (node2) through both node proxies over HBONE, with policy pushed from the mesh file.
+pod b (node2) through both node proxies over HBONE. The control plane learns the mesh from
+Kubernetes and Istio manifests (`--config DIR`): Pods, a Service, an AuthorizationPolicy.
 
 The tests share one mesh (module fixture: starting it is most of the time) and run in file
-order; each one leaves the mesh file as it found it.
+order; each one leaves the manifests as it found them. The mesh file's test hook
+(malformed resources) has no Kubernetes form: its test is in test_mesh_file.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from core.netns import netns_inode
+from testing import mesh_manifests as k8s
 from testing.agent_harness import cni
 from testing.lab import Lab
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
@@ -35,25 +38,20 @@ ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"
 PAYLOAD = os.urandom(256 * 1024)
 
 
-def mesh_file(t: Topology, policies: list[dict[str, Any]] | None = None,
-              debug: dict[str, Any] | None = None) -> dict[str, Any]:
-    m: dict[str, Any] = {
-        "services": [{"name": "echo", "namespace": "default", "vips": [VIP],
-                      "ports": [{"port": 80, "target_port": 8080}], "selector": {"app": "echo"}}],
-        "workloads": [
-            {"name": "sleep", "namespace": "default", "service_account": "sleep",
-             "ips": [t.a.ip4], "node": "node1", "labels": {"app": "sleep"}, "tunnel": "hbone"},
-            {"name": "echo", "namespace": "default", "service_account": "echo",
-             "ips": [t.b.ip4], "node": "node2", "labels": {"app": "echo"}, "tunnel": "hbone"}],
-        "policies": policies or []}
-    if debug:
-        m["debug"] = debug
-    return m
+def manifests(t: Topology) -> list[dict[str, Any]]:
+    """The mesh: sleep on a (node1), echo on b (node2), the service echo (VIP:80 -> 8080);
+    the namespace is ambient, so both pods are reached over HBONE."""
+    return [*k8s.two_nodes(),
+            k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
+            k8s.pod("sleep", t.a.ip4, "node1", service_account="sleep",
+                    labels={"app": "sleep"}),
+            k8s.pod("echo", t.b.ip4, "node2", service_account="echo", labels={"app": "echo"},
+                    ports=[8080])]
 
 
-DENY_SLEEP = {"name": "deny-sleep", "namespace": "default", "scope": "workload",
-              "selector": {"app": "echo"}, "action": "deny",
-              "rules": [{"from": [{"principals": ["cluster.local/ns/default/sa/sleep"]}]}]}
+DENY_SLEEP = k8s.authorization_policy(
+    "deny-sleep", "DENY", [{"from": [{"source": {
+        "principals": ["cluster.local/ns/default/sa/sleep"]}}]}], selector={"app": "echo"})
 
 
 @dataclass
@@ -71,8 +69,12 @@ class Mesh:
         """How a's call to the service ended: "echo", or the kind of failure."""
         return outcome(self.t.a, VIP, 80, PAYLOAD)[0]
 
-    def set_mesh(self, **kw: Any) -> None:
-        self.cp.write_mesh(mesh_file(self.t, **kw))
+    def set_policies(self, *policies: dict[str, Any]) -> None:
+        """`kubectl apply -f policies.yaml` with these, or with none `kubectl delete -f`."""
+        if policies:
+            self.cp.write_manifests("policies.yaml", *policies)
+        else:
+            self.cp.remove_manifests("policies.yaml")
 
 
 def serial_of(node: MeshNode, identity: str) -> str:
@@ -87,8 +89,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     started: list[Any] = []
     try:
         t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_mesh(mesh_file(t))
+        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp.write_manifests("mesh.yaml", *manifests(t))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()
         # node1's certificates live 40 s: renewed every ~20 s, so the rotation test sees one.
@@ -145,7 +147,7 @@ def test_deny_policy_blocks_within_2s_and_removal_restores(mesh: Mesh) -> None:
     denied_before = mesh.n2.proxy_metric("meshnode_proxy_authz_denied_total",
                                          source_principal=SLEEP_ID, policy="default/deny-sleep")
     t0 = time.monotonic()
-    mesh.set_mesh(policies=[DENY_SLEEP])
+    mesh.set_policies(DENY_SLEEP)
     wait_for(lambda: mesh.outcome() == DENIED, 2.0, "the DENY policy to take effect")
     assert time.monotonic() - t0 < 2.0
     assert mesh.n2.proxy_metric("meshnode_proxy_authz_denied_total", source_principal=SLEEP_ID,
@@ -154,7 +156,7 @@ def test_deny_policy_blocks_within_2s_and_removal_restores(mesh: Mesh) -> None:
                for e in mesh.n2.log_events("connection"))
     assert mesh.outcome() == DENIED  # stays denied, and the same way
     t0 = time.monotonic()
-    mesh.set_mesh()
+    mesh.set_policies()
     wait_for(mesh.call, 2.0, "access to come back after removing the policy")
 
 
@@ -176,17 +178,6 @@ def test_certificate_rotation_reaches_the_proxy_without_restart(mesh: Mesh) -> N
     assert len(rotated) >= 2
 
 
-def test_malformed_resource_is_nacked_and_agent_stays_ready(mesh: Mesh) -> None:
-    nacks = mesh.n1.agent_mesh()["nacks"]
-    mesh.set_mesh(debug={"malformed_resources": [{"type": "address", "name": "bad-1"}]})
-    wait_for(lambda: mesh.n1.agent_mesh()["nacks"] > nacks, 5, "node1's agent to NACK")
-    info = mesh.n1.agent_mesh()
-    assert "bad-1" in info["last_nack"] and info["ready"]
-    assert mesh.n1.agent.http("/readyz")[0] == 200
-    assert mesh.call()  # the last good state is still in force
-    mesh.set_mesh()
-
-
 def test_control_plane_outage_spares_traffic_and_agent_resyncs(mesh: Mesh) -> None:
     live = connect(mesh.t.a, VIP, 80)
     live.sendall(b"before")
@@ -201,7 +192,7 @@ def test_control_plane_outage_spares_traffic_and_agent_resyncs(mesh: Mesh) -> No
         assert mesh.n1.agent.http("/readyz")[0] == 200
         assert {p["name"]: p["state"] for p in mesh.n1.agent.pods()} == {"sleep": "enrolled"}
         # A change made while the control plane is away arrives when it comes back.
-        mesh.set_mesh(policies=[DENY_SLEEP])
+        mesh.set_policies(DENY_SLEEP)
     finally:
         mesh.cp.start()
     wait_for(lambda: mesh.n2.agent_mesh()["connects"] > 0 and
@@ -210,6 +201,6 @@ def test_control_plane_outage_spares_traffic_and_agent_resyncs(mesh: Mesh) -> No
     live.sendall(b"after")
     assert live.recv(16) == b"after"  # policy applies to new connections only
     live.close()
-    mesh.set_mesh()
+    mesh.set_policies()
     wait_for(mesh.call, 5, "access after removing the policy")
 

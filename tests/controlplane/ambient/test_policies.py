@@ -13,9 +13,12 @@ import ipaddress
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from controlplane.ambient import Options
+from controlplane.ambient.index import Index
 from controlplane.ambient.policies import pattern
+from controlplane.kube.objects import AUTHORIZATION_POLICY, POD
 from core.mesh.model import (
     Group,
     Match,
@@ -27,7 +30,7 @@ from core.mesh.model import (
     StringKind,
     StringMatch,
 )
-from tests.controlplane.ambient.kube import authorization_policy, convert
+from tests.controlplane.ambient.kube import authorization_policy, convert, store_of
 
 ALLOW, DENY = PolicyAction.ALLOW, PolicyAction.DENY
 P, S, X, E = (StringKind.PRESENCE, StringKind.SUFFIX, StringKind.PREFIX, StringKind.EXACT)
@@ -196,6 +199,20 @@ def test_http_attributes_are_reported() -> None:
                         "attributes (found: connection.sni, methods, paths, "
                         "request.headers[X-header], requestPrincipals)")
     assert "rules matching HTTP attributes are omitted" in w
+
+
+def test_http_attributes_are_logged_once_when_they_appear() -> None:
+    """The operator who applied the policy learns it at once, in the log; converting the
+    same object again does not repeat it."""
+    store = store_of()
+    with capture_logs() as logs:
+        index = Index(store, watch=True)
+        store.put(AUTHORIZATION_POLICY, authorization_policy("groups", "ns", rules=GROUP_RULES))
+        store.put(POD, {"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "p", "namespace": "ns"}})
+    warned = [e for e in logs if e["event"] == "object_converted_with_warning"]
+    assert [e["detail"] for e in warned] == list(index.warnings)
+    assert warned[0]["detail"].startswith("AuthorizationPolicy ns/groups: ")
 
 
 @pytest.mark.parametrize("ns,spec,want", [

@@ -1,10 +1,13 @@
 """deploy/controlplane-rbac.yaml grants the control plane exactly what its API-server source
-calls: `controlplane/kube/informer.py` `CALLS` (list and watch of every kind it reads).
+calls: `controlplane/kube/informer.py` `CALLS` (list and watch of every kind it reads, and
+the CA's token checks: create tokenreviews, get pods).
 
-The table is what the code does, not a list kept by hand: it is built from `KINDS`, the
-informer's requests are checked against it at run time (test_informer.py,
-test_every_request_is_a_declared_call), and below nothing else in controlplane/ reaches the
-API server (no client library import; only the informer uses core/k8s).
+The table is what the code does, not a list kept by hand: it is built from `KINDS` and
+`tokenreview.CALLS`, the requests are checked against it at run time (test_informer.py,
+test_every_request_is_a_declared_call; test_tokenreview.py,
+test_the_requests_are_the_declared_calls), and below nothing else in controlplane/ reaches
+the API server (no client library import; only the informer and the token reviewer use
+core/k8s).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.kube import tokenreview
 from controlplane.kube.informer import CALLS
 from controlplane.kube.objects import KINDS
 
@@ -22,6 +26,7 @@ REPO = Path(__file__).resolve().parents[3]
 RBAC = REPO / "deploy" / "controlplane-rbac.yaml"
 DEPLOYMENT = REPO / "deploy" / "controlplane.yaml"
 INFORMER = REPO / "controlplane" / "kube" / "informer.py"
+TOKENREVIEW = REPO / "controlplane" / "kube" / "tokenreview.py"
 
 Grant = tuple[str, str, str]  # (api group, resource, verb)
 
@@ -62,9 +67,11 @@ def granted() -> set[Grant]:
     return out
 
 
-def test_the_table_is_list_and_watch_of_every_kind() -> None:
-    assert set(CALLS) == {k.kind for k in KINDS}
-    assert needed() == {(k.group, k.plural, v) for k in KINDS for v in ("list", "watch")}
+def test_the_table_is_list_and_watch_of_every_kind_and_the_token_checks() -> None:
+    assert set(CALLS) == {k.kind for k in KINDS} | {"TokenReview"}
+    assert needed() == {(k.group, k.plural, v) for k in KINDS for v in ("list", "watch")} | {
+        ("authentication.k8s.io", "tokenreviews", "create"), ("", "pods", "get")}
+    assert CALLS["TokenReview"] == tokenreview.CALLS
     assert ("security.istio.io", "authorizationpolicies", "watch") in needed()
 
 
@@ -85,12 +92,12 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_only_the_informer_reaches_the_api_server() -> None:
+def test_only_the_informer_and_the_token_reviewer_reach_the_api_server() -> None:
     sources = sorted((REPO / "controlplane").rglob("*.py"))
-    assert INFORMER in sources
+    assert INFORMER in sources and TOKENREVIEW in sources
     client_libs = {p.relative_to(REPO).as_posix(): n for p in sources for n in _imports(p)
                    if n.split(".")[0] in ("kubernetes", "kubernetes_asyncio")}
     assert client_libs == {}, "use core/k8s through controlplane/kube/informer.py"
     core_k8s = {p.relative_to(REPO).as_posix() for p in sources
                 if any(n == "core.k8s" or n.startswith("core.k8s.") for n in _imports(p))}
-    assert core_k8s == {"controlplane/kube/informer.py"}
+    assert core_k8s == {"controlplane/kube/informer.py", "controlplane/kube/tokenreview.py"}
