@@ -97,7 +97,8 @@ def test_delete_primary_falls_back_to_next(env: Env, running: Installer) -> None
     calico_path(env).unlink()
     wrapped = env.net_dir / "20-other.conflist"
     wait_until(lambda: entry_back(wrapped), REPAIR_DEADLINE)
-    assert not other.exists()
+    # The .conflist is written first, then the .conf it replaces is removed.
+    wait_until(lambda: not other.exists(), 0.5)
     wait_until(lambda: metrics.repairs_total("primary_changed") == before + 1, 0.5)
 
 
