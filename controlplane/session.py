@@ -226,6 +226,8 @@ def _shared_delta(st: TypeState, type_url: str, entries: dict[str, Entry],
     """`_changed` of a synced (wildcard) type and its Resource messages, computed once for
     every stream with the same pending changes at this push version (a synced client holds
     exactly the snapshot but for them, so nothing else of the stream counts)."""
+    if not st.pending:
+        return [], [], []
     key = (id(st.pending), type_url, push_version)
     hit = _DELTAS.get(key)
     if hit is not None and hit[0] is st.pending:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlplane import session as session_mod
 from controlplane import store as store_mod
 from controlplane.mesh import parse
 from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot, make_entry
@@ -182,6 +184,33 @@ def test_changes_read_on_an_ack_count_from_what_the_client_held_before_them() ->
             sess.absorb(f.take())
             assert shape(sess.on_snapshot(s.snapshot, s.version)) == [
                 (A, [("a", entry("a", "3").version)], [])]
+    asyncio.run(main())
+
+
+def test_streams_woken_by_the_same_change_compute_its_push_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = session_mod._changed
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+    monkeypatch.setattr(session_mod, "_changed", counting)
+
+    async def main() -> None:
+        s = store_of(snap(a="1"))
+        with s.feed() as f1, s.feed() as f2, s.feed() as f3:
+            pairs = [(Session("p", f"n{i}", fed=True), f) for i, f in enumerate((f1, f2, f3))]
+            for sess, _ in pairs:
+                sess.on_request(req(), s.snapshot, s.version)
+                sess.on_request(req(type_url=AUTHORIZATION_TYPE), s.snapshot, s.version)
+            s.publish({A: {"b": entry("b", "1")}}, {})
+            outs = []
+            for sess, f in pairs:
+                sess.absorb(f.take())
+                outs.append(shape(sess.on_snapshot(s.snapshot, s.version)))
+            assert outs == [[(A, [("b", entry("b", "1").version)], [])]] * 3
+            assert len(calls) == 1  # and nothing for the unchanged Authorization type
     asyncio.run(main())
 
 
