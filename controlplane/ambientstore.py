@@ -11,26 +11,19 @@ from __future__ import annotations
 from collections import Counter
 
 from controlplane.ambient.index import Delta, Index
-from controlplane.convert import pack
-from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot, make_entry
+from controlplane.resources import (
+    ADDRESS_TYPE,
+    AUTHORIZATION_TYPE,
+    Entry,
+    Snapshot,
+    policy_entry,
+    service_entry,
+    workload_entry,
+)
 from controlplane.store import ServedStore
-from core.mesh import topb
-from core.mesh.model import Policy, Service, Workload
+from core.mesh.model import Workload
 
 Identity = tuple[str, str, str]  # (namespace, service account, node)
-
-
-def workload_entry(w: Workload) -> Entry:
-    # Aliases: ztunnel looks a workload up on demand as `network/ip`.
-    return make_entry(pack(topb.address(w)), tuple(f"{w.network}/{ip}" for ip in w.addresses))
-
-
-def service_entry(s: Service) -> Entry:
-    return make_entry(pack(topb.address(s)), tuple(f"{v.network}/{v.address}" for v in s.vips))
-
-
-def policy_entry(p: Policy) -> Entry:
-    return make_entry(pack(topb.policy(p)))
 
 
 def _identity(w: Workload) -> Identity | None:

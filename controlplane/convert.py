@@ -12,6 +12,9 @@ from controlplane.resources import (
     Entry,
     Snapshot,
     make_entry,
+    policy_entry,
+    service_entry,
+    workload_entry,
 )
 from core.mesh import topb
 from core.mesh.model import (
@@ -48,17 +51,12 @@ _ACTION = {"allow": PolicyAction.ALLOW, "deny": PolicyAction.DENY}
 
 def snapshot(mesh: Mesh, trust_domain: str) -> Snapshot:
     services = {s.key: s for s in mesh.services}
-    addresses: dict[str, Entry] = {}
-    for svc in mesh.services:
-        addresses[svc.key] = make_entry(
-            pack(wl.Address(service=service_proto(svc))),
-            tuple(f"/{vip}" for vip in svc.vips))
+    addresses: dict[str, Entry] = {
+        svc.key: service_entry(service_model(svc)) for svc in mesh.services}
     for w in mesh.workloads:
-        addresses[w.uid] = make_entry(
-            pack(wl.Address(workload=workload_proto(w, services, mesh.cluster_id,
-                                                     trust_domain))),
-            tuple(f"{w.network}/{ip}" for ip in w.ips))
-    policies = {p.key: make_entry(pack(policy_proto(p))) for p in mesh.policies}
+        addresses[w.uid] = workload_entry(
+            workload_model(w, services, mesh.cluster_id, trust_domain))
+    policies = {p.key: policy_entry(policy_model(p)) for p in mesh.policies}
     for bad in mesh.malformed:
         # 0xFF is a field tag with wire type 7, which no protobuf decoder accepts.
         body = any_pb2.Any(type_url=ADDRESS_TYPE if bad.kind == "address"
@@ -123,13 +121,6 @@ def string_match(text: str) -> authz.StringMatch:
     """The protobuf of a mesh-file pattern (`*`, `x*`, `*x`, exact): controlplane/mesh.py."""
     return topb.string_match(pattern(text))
 
-
-def pack(msg: wl.Address | authz.Authorization) -> any_pb2.Any:
-    out = any_pb2.Any()
-    # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
-    out.type_url = f"type.googleapis.com/{msg.DESCRIPTOR.full_name}"
-    out.value = msg.SerializeToString(deterministic=True)
-    return out
 
 
 __all__ = ["IP", "policy_proto", "service_proto", "snapshot", "string_match", "workload_proto"]

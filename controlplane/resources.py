@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2
 
+from core.mesh import topb
+from core.mesh.model import Policy, Service, Workload
+from meshpb.istio import authorization_pb2 as authz
+from meshpb.istio import workload_pb2 as wl
+
 ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
 AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
 SERVED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
@@ -33,6 +38,27 @@ def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:
     # file gives the same versions, so reconnecting clients are sent nothing they already have.
     digest = hashlib.sha256(body.type_url.encode() + b"\0" + body.value).hexdigest()[:16]
     return Entry(digest, body, aliases)
+
+
+def pack(msg: wl.Address | authz.Authorization) -> any_pb2.Any:
+    out = any_pb2.Any()
+    # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
+    out.type_url = f"type.googleapis.com/{msg.DESCRIPTOR.full_name}"
+    out.value = msg.SerializeToString(deterministic=True)
+    return out
+
+
+def workload_entry(w: Workload) -> Entry:
+    # Aliases: ztunnel looks a workload up on demand as `network/ip`.
+    return make_entry(pack(topb.address(w)), tuple(f"{w.network}/{ip}" for ip in w.addresses))
+
+
+def service_entry(s: Service) -> Entry:
+    return make_entry(pack(topb.address(s)), tuple(f"{v.network}/{v.address}" for v in s.vips))
+
+
+def policy_entry(p: Policy) -> Entry:
+    return make_entry(pack(topb.policy(p)))
 
 
 @dataclass(frozen=True)

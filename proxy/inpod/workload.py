@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from core import sysctl
-from core.addr import plain_ip
+from core.addr import plain_ip, unmap
 from core.aio import cancel_and_wait
 from core.netns import addresses, entered
 from core.ports import TRANSPARENT_MARK
@@ -200,7 +200,7 @@ class PodProxy:
                     log.warning("accept_failed", uid=self.uid, error=str(exc), suppressed=n)
                 await asyncio.sleep(0.05)
                 continue
-            if direction == "tunnel" and ipaddress.ip_address(plain_ip(peer[0])).is_loopback:
+            if direction == "tunnel" and unmap(ipaddress.ip_address(peer[0])).is_loopback:
                 # HBONE comes from other pods' addresses, never from loopback: only a local
                 # process can be there, talking to the proxy's own port.
                 self.refuse(direction, "loop", sock, src=peer[:2], detail="loopback_client")
