@@ -1,12 +1,16 @@
 """`meshnode controlplane`: run the control plane (ADS + CA over TLS) from one source: Kubernetes
 and Istio manifests (`--config PATH`), the API server (`--kubeconfig FILE`, or the pod's
-service account when run in a pod with neither), or a mesh file (`--mesh FILE`)."""
+service account when run in a pod with neither)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controlplane.server import ControlPlaneConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +22,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--kubeconfig", metavar="FILE",
                      help="list and watch the API server this kubeconfig names (default in a "
                           "pod: its service account)")
-    src.add_argument("--mesh", metavar="FILE",
-                     help="mesh file (YAML): services, workloads, policies; watched for edits")
     p.add_argument("--root-namespace", default="istio-system", metavar="NS",
                    help="where mesh-wide AuthorizationPolicy and PeerAuthentication live "
                         "(Istio's rootNamespace; default istio-system)")
@@ -49,8 +51,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--print-node-token", metavar="NODE",
                    help="print the node token for NODE and exit (nothing is served)")
     p.add_argument("--check", action="store_true",
-                   help="validate the mesh file or the manifests and exit (0: good; else "
-                        "each problem as `Kind ns/name: field: reason`, exit 2)")
+                   help="read the source once, validate every object and its conversion, "
+                        "and exit (0: good; else each problem as `Kind ns/name: field: "
+                        "reason`, exit 2)")
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long in-flight calls get to finish before the "
                         "process exits (default 5; ADS streams are ended at once)")
@@ -62,10 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_controlplane(a: argparse.Namespace) -> int:
     from cli import daemon
     from cli.errors import UserError, check_flag_address
-    from controlplane import mesh, nodeauth, pki
+    from controlplane import nodeauth, pki
     from controlplane.ambient.options import Options
     from controlplane.auth import DEFAULT_TRUSTED_NODE_ACCOUNTS, parse_account
-    from controlplane.kube import manifests
     from controlplane.server import (
         DEFAULT_SERVER_NAMES,
         ControlPlane,
@@ -87,13 +89,12 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
             parse_account(account)
         except ValueError as exc:
             raise UserError(f"--trusted-node-account: {exc}") from None
-    chosen_in_cluster = not (a.config or a.kubeconfig or a.mesh)
+    chosen_in_cluster = not (a.config or a.kubeconfig)
     if chosen_in_cluster and not a.print_node_token and not in_cluster():
-        raise UserError("no source: give --config PATH, --kubeconfig FILE or --mesh FILE "
-                        "(with none, the control plane must run in a pod with a service "
-                        "account token)")
+        raise UserError("no source: give --config PATH or --kubeconfig FILE (with neither, "
+                        "the control plane must run in a pod with a service account token)")
     cfg = ControlPlaneConfig(
-        mesh=Path(a.mesh) if a.mesh else None, config=Path(a.config) if a.config else None,
+        config=Path(a.config) if a.config else None,
         kubeconfig=a.kubeconfig, in_cluster=chosen_in_cluster and not a.print_node_token,
         ambient=Options(cluster_id=a.cluster_id, root_namespace=a.root_namespace),
         address=a.address, trust_domain=a.trust_domain,
@@ -110,17 +111,9 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
                                 a.print_node_token))
             return 0
         if a.check:
-            if cfg.config is not None:
-                problems = manifests.check(cfg.config)
-                for line in problems:
-                    print(line)
-                return 2 if problems else 0
-            if cfg.mesh is None:
-                raise UserError("--check needs --config PATH or --mesh FILE")
-            mesh.load(cfg.mesh)
-            return 0
+            return _check(cfg)
         cp = ControlPlane(cfg)
-    except (mesh.MeshError, pki.PkiError) as exc:
+    except (SourceError, pki.PkiError) as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # a malformed token key file, a bad --metrics-address
         raise UserError(str(exc)) from None
@@ -128,3 +121,23 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)
     except SourceError as exc:
         raise UserError(str(exc)) from None
+
+
+def _check(cfg: ControlPlaneConfig) -> int:
+    """`--check`: print each problem of the source's objects; exit 2 if there is any."""
+    import asyncio
+
+    from cli.errors import UserError
+    from controlplane.check import CheckError, check_cluster, check_config
+    from core import logs
+
+    # The problems are the output; the conversion's own log lines say the same again.
+    logs.configure("error")
+    try:
+        problems = (check_config(cfg.config, cfg.ambient) if cfg.config is not None
+                    else asyncio.run(check_cluster(cfg.kubeconfig or "", cfg.ambient)))
+    except CheckError as exc:
+        raise UserError(str(exc)) from None
+    for line in problems:
+        print(line)
+    return 2 if problems else 0

@@ -5,7 +5,6 @@ metrics on a monitoring port. Its one source of the mesh:
   kube/       Kubernetes and Istio objects: manifests (`--config PATH`) or the API server
               (`--kubeconfig FILE`, in-cluster), into one object store
   ambient/    objects -> the mesh model, as istiod's ambient index, incrementally
-  mesh.py     the older mesh-file format (`--mesh FILE`)
 
 Imports `core` and `meshpb`; never `agent`, `proxy`, `cli`, `demo` or `testing`.
 """

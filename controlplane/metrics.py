@@ -18,7 +18,7 @@ ADS_CLIENTS = Gauge(
 PUSHES = Counter(
     "meshnode_controlplane_xds_pushes",
     "Delta ADS responses sent, by type URL and trigger (request: an answer to a "
-    "subscription; change: a mesh file change)", ["type_url", "trigger"], registry=REGISTRY)
+    "subscription; change: a change of the objects)", ["type_url", "trigger"], registry=REGISTRY)
 NACKS = Counter(
     "meshnode_controlplane_xds_nacks",
     "Delta ADS responses refused by a client (requests with error_detail), by type URL",
@@ -32,19 +32,6 @@ CSR_SIGNED = Counter(
 CSR_REFUSED = Counter(
     "meshnode_controlplane_csr_refused", "CreateCertificate requests refused, by reason",
     ["reason"], registry=REGISTRY)
-MESH_RELOADS = Counter(
-    "meshnode_controlplane_mesh_reloads",
-    "Mesh file reloads after a change on disk, by result (ok: served; error: unreadable or "
-    "invalid, the last good mesh stays served)", ["result"], registry=REGISTRY)
-MESH_READS_HELD_BACK = Counter(
-    "meshnode_controlplane_mesh_reads_held_back",
-    "Mesh file reads not acted on at once because they would take resources away (a file "
-    "caught mid-write looks like this): re-read after a pause, acted on only once stable; "
-    "by reason (empty, invalid, unreadable, removes)", ["reason"], registry=REGISTRY)
-MESH_FILE_VALID = Gauge(
-    "meshnode_controlplane_mesh_file_valid",
-    "1 when the mesh file on disk is the one served; 0 after a rejected or unreadable edit",
-    registry=REGISTRY)
 MESH_VERSION = Gauge(
     "meshnode_controlplane_mesh_version",
     "The served push version (system_version_info): +1 on every change that moved a resource",
@@ -55,8 +42,8 @@ MESH_LOADED = Gauge(
     registry=REGISTRY)
 PUSH_LATENCY = Histogram(
     "meshnode_controlplane_push_latency_seconds",
-    "From the mesh file change (first inotify event of the burst) to a push handed to gRPC, "
-    "per stream and type", registry=REGISTRY,
+    "From the change of the objects (the watch event, or the first inotify event of a file "
+    "edit) to a push handed to gRPC, per stream and type", registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 # `reason` values of CSR_REFUSED (bounded: the messages themselves go to the log).
@@ -78,13 +65,3 @@ for _t in SERVED_TYPES:
         PUSHES.labels(type_url=_t, trigger=_trigger)
 for _reason in REFUSAL_REASONS:
     CSR_REFUSED.labels(reason=_reason)
-for _result in ("ok", "error"):
-    MESH_RELOADS.labels(result=_result)
-# `reason` values of MESH_READS_HELD_BACK.
-HELD_EMPTY = "empty"            # no content, while a non-empty mesh is served
-HELD_INVALID = "invalid"        # does not parse or validate (a partial document)
-HELD_UNREADABLE = "unreadable"  # gone or unreadable (a delete-then-create swap)
-HELD_REMOVES = "removes"        # valid, but served resources would be removed
-HELD_BACK_REASONS = (HELD_EMPTY, HELD_INVALID, HELD_UNREADABLE, HELD_REMOVES)
-for _reason in HELD_BACK_REASONS:
-    MESH_READS_HELD_BACK.labels(reason=_reason)

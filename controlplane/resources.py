@@ -59,23 +59,3 @@ def service_entry(s: Service) -> Entry:
 
 def policy_entry(p: Policy) -> Entry:
     return make_entry(pack(topb.policy(p)))
-
-
-@dataclass(frozen=True)
-class Delta:
-    updated: list[str]
-    removed: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.updated or self.removed)
-
-
-def diff(old: dict[str, Entry], new: dict[str, Entry]) -> Delta:
-    """Names whose content changed or appeared, and names that disappeared."""
-    updated = sorted(n for n, e in new.items() if n not in old or old[n].version != e.version)
-    removed = sorted(n for n in old if n not in new)
-    return Delta(updated, removed)
-
-
-def empty_snapshot() -> Snapshot:
-    return {t: {} for t in SERVED_TYPES}

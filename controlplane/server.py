@@ -1,11 +1,10 @@
 """The control plane process: Delta ADS and the CA on one TLS gRPC port, plus its source.
 
 One source of the mesh, exactly one of:
-- `mesh`: a mesh file (MeshStore), watched;
 - `config`: a file or directory of Kubernetes and Istio manifests (controlplane/kube), watched;
 - `kubeconfig` (or `in_cluster`): the API server, listed and watched per kind.
-The last two fill an ObjectStore, which the ambient index (controlplane/ambient) converts
-into the served resources (AmbientStore), incrementally.
+Either fills an ObjectStore, which the ambient index (controlplane/ambient) converts into the
+served resources (AmbientStore), incrementally.
 
 One port (Istio's 15012, "XDS and CA over TLS") carries both services, as istiod does; the
 server certificate is signed by the CA root, so node agents need only `root-cert.pem`. A second,
@@ -39,9 +38,6 @@ from controlplane.kube.informer import KubeInformers
 from controlplane.kube.manifests import ManifestWatcher
 from controlplane.kube.objects import ObjectStore
 from controlplane.kube.tokenreview import TokenReviewer
-from controlplane.mesh import MeshError, parse
-from controlplane.store import MeshStore, ServedStore
-from controlplane.watch import MeshWatcher
 from core import addr
 
 log = structlog.get_logger("controlplane")
@@ -52,13 +48,13 @@ DEFAULT_DRAIN_SECONDS = 5.0
 
 
 class SourceError(Exception):
-    """The mesh's source cannot be used (a bad kubeconfig, no service-account token)."""
+    """The mesh's source cannot be used (an unreadable manifests path, a bad kubeconfig, no
+    service-account token)."""
 
 
 @dataclass
 class ControlPlaneConfig:
     # The source: exactly one of these (in_cluster: the pod's service account).
-    mesh: Path | None = None
     config: Path | None = None
     kubeconfig: str | None = None
     in_cluster: bool = False
@@ -100,7 +96,8 @@ class ControlPlaneConfig:
 
 
 class ControlPlane:
-    """Build with a config (raises MeshError / PkiError on bad input), then `start()`."""
+    """Build with a config (raises SourceError / PkiError / ValueError on bad input), then
+    `start()`."""
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
@@ -108,24 +105,14 @@ class ControlPlane:
         _check_listen("address", config.address)
         self._metrics_at = (_check_listen("metrics_address", config.metrics_address)
                             if config.metrics_address is not None else None)
-        chosen = [name for name, on in (("mesh", config.mesh is not None),
-                                         ("config", config.config is not None),
+        chosen = [name for name, on in (("config", config.config is not None),
                                          ("kubeconfig", config.kubeconfig is not None),
                                          ("in_cluster", config.in_cluster)) if on]
         if len(chosen) != 1:
-            raise ValueError("exactly one source: a mesh file, a manifests path (config) or "
-                             f"the API server (kubeconfig or in-cluster); got {chosen or 'none'}")
-        self.objects: ObjectStore | None = None
+            raise ValueError("exactly one source: a manifests path (config) or the API "
+                             f"server (kubeconfig or in-cluster); got {chosen or 'none'}")
         self.manifests: ManifestWatcher | None = None
         self.informers: KubeInformers | None = None
-        self.watcher: MeshWatcher | None = None
-        mesh = served = None
-        if config.mesh is not None:
-            try:
-                served = config.mesh.read_bytes()
-            except OSError as exc:
-                raise MeshError(f"{config.mesh}: cannot read: {exc.strerror}") from None
-            mesh = parse(served.decode(errors="replace"), str(config.mesh))
         if (config.root_cert is None) != (config.root_key is None):
             raise pki.PkiError("--root-cert and --root-key go together")
         if config.root_cert is not None and config.root_key is not None:
@@ -134,21 +121,16 @@ class ControlPlane:
             self.root = pki.load_or_create_root(config.root_cert_path, config.root_key_path,
                                                 config.trust_domain)
         self.token_key = nodeauth.load_or_create_key(config.token_key_path)
-        self.store: ServedStore
-        if config.mesh is not None and mesh is not None and served is not None:
-            self.store = MeshStore(mesh, config.trust_domain)
-            self.watcher = MeshWatcher(config.mesh, self.store, served)
-        else:
-            self.objects = ObjectStore()
-            if config.config is not None:
-                self.manifests = ManifestWatcher(config.config, self.objects)
-                try:
-                    self.manifests.load()  # bad objects are logged and skipped, not fatal
-                except OSError as exc:
-                    raise MeshError(f"{config.config}: cannot read: "
-                                    f"{exc.strerror or exc}") from None
-            opts = dataclasses.replace(config.ambient, trust_domain=config.trust_domain)
-            self.store = AmbientStore(Index(self.objects, opts), config.trust_domain)
+        self.objects = ObjectStore()
+        if config.config is not None:
+            self.manifests = ManifestWatcher(config.config, self.objects)
+            try:
+                self.manifests.load()  # bad objects are logged and skipped, not fatal
+            except OSError as exc:
+                raise SourceError(f"{config.config}: cannot read: "
+                                  f"{exc.strerror or exc}") from None
+        opts = dataclasses.replace(config.ambient, trust_domain=config.trust_domain)
+        self.store = AmbientStore(Index(self.objects, opts), config.trust_domain)
         self.auth = Authenticator(self.token_key, config.trusted_node_accounts,
                                   cluster_id=config.ambient.cluster_id)
         self.ads = AdsService(self.store, self.auth)
@@ -168,7 +150,7 @@ class ControlPlane:
 
         An API-server source is listed whole before anything is served: a replica that
         answered with half the cluster would make a reconnecting agent remove the rest."""
-        if self.objects is not None and self.manifests is None:
+        if self.manifests is None:
             await self._start_informers()
         server = grpc.aio.server(options=[
             # Big snapshots: ztunnel accepts up to 200 MiB, so should we.
@@ -198,7 +180,7 @@ class ControlPlane:
                                   f"{exc.strerror or exc}") from None
                 raise
         await self._start_source()
-        workloads, services, policies = self._counts()
+        workloads, services, policies = self.store.counts
         log.info("controlplane_serving", address=self.config.address, port=self.port,
                  metrics_address=self.config.metrics_address, metrics_port=self.metrics_port,
                  trust_domain=self.config.trust_domain, root_cert=str(self.config.root_cert_path),
@@ -207,15 +189,12 @@ class ControlPlane:
         return self.port
 
     async def _start_source(self) -> None:
-        if self.watcher is not None:
-            self._watch_task = asyncio.create_task(self.watcher.run(), name="mesh-watch")
-        elif self.manifests is not None:
+        if self.manifests is not None:
             self._watch_task = asyncio.create_task(self.manifests.run(), name="manifests-watch")
         if self._watch_task is not None:
             self._watch_task.add_done_callback(_watch_ended)
 
     async def _start_informers(self) -> None:
-        assert self.objects is not None
         try:
             self.informers = await KubeInformers.connect(self.config.kubeconfig or "",
                                                          self.objects)
@@ -234,18 +213,9 @@ class ControlPlane:
             raise
 
     def _source_name(self) -> str:
-        if self.watcher is not None:
-            return f"mesh:{self.config.mesh}"
         if self.manifests is not None:
             return f"config:{self.config.config}"
         return f"kubeconfig:{self.config.kubeconfig}" if self.config.kubeconfig else "in-cluster"
-
-    def _counts(self) -> tuple[int, int, int]:
-        if isinstance(self.store, MeshStore):
-            m = self.store.mesh
-            return len(m.workloads), len(m.services), len(m.policies)
-        assert isinstance(self.store, AmbientStore)
-        return self.store.counts
 
     def ready(self) -> bool:
         """ADS and the CA are served and the source has been read whole (what /readyz

@@ -1,8 +1,8 @@
 """The served state: named, versioned resources, and who to wake when they change.
 
-`ServedStore` is what the ADS streams and the CA read, whatever the source. `MeshStore` fills
-it from a mesh file; controlplane/objectstore.py's `ObjectsStore` from Kubernetes and Istio
-objects (a manifests directory or the API server).
+`ServedStore` is what the ADS streams and the CA read; controlplane/ambientstore.py's
+`AmbientStore` fills it from Kubernetes and Istio objects (a manifests directory or the API
+server), one change at a time.
 """
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import structlog
-
-from controlplane import convert, metrics
-from controlplane.mesh import Mesh
-from controlplane.resources import SERVED_TYPES, Changes, Delta, Entry, Snapshot, diff
-
-log = structlog.get_logger("controlplane")
+from controlplane import metrics
+from controlplane.resources import SERVED_TYPES, Changes, Entry, Snapshot
 
 # The change log is trimmed (of what every feed has read) once it holds this many changes,
 # then again whenever it has doubled.
@@ -50,7 +45,6 @@ class ServedStore:
         # time.monotonic() of the change behind the served version (push latency is measured
         # from it); None until a change after start.
         self.changed_at: float | None = None
-        self._waiters: set[asyncio.Event] = set()
         # Every change while a feed is open: (type URL, name, version served before or None).
         # _log[0] is change number _log_start; what every feed has read is dropped (_trim).
         self._log: list[tuple[str, str, str | None]] = []
@@ -99,8 +93,6 @@ class ServedStore:
         self.changed_at = time.monotonic() if changed_at is None else changed_at
         self._export()
         self._trim()
-        for ev in self._waiters:
-            ev.set()
         for f in self._feeds:
             f.event.set()
 
@@ -136,10 +128,6 @@ class ServedStore:
         self._log_start = low
         self._trim_at = max(LOG_TRIM, 2 * len(self._log))
 
-    @property
-    def empty(self) -> bool:
-        return not any(self.snapshot.values())
-
     def _export(self) -> None:
         metrics.MESH_VERSION.set(self.version)
         for type_url in SERVED_TYPES:
@@ -149,22 +137,8 @@ class ServedStore:
         """The process is stopping: wake every ADS stream, which sees `closed` and ends
         cleanly (its client gets status OK and reconnects) instead of being cut."""
         self.closed = True
-        for ev in self._waiters:
-            ev.set()
         for f in self._feeds:
             f.event.set()
-
-    @contextmanager
-    def changes(self) -> Iterator[asyncio.Event]:
-        """An event set on every change; each ADS stream computes its own delta when woken."""
-        ev = asyncio.Event()
-        if self.closed:
-            ev.set()  # a stream that slipped in while stopping ends at once
-        self._waiters.add(ev)
-        try:
-            yield ev
-        finally:
-            self._waiters.discard(ev)
 
     @contextmanager
     def feed(self) -> Iterator[ChangeFeed]:
@@ -181,45 +155,3 @@ class ServedStore:
                 self._log_start = self.log_end
                 self._log.clear()
                 self._trim_at = LOG_TRIM
-
-
-class MeshStore(ServedStore):
-    """Served from a mesh file: every edit is converted whole and diffed."""
-
-    def __init__(self, mesh: Mesh, trust_domain: str) -> None:
-        _warn_test_hook(mesh)
-        self.mesh = mesh
-        super().__init__(convert.snapshot(mesh, trust_domain), trust_domain)
-
-    def has_identity_on_node(self, namespace: str, service_account: str, node: str) -> bool:
-        return self.mesh.has_identity_on_node(namespace, service_account, node)
-
-    def update(self, mesh: Mesh, changed_at: float | None = None) -> dict[str, Delta]:
-        """Swap in a new mesh; returns the per-type delta (empty: nothing to push).
-        `changed_at`: time.monotonic() when the file changed (default: now)."""
-        _warn_test_hook(mesh)
-        new = convert.snapshot(mesh, self.trust_domain)
-        deltas = {t: diff(self.snapshot.get(t, {}), entries) for t, entries in new.items()}
-        self.mesh = mesh
-        metrics.MESH_LOADED.set(time.time())
-        if not any(deltas.values()):
-            return {}
-        for t, d in deltas.items():
-            old = self.snapshot.get(t, {})
-            for name in (*d.updated, *d.removed):
-                self._record(t, name, old.get(name))
-        self.snapshot = new
-        self._changed(changed_at)
-        return {t: d for t, d in deltas.items() if d}
-
-    def removals(self, mesh: Mesh) -> int:
-        """How many served resources `mesh` would take away (what a half-written file looks
-        like: the watch holds such a read back until it is stable)."""
-        new = convert.snapshot(mesh, self.trust_domain)
-        return sum(len(diff(entries, new.get(t, {})).removed)
-                   for t, entries in self.snapshot.items())
-
-
-def _warn_test_hook(mesh: Mesh) -> None:
-    if mesh.malformed:
-        log.warning("test_hook_malformed_resources", names=[m.name for m in mesh.malformed])

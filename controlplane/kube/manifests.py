@@ -280,14 +280,6 @@ def load(path: Path) -> Manifests:
     return merge(read_file(p) for p in files)
 
 
-def check(path: Path) -> list[str]:
-    """`meshnode controlplane --check --config PATH`: one line per problem, [] if none:
-    `FILE:LINE: reason` for what does not parse, `Kind ns/name: field: reason` for an object
-    that fails its schema. Duplicates are not problems (kubectl applies both, the last wins);
-    `load(path).warnings` has them."""
-    return load(path).errors
-
-
 # ---- serving and watching --------------------------------------------------------------
 
 
