@@ -646,8 +646,8 @@ class Index:
             self._note(self._errors, "authz", src, [])
             self._note(self._warnings, "authz", src, [])
             return None
-        info: AuthzInfo | None = self._guard(
-            "authz", src, lambda n: policies.authorization_policy(obj, self.opts, n.warnings))
+        info: AuthzInfo | None = self._guard("authz", src, lambda n: (
+            policies.authorization_policy(obj, self.opts, n.warnings, n.errors)))
         if info is not None:
             self._authz[(ns, name)] = info
             if info.selector is not None:

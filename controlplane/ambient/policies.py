@@ -16,11 +16,19 @@ handleRule; testdata allow-full, allow-groups, deny-groups).
   dropped, so the rule denies more; a Match left with no field is kept but matches nothing
   (ztunnel, and proxy/authz.py, skip an empty Match), so a DENY rule whose only condition was
   HTTP-only has no effect. Each case is reported as a warning, as istiod reports it in the
-  policy's status.
+  policy's status;
+- a value that does not convert (a port that is not a number, an IP or CIDR that is not one)
+  is reported as an error and the policy is still served, never less restrictive than
+  written: in an ALLOW policy the rule holding it is omitted (it allows nothing); in a DENY
+  policy it is read as "any" (its field no longer narrows the match; a `not` field only loses
+  that value), and a Match left with no field then matches every connection (sources
+  0.0.0.0/0 and ::/0) instead of none. istiod drops such a value silently, which turns
+  `ipBlocks: [<typo>]` into a DENY that denies nothing; skipping the policy would too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +54,8 @@ _HTTP_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPa
 _HTTP_SOURCE = ("remoteIpBlocks", "notRemoteIpBlocks", "requestPrincipals",
                 "notRequestPrincipals")
 T = TypeVar("T")
+# Every source address: what a DENY Match reads as when its only conditions were bad values.
+ANY_SOURCE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,45 @@ def _each(d: dict[str, Any], key: str, field: str, conv: Callable[[Any, str], T]
                  for i, x in enumerate(read.items(d.get(key), f"{field}.{key}")))
 
 
+class _Values:
+    """Reads the values of one rule. A value that does not convert is left out and its error
+    kept in `bad`; `positive` reads such a field as "any" (nothing), `negative` keeps the
+    values that did convert. `widened`: a positive field of the Match being read was."""
+
+    def __init__(self) -> None:
+        self.bad: list[str] = []
+        self.widened = False
+
+    def _each(self, d: dict[str, Any], key: str, field: str,
+              conv: Callable[[Any, str], T]) -> tuple[tuple[T, ...], bool]:
+        out: list[T] = []
+        ok = True
+        for i, x in enumerate(read.items(d.get(key), f"{field}.{key}")):
+            try:
+                out.append(conv(x, f"{field}.{key}[{i}]"))
+            except read.Bad as e:
+                self.bad.append(str(e))
+                ok = False
+        return tuple(out), ok
+
+    def positive(self, d: dict[str, Any], key: str, field: str,
+                 conv: Callable[[Any, str], T]) -> tuple[T, ...]:
+        values, ok = self._each(d, key, field, conv)
+        if not ok:
+            self.widened = True
+            return ()
+        return values
+
+    def negative(self, d: dict[str, Any], key: str, field: str,
+                 conv: Callable[[Any, str], T]) -> tuple[T, ...]:
+        return self._each(d, key, field, conv)[0]
+
+    def match(self, m: Match) -> Match:
+        """`m`, read as every connection if only bad values narrowed it (then resets)."""
+        widened, self.widened = self.widened, False
+        return Match(source_ips=ANY_SOURCE) if widened and m.is_empty() else m
+
+
 def _string_match(v: Any, field: str) -> StringMatch:
     return pattern(read.string(v, field))
 
@@ -94,34 +143,36 @@ def _service_account(namespace: str) -> Callable[[Any, str], ServiceAccountMatch
     return conv
 
 
-def _rule(raw: Any, field: str, namespace: str, allow: bool,
-          http: set[str]) -> tuple[Rule, ...] | None:
+def _rule(raw: Any, field: str, namespace: str, allow: bool, http: set[str],
+          errors: list[str]) -> tuple[Rule, ...] | None:
     """One AuthorizationPolicy rule -> the Rules of its Group, or None when an ALLOW rule uses
-    HTTP attributes (it is dropped). HTTP attributes found are added to `http`."""
+    HTTP attributes or holds a bad value (it is dropped). HTTP attributes found are added to
+    `http`, bad values (with what was done instead) to `errors`."""
     r = read.mapping(raw, field)
     found: set[str] = set()
+    v = _Values()
     to_matches, from_matches = [], []
     for i, t in enumerate(read.items(r.get("to"), f"{field}.to")):
         f = f"{field}.to[{i}].operation"
         op = read.mapping(read.mapping(t, f"{field}.to[{i}]").get("operation"), f)
         found.update(k for k in _HTTP_OPERATION if read.items(op.get(k), f"{f}.{k}"))
-        to_matches.append(Match(destination_ports=_each(op, "ports", f, read.port_text),
-                                not_destination_ports=_each(op, "notPorts", f,
-                                                            read.port_text)))
+        to_matches.append(v.match(Match(
+            destination_ports=v.positive(op, "ports", f, read.port_text),
+            not_destination_ports=v.negative(op, "notPorts", f, read.port_text))))
     for i, s in enumerate(read.items(r.get("from"), f"{field}.from")):
         f = f"{field}.from[{i}].source"
         src = read.mapping(read.mapping(s, f"{field}.from[{i}]").get("source"), f)
         found.update(k for k in _HTTP_SOURCE if read.items(src.get(k), f"{f}.{k}"))
-        from_matches.append(Match(
-            source_ips=_each(src, "ipBlocks", f, read.cidr),
-            not_source_ips=_each(src, "notIpBlocks", f, read.cidr),
+        from_matches.append(v.match(Match(
+            source_ips=v.positive(src, "ipBlocks", f, read.cidr),
+            not_source_ips=v.negative(src, "notIpBlocks", f, read.cidr),
             namespaces=_each(src, "namespaces", f, _string_match),
             not_namespaces=_each(src, "notNamespaces", f, _string_match),
             service_accounts=_each(src, "serviceAccounts", f, _service_account(namespace)),
             not_service_accounts=_each(src, "notServiceAccounts", f,
                                        _service_account(namespace)),
             principals=_each(src, "principals", f, _string_match),
-            not_principals=_each(src, "notPrincipals", f, _string_match)))
+            not_principals=_each(src, "notPrincipals", f, _string_match))))
     rules = []
     if to_matches:
         rules.append(Rule(tuple(to_matches)))
@@ -135,14 +186,17 @@ def _rule(raw: Any, field: str, namespace: str, allow: bool,
             raise read.Bad(f"{f}.key", "missing")
         if key not in L4_WHEN_KEYS:
             found.add(key)
-        rules.append(Rule((_when(key, w, f),)))
+        rules.append(Rule((v.match(_when(key, w, f, v)),)))
     http.update(found)
-    if allow and found:
+    how = ("the rule is omitted (it allows nothing)" if allow
+           else "read as any value (the rule denies more)")
+    errors.extend(f"{b}; {how}" for b in v.bad)
+    if allow and (found or v.bad):
         return None
     return tuple(rules)
 
 
-def _when(key: str, w: dict[str, Any], f: str) -> Match:
+def _when(key: str, w: dict[str, Any], f: str, v: _Values) -> Match:
     """The Match of one `when` condition: its values in the positive field for the key, its
     notValues in the negative one (nothing for an HTTP-only key: an empty Match)."""
     if key in ("source.namespace", "source.principal"):
@@ -151,13 +205,14 @@ def _when(key: str, w: dict[str, Any], f: str) -> Match:
             return Match(namespaces=pos, not_namespaces=neg)
         return Match(principals=pos, not_principals=neg)
     if key in ("source.ip", "destination.ip"):
-        pos_ip, neg_ip = (_each(w, k, f, read.cidr) for k in ("values", "notValues"))
+        pos_ip = v.positive(w, "values", f, read.cidr)
+        neg_ip = v.negative(w, "notValues", f, read.cidr)
         if key == "source.ip":
             return Match(source_ips=pos_ip, not_source_ips=neg_ip)
         return Match(destination_ips=pos_ip, not_destination_ips=neg_ip)
     if key == "destination.port":
-        return Match(destination_ports=_each(w, "values", f, read.port_text),
-                     not_destination_ports=_each(w, "notValues", f, read.port_text))
+        return Match(destination_ports=v.positive(w, "values", f, read.port_text),
+                     not_destination_ports=v.negative(w, "notValues", f, read.port_text))
     return Match()
 
 
@@ -172,11 +227,13 @@ def selector_of(spec: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
     return tuple(sorted(labels.items())) or None
 
 
-def authorization_policy(obj: dict[str, Any], opts: Options,
-                         warnings: list[str]) -> AuthzInfo | None:
+def authorization_policy(obj: dict[str, Any], opts: Options, warnings: list[str],
+                         errors: list[str] | None = None) -> AuthzInfo | None:
     """The converted policy, or None when ztunnel has no use for it (CUSTOM/AUDIT action,
-    targetRefs, dry-run with Options.dry_run_policies off); why goes to `warnings`.
-    A malformed policy raises read.Bad."""
+    targetRefs, dry-run with Options.dry_run_policies off); why goes to `warnings`. Values
+    that do not convert go to `errors` (the policy is served without them, see above); a
+    malformed policy (a wrong type, an unknown action) raises read.Bad."""
+    errors = [] if errors is None else errors
     name = read.name(obj)
     ns = read.namespace(obj)
     spec = read.spec(obj)
@@ -211,7 +268,8 @@ def authorization_policy(obj: dict[str, Any], opts: Options,
     http: set[str] = set()
     groups = []
     for i, raw in enumerate(read.items(spec.get("rules"), "spec.rules")):
-        rules = _rule(raw, f"spec.rules[{i}]", ns, action == PolicyAction.ALLOW, http)
+        rules = _rule(raw, f"spec.rules[{i}]", ns, action == PolicyAction.ALLOW, http,
+                      errors)
         if rules is not None:
             groups.append(Group(rules))
     if http:

@@ -35,7 +35,8 @@ NOT_AN_IP = policy("not-an-ip", action="DENY", rules=[{"from": [{"source": {
 BAD_ACTION = policy("bad-action", action="FOO")
 
 CONVERSION_LINE = ("AuthorizationPolicy shop/not-an-ip: spec.rules[0].from[0].source.ipBlocks[0]:"
-                   " '10.0.0.300/32' is not an IP address or CIDR")
+                   " '10.0.0.300/32' is not an IP address or CIDR; read as any value (the rule"
+                   " denies more)")
 SCHEMA_LINE = ('AuthorizationPolicy shop/bad-action: spec.action: Unsupported value: "FOO": '
                'supported values: "ALLOW", "DENY", "AUDIT", "CUSTOM"')
 

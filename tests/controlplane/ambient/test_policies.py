@@ -266,22 +266,55 @@ def test_dry_run() -> None:
 
 
 @pytest.mark.parametrize("spec,error", [
-    ({"rules": [{"to": [{"operation": {"ports": ["eighty"]}}]}]},
-     "spec.rules[0].to[0].operation.ports[0]: 'eighty' is not a port number"),
-    ({"rules": [{"to": [{"operation": {"ports": ["70000"]}}]}]},
-     "spec.rules[0].to[0].operation.ports[0]: 70000 is out of range 1-65535"),
-    ({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/33"]}}]}]},
-     "spec.rules[0].from[0].source.ipBlocks[0]: '10.0.0.0/33' is not an IP address or CIDR"),
-    ({"rules": [{"when": [{"key": "destination.ip", "values": ["nope"]}]}]},
-     "spec.rules[0].when[0].values[0]: 'nope' is not an IP address or CIDR"),
     ({"action": "REJECT"}, "spec.action: 'REJECT' is not ALLOW, DENY, AUDIT or CUSTOM"),
     ({"rules": {"from": []}}, "spec.rules: want a list, got a mapping"),
     ({"selector": {"matchLabels": {"app": 1}}}, "spec.selector.matchLabels.app: want a "
                                                 "string, got an integer"),
 ])
 def test_malformed(spec: dict[str, Any], error: str) -> None:
-    """A malformed policy is skipped, named with the field and why; its neighbours are not."""
+    """A malformed policy (a wrong type, an unknown action) is skipped, named with the field
+    and why; its neighbours are not."""
     state = convert(authorization_policy("bad", "ns", **spec),
                     authorization_policy("good", "ns", rules=[{}]))
     assert state.errors == (f"AuthorizationPolicy ns/bad: {error}",)
     assert set(state.policies) == {"ns/good"}
+
+
+ANY = nets("0.0.0.0/0", "::/0")
+BAD_VALUES = [
+    # (the rule, the error, the DENY rule's Rules as served)
+    ({"to": [{"operation": {"ports": ["eighty"]}}]},
+     "spec.rules[0].to[0].operation.ports[0]: 'eighty' is not a port number",
+     (Rule((Match(source_ips=ANY),)),)),
+    ({"to": [{"operation": {"ports": ["70000", "8080"]}}]},
+     "spec.rules[0].to[0].operation.ports[0]: 70000 is out of range 1-65535",
+     (Rule((Match(source_ips=ANY),)),)),
+    ({"from": [{"source": {"ipBlocks": ["10.0.0.0/33"], "principals": ["cluster.local/*"]}}]},
+     "spec.rules[0].from[0].source.ipBlocks[0]: '10.0.0.0/33' is not an IP address or CIDR",
+     (Rule((Match(principals=sm("cluster.local/*")),)),)),
+    ({"from": [{"source": {"notIpBlocks": ["10.1.0.0/16", "nope"]}}]},
+     "spec.rules[0].from[0].source.notIpBlocks[1]: 'nope' is not an IP address or CIDR",
+     (Rule((Match(not_source_ips=nets("10.1.0.0/16")),)),)),
+    ({"when": [{"key": "destination.ip", "values": ["nope"]}]},
+     "spec.rules[0].when[0].values[0]: 'nope' is not an IP address or CIDR",
+     (Rule((Match(source_ips=ANY),)),)),
+]
+
+
+@pytest.mark.parametrize("rule,error,deny_rules", BAD_VALUES)
+def test_bad_value_never_makes_a_policy_less_restrictive(
+        rule: dict[str, Any], error: str, deny_rules: tuple[Rule, ...]) -> None:
+    """A value that does not convert is named as an error, and the policy is still served:
+    an ALLOW policy without that rule (it allows nothing: the workload stays under an ALLOW
+    policy), a DENY policy reading it as any value (it denies more; a `not` field only
+    loses the value). Skipping the policy, or dropping the value as istiod does, would turn
+    a DENY with a typo into one that denies nothing."""
+    allow = convert(authorization_policy("p", "ns", selector={"matchLabels": {"app": "a"}},
+                                         rules=[rule, {}]))
+    assert allow.errors == (f"AuthorizationPolicy ns/p: {error}; the rule is omitted "
+                            "(it allows nothing)",)
+    assert allow.policies["ns/p"].groups == (Group(()),)  # only the valid rule `{}` is left
+    deny = convert(authorization_policy("p", "ns", action="DENY", rules=[rule]))
+    assert deny.errors == (f"AuthorizationPolicy ns/p: {error}; read as any value (the rule "
+                           "denies more)",)
+    assert deny.policies["ns/p"].groups == (Group(deny_rules),)
