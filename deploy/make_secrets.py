@@ -12,7 +12,7 @@ Secrets (namespace meshnode-system):
 
 The last only with nodes (--node, --nodes-from-kubectl): the manifests' agents authenticate
 with a projected service-account token, which the control plane checks with the API server;
-node tokens are for a control plane without one (--mesh, --config; Helm
+node tokens are for a control plane without one (--config; Helm
 controlplane.agentCredential=nodeToken).
 
 `--dir` keeps the CA root and the token key (0600) so that a later run (a new node) reuses
