@@ -6,6 +6,8 @@ link, each node's agent + proxy inside the node's netns, one control plane in it
 reached over the node network). First direct (pods not enrolled), then
 a → service VIP → b through both proxies over HBONE. Latency is sockperf's TCP ping-pong
 (1 KiB, one persistent connection, p50/p99 round trip); throughput is one iperf3 stream.
+The control plane learns the mesh from Kubernetes manifests (`--config`): the ambient
+namespace, the two Nodes, pods a and b, and a Service on the VIP.
 
 Snapshot: a realistic 10k and 100k-workload Delta ADS response (tests/xds/test_memory.py's
 shape) applied through the agent's client: memory per workload (deep size of the client),
@@ -33,15 +35,18 @@ from core.bpf import PIN_DIR_ENV
 from testing.lab import Lab, Node
 
 
-def _mesh_file(a: Node, b: Node, vip: str) -> dict[str, Any]:
-    return {"services": [{"name": "bench", "namespace": "default", "vips": [vip],
-                          "ports": [{"port": p} for p in PORTS.values()],
-                          "selector": {"app": "bench"}}],
-            "workloads": [
-                {"name": "client", "namespace": "default", "service_account": "client",
-                 "ips": [a.ip4], "node": "node1", "labels": {"app": "client"}},
-                {"name": "server", "namespace": "default", "service_account": "server",
-                 "ips": [b.ip4], "node": "node2", "labels": {"app": "bench"}}]}
+def _manifests(a: Node, b: Node, vip: str) -> list[dict[str, Any]]:
+    """The ambient namespace default, node1 and node2, pods client (a, node1) and server
+    (b, node2), and the Service bench on `vip` selecting the server, on the tools' ports."""
+    from testing import mesh_manifests as k8s
+
+    return [*k8s.two_nodes(),
+            k8s.service("bench", vip, [(p, p) for p in PORTS.values()],
+                        selector={"app": "bench"}),
+            k8s.pod("client", a.ip4, "node1", service_account="client",
+                    labels={"app": "client"}),
+            k8s.pod("server", b.ip4, "node2", service_account="server",
+                    labels={"app": "bench"}, ports=list(PORTS.values()))]
 
 
 def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
@@ -122,7 +127,7 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
 
             run_all("direct", t.b.ip4)
             cp = ControlPlaneProc(Path(tmp) / "cp", t.cp)
-            cp.write_mesh(_mesh_file(t.a, t.b, VIP))
+            cp.write_manifests("mesh.yaml", *_manifests(t.a, t.b, VIP))
             started.append(cp)  # before start(): a failed start still gets stopped
             cp.start()
             # Both mesh rows run in this one lab, against the one direct row above: the same

@@ -1,26 +1,25 @@
 """The two-node lab's mesh as Kubernetes and Istio objects, for `meshnode controlplane --config
-DIR` (testing/mesh_procs.py's `ControlPlaneProc(..., manifests=True)`).
+DIR` (testing/mesh_procs.py's `ControlPlaneProc`).
 
-What the mesh file says per workload, service and policy is said here the way a cluster says
-it, and the control plane converts it as istiod's ambient index does:
+What a two-node lab needs per workload, service and policy, said the way a cluster says it
+(the control plane converts it as istiod's ambient index does):
 
-| mesh file                                  | here                                           |
+| the lab needs                              | here                                           |
 |--------------------------------------------|------------------------------------------------|
-| workload `name`, `namespace`, `uid`        | Pod `metadata.name`/`namespace`; the uid is    |
-|                                            | `Kubernetes//Pod/<ns>/<name>`, as the mesh     |
-|                                            | file's default                                 |
-| `service_account`, `node`, `ips`, `labels` | `spec.serviceAccountName`, `spec.nodeName`,    |
+| a workload's name, namespace, uid          | Pod `metadata.name`/`namespace`; the served    |
+|                                            | uid is `Kubernetes//Pod/<ns>/<name>`           |
+| its service account, node, IPs, labels     | `spec.serviceAccountName`, `spec.nodeName`,    |
 |                                            | `status.podIP(s)`, `metadata.labels`           |
-| `status: healthy / unhealthy`              | the Ready condition True / False               |
-| `tunnel: hbone`                            | `istio.io/dataplane-mode: ambient` on the      |
+| healthy or not                             | the Ready condition True / False               |
+| reached over HBONE                         | `istio.io/dataplane-mode: ambient` on the      |
 |                                            | Namespace (or the Pod)                         |
-| `locality`                                 | the Node's topology labels                     |
-| service `vips`, `ports`, `selector`        | Service `spec.clusterIP`, `ports` (`port`,     |
+| locality                                   | the Node's topology labels                     |
+| a service's VIP, ports, selector           | Service `spec.clusterIP`, `ports` (`port`,     |
 |                                            | `targetPort`), `selector`                      |
-| `load_balancing`                           | `internalTrafficPolicy: Local` (strict [node]), |
+| locality-aware load balancing              | `internalTrafficPolicy: Local` (strict [node]),|
 |                                            | `trafficDistribution` (failover [network,      |
 |                                            | region, zone(, subzone, node)])                |
-| policies                                   | AuthorizationPolicy (security.istio.io/v1)     |
+| L4 policies                                | AuthorizationPolicy (security.istio.io/v1)     |
 
 `write(directory, name, *docs)` writes a file the way an editor or `kubectl apply` would leave
 it for the watcher: complete, never half-written (written under a dot-name, which the
@@ -45,8 +44,7 @@ SUBZONE = "topology.istio.io/subzone"
 
 
 def namespace(name: str, ambient: bool = True) -> Obj:
-    """A Namespace; `ambient`: its pods are reached over HBONE (the mesh file's `tunnel:
-    hbone`, the default there)."""
+    """A Namespace; `ambient`: its pods are enrolled and reached over HBONE."""
     meta: Obj = {"name": name}
     if ambient:
         meta["labels"] = dict(AMBIENT)
@@ -54,7 +52,7 @@ def namespace(name: str, ambient: bool = True) -> Obj:
 
 
 def node(name: str, locality: Mapping[str, str] | None = None) -> Obj:
-    """A Node; `locality` as the mesh file writes it ({region, zone, subzone}) becomes the
+    """A Node; `locality` ({region, zone, subzone}) becomes the
     topology labels every pod on the node inherits."""
     labels = {key: (locality or {})[part]
               for part, key in (("region", REGION), ("zone", ZONE), ("subzone", SUBZONE))

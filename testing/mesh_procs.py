@@ -70,22 +70,18 @@ class ControlPlaneProc:
     """`meshnode controlplane` inside `netns`, listening on that netns' address; its server
     certificate names that address, so the agents verify it without a name override.
 
-    Its source is the mesh file `workdir/mesh.yaml` (`--mesh`, `write_mesh`), or with
-    `manifests=True` the directory `workdir/manifests` of Kubernetes and Istio objects
+    Its source is the directory `workdir/manifests` of Kubernetes and Istio objects
     (`--config`; `write_manifests`, `remove_manifests`, testing/mesh_manifests.py)."""
 
     workdir: Path
     netns: Node
     port: int = CONTROL_PLANE_PORT
-    manifests: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.mesh = self.workdir / "mesh.yaml"
         self.config = self.workdir / "manifests"
-        if self.manifests:
-            self.config.mkdir(exist_ok=True)
+        self.config.mkdir(exist_ok=True)
         self.state = self.workdir / "state"
         self.log = self.workdir / "controlplane.log"
 
@@ -94,8 +90,7 @@ class ControlPlaneProc:
         return f"{self.netns.ip4}:{self.port}"
 
     def _cmd(self, *extra: str) -> list[str]:
-        source = ["--config", str(self.config)] if self.manifests else ["--mesh", str(self.mesh)]
-        return [sys.executable, "-m", "cli.main", "controlplane", *source,
+        return [sys.executable, "-m", "cli.main", "controlplane", "--config", str(self.config),
                 "--state-dir", str(self.state), "--address", self.address,
                 "--server-name", "meshnode-controlplane", "--server-name", self.netns.ip4,
                 *extra]
@@ -124,21 +119,13 @@ class ControlPlaneProc:
         stop_process(self.proc, sig)
         self.proc = None
 
-    def write_mesh(self, mesh: dict[str, Any]) -> None:
-        # Write-then-rename: the watcher must never read a half-written file.
-        tmp = self.mesh.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(mesh, sort_keys=False))
-        tmp.replace(self.mesh)
-
     def write_manifests(self, name: str, *docs: dict[str, Any] | str) -> None:
         """Put the file `name` (objects, or YAML text as it is) in the manifests directory,
         whole (`kubectl apply -f`)."""
-        assert self.manifests, "this control plane reads the mesh file"
         mesh_manifests.write(self.config, name, *docs)
 
     def remove_manifests(self, name: str) -> None:
         """Delete the file `name` from the manifests directory (`kubectl delete -f`)."""
-        assert self.manifests, "this control plane reads the mesh file"
         mesh_manifests.remove(self.config, name)
 
 

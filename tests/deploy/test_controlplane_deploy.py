@@ -60,7 +60,7 @@ def test_a_disruption_budget_keeps_one_replica(objs: list[Obj]) -> None:
 
 def test_in_cluster_source_with_its_token(objs: list[Obj]) -> None:
     args = cp_args(objs)
-    assert (args.config, args.kubeconfig, args.mesh) == (None, None, None)  # in-cluster
+    assert (args.config, args.kubeconfig) == (None, None)  # in-cluster
     dep = deployment(objs)
     pod = dep["spec"]["template"]["spec"]
     sa = find(objs, "ServiceAccount", pod["serviceAccountName"])

@@ -166,7 +166,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
         d = add_pod(t, "d", t.node2, 46)
         e = add_pod(t, "e", t.node2, 47)
         x = add_pod(t, "x", t.node2, 45)  # never enrolled: a client outside the mesh
-        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp = ControlPlaneProc(tmp / "cp", t.cp)
         cp.write_manifests("lab.yaml", *manifests(t, d, e))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()

@@ -140,7 +140,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         t = build(lab, pod_c=True)
         assert t.c is not None
-        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp = ControlPlaneProc(tmp / "cp", t.cp)
         cp.write_manifests("mesh.yaml", *manifests(t, 0))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()

@@ -145,7 +145,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         lab.link(outsider, t.node2, subnet=45, ipv6=False)  # x = .45.1, node2 = .45.2
         Lab.route(outsider, "default", "198.18.45.2")
         Lab.route(t.node1, "198.18.45.0/24", "198.18.42.2")  # a's tunnel replies, if any
-        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp = ControlPlaneProc(tmp / "cp", t.cp)
         cp.write_manifests("mesh.yaml", *manifests(t))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()

@@ -3,8 +3,8 @@ pod b (node2) through both node proxies over HBONE. The control plane learns the
 Kubernetes and Istio manifests (`--config DIR`): Pods, a Service, an AuthorizationPolicy.
 
 The tests share one mesh (module fixture: starting it is most of the time) and run in file
-order; each one leaves the manifests as it found them. The mesh file's test hook
-(malformed resources) has no Kubernetes form: its test is in test_mesh_file.py.
+order; each one leaves the manifests as it found them. An undecodable resource has no
+Kubernetes form: the agent's NACK of one is tested against a fake ADS server (tests/xds).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     started: list[Any] = []
     try:
         t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp", t.cp, manifests=True)
+        cp = ControlPlaneProc(tmp / "cp", t.cp)
         cp.write_manifests("mesh.yaml", *manifests(t))
         started.append(cp)  # before start(): a failed start still gets its process stopped
         cp.start()
