@@ -11,7 +11,8 @@ import ctypes
 import os
 import struct
 
-NR_BPF = 321  # x86_64
+from core import syscalls
+
 _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _MAP_GET_NEXT_KEY = 1, 2, 3, 4
 _OBJ_PIN, _OBJ_GET, _OBJ_GET_INFO_BY_FD = 6, 7, 15
 _LINK_CREATE, _LINK_UPDATE, _LINK_DETACH = 28, 29, 34
@@ -22,7 +23,10 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
-    ret = int(_libc.syscall(NR_BPF, cmd, attr, ctypes.sizeof(attr)))
+    """bpf(2); the syscall number is this process's ABI's (core/syscalls.py): on an ABI
+    without one, syscalls.UnsupportedArchitecture (an OSError) names it, before any call."""
+    nr = syscalls.number("bpf")
+    ret = int(_libc.syscall(nr, cmd, attr, ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -134,7 +138,10 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
 # finds the maps it shares with it.
 DEFAULT_PIN_DIR = "/sys/fs/bpf/meshnode"
 PIN_DIR_ENV = "MESHNODE_BPF_PIN_DIR"  # overrides DEFAULT_PIN_DIR
-SO_NETNS_COOKIE = 71  # getsockopt(SOL_SOCKET): the netns cookie the eBPF programs key pods by
+# getsockopt(SOL_SOCKET): the netns cookie the eBPF programs key pods by. From
+# <asm-generic/socket.h>, which every ABI of core/syscalls.py uses (mips, sparc, parisc and
+# alpha number socket options differently; they are not in that table).
+SO_NETNS_COOKIE = 71
 
 
 def default_pin_dir() -> str:

@@ -10,10 +10,11 @@ Secrets (namespace meshnode-system):
   meshnode-controlplane-root  root-cert.pem                                (agents: trust)
   meshnode-node-tokens        <node name>: that node's token               (agents: identity)
 
-The last only with nodes (--node, --nodes-from-kubectl): the manifests' agents authenticate
-with a projected service-account token, which the control plane checks with the API server;
-node tokens are for a control plane without one (--config; Helm
-controlplane.agentCredential=nodeToken).
+Run once per cluster, without nodes, for the Helm chart and the manifests: their agents
+authenticate with a projected service-account token, which the control plane checks with
+the API server, so a node that joins later needs nothing from here. The node tokens (--node,
+--nodes-from-kubectl) are only for a meshnode control plane without an API server (--config;
+Helm controlplane.agentCredential=nodeToken), and then every new node needs a run first.
 
 `--dir` keeps the CA root and the token key (0600) so that a later run (a new node) reuses
 them: a new root would invalidate every issued certificate, a new key every node token. Keep

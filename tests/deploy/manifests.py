@@ -36,14 +36,32 @@ def plain() -> list[tuple[str, Obj]]:
     return [(name, copy.deepcopy(doc)) for name, doc in _plain()]
 
 
-def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[Obj]:
-    """The chart rendered by Helm's own Go SDK (helm-python-sdk binds libhelm)."""
+NOTES = "meshnode/templates/NOTES.txt"
+
+
+def render_files(values: dict[str, Any] | None = None,
+                 namespace: str = NAMESPACE) -> dict[str, str]:
+    """The chart rendered by Helm's own Go SDK (helm-python-sdk binds libhelm), as Helm does
+    for `helm install`: the values checked against values.schema.json first (HelmValuesError
+    names the value), then template path -> rendered text, NOTES.txt included."""
     import helm_python as helm
 
     with helm.Chart.load(CHART) as chart:
-        out = chart.render(values or {}, name="meshnode", namespace=namespace, is_install=True)
-    return [doc for _path, text in sorted(out.items())
+        out: dict[str, str] = chart.render(values or {}, name="meshnode", namespace=namespace,
+                                           is_install=True)
+    return out
+
+
+def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[Obj]:
+    """The objects of the rendered chart (render_files without NOTES.txt)."""
+    out = render_files(values, namespace)
+    return [doc for path, text in sorted(out.items()) if path != NOTES
             for doc in yaml.safe_load_all(text) if doc]
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    """What `helm install` prints after the install (templates/NOTES.txt, rendered)."""
+    return render_files(values)[NOTES]
 
 
 def find(objs: list[Obj], kind: str, name: str) -> Obj:

@@ -23,7 +23,7 @@ def normal(obj: Obj) -> Obj:
     o["metadata"].pop("annotations", None)
     tmpl = o.get("spec", {}).get("template", {})
     if tmpl:
-        tmpl["metadata"].pop("annotations", None)
+        tmpl["metadata"].get("annotations", {}).pop("checksum/config", None)
     if o["kind"] == "ConfigMap":
         o["data"] = {k: yaml.safe_load(v) for k, v in o["data"].items()}
     return o

@@ -1,5 +1,6 @@
 """Every manifest, and the chart as Helm renders it, against the Kubernetes OpenAPI schemas
-that kubernetes-validate ships (offline; strict: unknown fields are errors)."""
+that kubernetes-validate ships (offline; strict: unknown fields are errors), and the chart's
+PodMonitors against the Prometheus Operator's CRD (tests/deploy/crds.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from tests.deploy import crds
 from tests.deploy.manifests import DEPLOY, REPO, plain, render
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
@@ -28,10 +30,47 @@ CHART_VARIANTS: dict[str, dict[str, Any]] = {
     "namespace+pull-secrets": {"namespace": {"create": True},
                                "imagePullSecrets": [{"name": "regcred"}],
                                "nodeSelector": {"kubernetes.io/os": "linux"}},
+    "podmonitor": {"metrics": {"podMonitor": {"enabled": True, "interval": "30s",
+                                              "scrapeTimeout": "10s",
+                                              "labels": {"release": "prometheus"}}}},
+    "no-scrape-annotations+max-unavailable": {
+        "metrics": {"scrapeAnnotations": False, "bindAddress": "::",
+                    "ports": {"agent": 9101, "proxy": 9102, "controlplane": 9103}},
+        "controlplane": {"replicas": 3, "podDisruptionBudget": {"minAvailable": None,
+                                                               "maxUnavailable": "34%"}}},
+    # every knob of the three workloads set
+    "knobs": {
+        "image": {"tag": "1.1"},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "meshnode.io/skip", "operator": "DoesNotExist"}]}]}}},
+        **{w: {"logLevel": "debug", "priorityClassName": "mesh-critical",
+               "podAnnotations": {"example.com/team": "net"},
+               "podLabels": {"team": "net"},
+               "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                             "limits": {"memory": "256Mi"}}}
+           for w in ("agent", "proxy")},
+        "controlplane": {"logLevel": "warning", "priorityClassName": "",
+                         "podAnnotations": {"example.com/team": "net"},
+                         "podLabels": {"team": "net"},
+                         "nodeSelector": {"node-role.kubernetes.io/infra": ""},
+                         "tolerations": [{"key": "dedicated", "operator": "Equal",
+                                          "value": "infra", "effect": "NoSchedule"}],
+                         "affinity": {"podAntiAffinity": {
+                             "preferredDuringSchedulingIgnoredDuringExecution": [{
+                                 "weight": 50, "podAffinityTerm": {
+                                     "topologyKey": "topology.kubernetes.io/zone",
+                                     "labelSelector": {"matchLabels": {
+                                         "app.kubernetes.io/name": "meshnode-controlplane"}}}}
+                             ]}}}},
 }
 
 
 def check(obj: dict[str, Any], version: str) -> None:
+    if obj["kind"] in crds.CRDS:
+        found = crds.problems(obj)
+        assert not found, f"{obj['kind']}/{obj['metadata']['name']}: {found}"
+        return
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
@@ -81,3 +120,24 @@ def test_the_validator_is_not_vacuous() -> None:
     bad["spec"]["template"]["spec"]["hostPID"] = "yes"
     with pytest.raises(AssertionError, match="hostPID"):
         check(bad, VERSIONS[-1])
+
+
+def test_the_crd_validator_is_not_vacuous() -> None:
+    (pm, *_) = [o for o in render(CHART_VARIANTS["podmonitor"]) if o["kind"] == "PodMonitor"]
+    check(pm, VERSIONS[0])
+    typo = yaml.safe_load(yaml.safe_dump(pm))
+    typo["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
+    with pytest.raises(AssertionError, match="intervall"):
+        check(typo, VERSIONS[0])
+    bad = yaml.safe_load(yaml.safe_dump(pm))
+    bad["spec"]["podMetricsEndpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(AssertionError, match="30 seconds"):
+        check(bad, VERSIONS[0])
+
+
+def test_the_variants_render_what_they_say() -> None:
+    """Each variant above is checked with the objects it is about."""
+    kinds = {n: {o["kind"] for o in render(v)} for n, v in CHART_VARIANTS.items()}
+    assert "PodMonitor" in kinds["podmonitor"] and "PodMonitor" not in kinds["defaults"]
+    assert "PodDisruptionBudget" in kinds["no-scrape-annotations+max-unavailable"]
+    assert "Namespace" in kinds["namespace+pull-secrets"]
