@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cli import daemon
+from cli.nodeapi import add_node_flags
 from cli.output import add_output_flag, emit, table_text
-from core.ports import ADMIN_PORT
 
 if TYPE_CHECKING:
     from agent.server import Agent
@@ -22,14 +23,15 @@ log = structlog.get_logger("agent")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agent", help="run the node agent")
     p.add_argument("--config", metavar="FILE", help="agent config (YAML)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    daemon.add_log_flags(p)
     p.set_defaults(handler=cmd_agent)
 
-    p = sub.add_parser("pods", help="pods known to the agent: state, backend, IPs, netns")
-    p.add_argument("--config", metavar="FILE", help="agent config (YAML), for its state dir")
-    p.add_argument("--proxy-admin", default=f"127.0.0.1:{ADMIN_PORT}", metavar="HOST:PORT",
-                   help="the node proxy's admin address, for its view of each pod")
+    p = sub.add_parser("pods", help="pods known to the agent: state, backend, IPs, netns; "
+                                    "exit 2 when the agent does not answer")
+    add_node_flags(p)
+    p.add_argument("--offline", action="store_true",
+                   help="read what the agent left in its state dir instead of asking it "
+                        "(the agent stopped); an error if there is no state dir")
     add_output_flag(p)
     p.set_defaults(handler=cmd_pods)
 
@@ -37,12 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_agent(a: argparse.Namespace) -> int:
     from agent import config
     from agent.server import Agent
-    from cli import daemon, sockets
+    from cli import sockets
 
     cfg = config.load(a.config)  # every address and path checked: no socket made yet
     agent = Agent(cfg)
     try:
-        return daemon.run(_run_agent(agent), a.log_level)
+        return daemon.run(_run_agent(agent), a.log_level, a.log_format)
     finally:
         # Whatever the exit (SIGTERM, a start-up failure, a bug), no socket stays behind for
         # the plugin or the proxy to find and wait on.
@@ -80,17 +82,13 @@ async def _close_servers(agent: Agent) -> None:
 
 
 def cmd_pods(a: argparse.Namespace) -> int:
-    from agent import config
-    from agent.nodeagent.pods import PodStore
-    from cli.errors import check_flag_address
+    from cli import nodeapi
 
-    check_flag_address("--proxy-admin", a.proxy_admin, hostname=True)
-    cfg = config.load(a.config)
-    # Read from the agent's state on disk, so this works while the agent is down too.
-    store = PodStore(cfg.pods_dir) if cfg.pods_dir.is_dir() else None
-    pods = sorted((p.to_json() for p in store.all()) if store else [],
-                  key=lambda p: (p["namespace"], p["name"], p["container_id"]))
-    served = _proxy_view(a.proxy_admin)
+    proxy = nodeapi.proxy_of(a)  # the flag checked before anything is asked
+    # The agent's live view: an agent that is down is an error, not an empty table.
+    records = _offline_pods(a) if a.offline else nodeapi.agent_of(a).json("/debug/pods")
+    pods = sorted(records, key=lambda p: (p["namespace"], p["name"], p["container_id"]))
+    served = _proxy_view(proxy.address)
     for p in pods:
         view = served.get(p["uid"] or p["container_id"]) if served is not None else None
         p["proxy"] = view if served is not None else "unreachable"
@@ -104,6 +102,27 @@ def cmd_pods(a: argparse.Namespace) -> int:
         rows, ["namespace", "name", "state", "proxy", "backend", "ips", "netns", "container",
                "last_change", "detail"]))
     return 0
+
+
+def _offline_pods(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The records a stopped agent left on disk (read-only: the store is not opened, so
+    nothing is created)."""
+    import json
+
+    from cli.errors import UserError
+    from cli.nodeapi import load_agent_config
+
+    pods_dir = load_agent_config(a).pods_dir
+    if not pods_dir.is_dir():
+        raise UserError(f"no agent state at {pods_dir}: the agent has never run with this "
+                        "config (--config FILE names the agent's)")
+    out = []
+    for f in sorted(pods_dir.glob("*.json")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue  # a torn or foreign file, as the agent's own store skips it
+    return out
 
 
 def _proxy_view(address: str) -> dict[str, Any] | None:

@@ -9,6 +9,8 @@ import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli import daemon
+
 if TYPE_CHECKING:
     from controlplane.server import ControlPlaneConfig
 
@@ -57,13 +59,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long in-flight calls get to finish before the "
                         "process exits (default 5; ADS streams are ended at once)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    daemon.add_log_flags(p)
     p.set_defaults(handler=cmd_controlplane)
 
 
 def cmd_controlplane(a: argparse.Namespace) -> int:
-    from cli import daemon
     from cli.errors import UserError, check_flag_address
     from controlplane import nodeauth, pki
     from controlplane.ambient.options import Options
@@ -118,7 +118,7 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
     except ValueError as exc:  # a malformed token key file, a bad --metrics-address
         raise UserError(str(exc)) from None
     try:
-        return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level)
+        return daemon.run(cp.run(drain_seconds=a.drain_seconds), a.log_level, a.log_format)
     except SourceError as exc:
         raise UserError(str(exc)) from None
 

@@ -10,12 +10,26 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import agent_cmd, bpf_cmd, controlplane_cmd, demo_cmd, install_cmd, proxy_cmd, redirect_cmd
+from cli import (
+    agent_cmd,
+    bpf_cmd,
+    check_cmd,
+    completion_cmd,
+    controlplane_cmd,
+    demo_cmd,
+    install_cmd,
+    proxy_cmd,
+    proxyconfig_cmd,
+    redirect_cmd,
+    status_cmd,
+    version_cmd,
+)
 from cli.errors import UserError
 
 # Each module exposes `register(subparsers)`; handlers return the process exit code.
-COMMAND_MODULES = [agent_cmd, proxy_cmd, controlplane_cmd, redirect_cmd, bpf_cmd, install_cmd,
-                   demo_cmd]
+COMMAND_MODULES = [version_cmd, check_cmd, status_cmd, agent_cmd, proxy_cmd, controlplane_cmd,
+                   proxyconfig_cmd, redirect_cmd, bpf_cmd, install_cmd, demo_cmd,
+                   completion_cmd]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.root_parser = parser  # for the handlers that need the whole command (completion)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -5,6 +5,11 @@
 - GET  /metrics        Prometheus text from the default registry
 - POST /quitquitquit   start a graceful shutdown (POST only, so a stray GET or a crawler
                        cannot stop the node's proxy)
+- GET  /server_info    version, pid, pod, uptime, readiness (`meshnode version`, `status`)
+- GET  /debug/workloads|services|policies|certificates|connections
+                       the views of `meshnode proxy-config` (as `istioctl ztunnel-config`):
+                       the mesh table's records, the certificates with their chains (never
+                       a key), and every live relayed connection; proxy_views() below
 
 It exposes internals and a shutdown switch, so it is only ever bound to loopback.
 
@@ -19,9 +24,13 @@ the other one's (deploy/proxy-daemonset.yaml).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import enum
 import inspect
 import json
 import os
+import time
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +38,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from core.ports import ADMIN_PORT
+from core.version import info
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +58,7 @@ class AdminState(Protocol):
 STATE_KEY: web.AppKey[AdminState] = web.AppKey("state", AdminState)
 # Keeps an async shutdown() task referenced until it finishes (the loop holds only weak refs).
 _TASKS_KEY: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("shutdown_tasks", set)
+_STARTED_KEY: web.AppKey[float] = web.AppKey("started", float)
 
 
 async def _config_dump(request: web.Request) -> web.Response:
@@ -55,6 +66,212 @@ async def _config_dump(request: web.Request) -> web.Response:
     # default=str: addresses, enums and paths in the dump should print, not fail the call.
     return web.Response(text=json.dumps(dump, indent=2, sort_keys=True, default=str),
                         content_type="application/json")
+
+
+# -- the views of `meshnode proxy-config` ---------------------------------------------------
+#
+# They read the proxy's own objects (ProxyServer: `mesh`, the table and certificate store it
+# shares with the pod proxies, and `manager`, the pods it serves), duck-typed: an admin state
+# without them (a test's) answers empty views.
+
+def _plain(v: Any) -> Any:
+    """A record of the mesh model as JSON data: enums by name, tuples as lists, networks
+    and addresses as strings."""
+    if isinstance(v, enum.Enum):
+        return v.name.lower()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    return str(v)
+
+
+def _table(state: Any) -> Any:
+    mesh = getattr(state, "mesh", None)
+    return getattr(mesh, "table", None)
+
+
+def _served(state: Any) -> list[Any]:
+    manager = getattr(state, "manager", None)
+    return list(getattr(manager, "pods", {}).values())
+
+
+def _identity_of(pod: Any) -> str:
+    meshpath = getattr(pod, "meshpath", None)
+    if meshpath is None:
+        return ""
+    try:
+        return str(meshpath.identity())
+    except Exception:  # a view never fails the admin call
+        return ""
+
+
+def workloads_view(state: Any) -> list[dict[str, Any]]:
+    """Every workload the proxy knows: the mesh table's (from the control plane, through
+    the agent), marked `local` when this proxy serves it, then the served pods the table
+    does not name (no control plane, or a pod outside the mesh)."""
+    served = _served(state)
+    served_ips = {ip for p in served for ip in getattr(p, "ips", ())}
+    out: list[dict[str, Any]] = []
+    named: set[tuple[str, str]] = set()
+    table = _table(state)
+    for w in (table.workloads.values() if table is not None else ()):
+        local = bool(served_ips & set(w.addresses))
+        if local:
+            named.add((w.namespace, w.name))
+        out.append({"uid": w.uid, "name": w.name, "namespace": w.namespace,
+                    "addresses": list(w.addresses), "node": w.node,
+                    "protocol": "HBONE" if w.uses_hbone else "TCP",
+                    "identity": w.spiffe_id, "service_account": w.service_account or "default",
+                    "services": [key for key, _ in w.services],
+                    "status": "healthy" if w.healthy else "unhealthy",
+                    "waypoint": _plain(w.waypoint), "cluster": w.cluster,
+                    "locality": "/".join(x for x in w.locality if x),
+                    "canonical_name": w.canonical_name, "local": local, "in_mesh": True})
+    for p in served:
+        if (p.namespace, p.name) in named:
+            continue
+        out.append({"uid": getattr(p, "uid", ""), "name": p.name, "namespace": p.namespace,
+                    "addresses": sorted(getattr(p, "ips", ())), "node": "",
+                    "protocol": "TCP", "identity": _identity_of(p),
+                    "service_account": getattr(p, "service_account", ""), "services": [],
+                    "status": "", "waypoint": None, "cluster": "", "locality": "",
+                    "canonical_name": "", "local": True, "in_mesh": False})
+    return sorted(out, key=lambda w: (w["namespace"], w["name"], w["uid"]))
+
+
+def services_view(state: Any) -> list[dict[str, Any]]:
+    table = _table(state)
+    if table is None:
+        return []
+    out = []
+    for key, s in table.services.items():
+        eps = [table.workloads[uid] for uid in table._endpoints.get(key, ())
+               if uid in table.workloads]
+        out.append({"key": key, "name": s.name, "namespace": s.namespace,
+                    "hostname": s.hostname, "vips": [v.address for v in s.vips],
+                    "ports": [{"port": p.service_port, "target_port": p.target_port or
+                               p.service_port} for p in s.ports],
+                    "endpoints": [{"uid": w.uid, "name": w.name, "namespace": w.namespace,
+                                   "addresses": list(w.addresses),
+                                   "healthy": w.healthy} for w in eps],
+                    "healthy_endpoints": sum(w.healthy for w in eps),
+                    "subject_alt_names": list(s.subject_alt_names),
+                    "waypoint": _plain(s.waypoint),
+                    "load_balancing": {"mode": _plain(s.lb_mode),
+                                       "routing_preference": _plain(s.lb_routing_preference),
+                                       "health_policy": _plain(s.lb_health_policy)}})
+    return sorted(out, key=lambda s: s["key"])
+
+
+def policies_view(state: Any) -> list[dict[str, Any]]:
+    table = _table(state)
+    if table is None:
+        return []
+    out = []
+    for key, pol in table.policies.items():
+        d = _plain(pol)
+        d["key"] = key
+        out.append(d)
+    return sorted(out, key=lambda p: p["key"])
+
+
+def _cert_json(cert: Any, now: dt.datetime) -> dict[str, Any]:
+    from cryptography import x509
+
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    try:
+        sans = [str(u) for u in cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)]
+    except x509.ExtensionNotFound:
+        sans = []
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": f"{cert.serial_number:x}", "ca": ca, "uri_sans": sans,
+            "not_before": cert.not_valid_before_utc.isoformat(),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "expires_in_seconds": int((cert.not_valid_after_utc - now).total_seconds())}
+
+
+def certificates_view(state: Any) -> list[dict[str, Any]]:
+    """Per identity: the leaf's serial and validity, its chain and the trust roots (the
+    certificates only: the key never leaves the store)."""
+    from cryptography import x509
+
+    from core.spiffe import parse
+
+    certs = getattr(getattr(state, "mesh", None), "certs", None)
+    if certs is None:
+        return []
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for entry in certs.dump():
+        item: dict[str, Any] = {**entry, "state": "valid", "chain": [], "roots": []}
+        try:
+            bundle = certs.bundle(parse(entry["identity"]))
+        except LookupError as exc:  # NoCertificate: expired (kept until replaced)
+            item["state"] = "expired" if "expired" in str(exc) else "missing"
+        else:
+            if bundle.not_before > now:
+                item["state"] = "not yet valid"
+            item["chain"] = [_cert_json(c, now)
+                             for c in x509.load_pem_x509_certificates(bundle.chain_pem)]
+            item["roots"] = [_cert_json(c, now)
+                             for c in x509.load_pem_x509_certificates(bundle.roots_pem)]
+        item["expires_in_seconds"] = int(
+            (dt.datetime.fromisoformat(entry["not_after"]) - now).total_seconds())
+        out.append(item)
+    return out
+
+
+def connections_view(state: Any) -> list[dict[str, Any]]:
+    """Every live connection the proxy relays, per pod: source and destination addresses,
+    their identities (the pod's own; the peer's as the mesh table names its address, ""
+    outside the mesh), the transport to the peer and the bytes so far."""
+    table = _table(state)
+    out = []
+    for pod in _served(state):
+        mine = _identity_of(pod)
+        for c in list(getattr(pod, "conns", {}).values()):
+            d = c.dump()
+            peer_ip = (c.dst if d["direction"] == "outbound" else c.src)[0]
+            peer = table.workload_by_ip(peer_ip) if table is not None else None
+            peer_id = peer.spiffe_id if peer is not None else ""
+            src_id, dst_id = (mine, peer_id) if d["direction"] == "outbound" \
+                else (peer_id, mine)
+            out.append({"pod": f"{pod.namespace}/{pod.name}", **d,
+                        "source_identity": src_id, "destination_identity": dst_id,
+                        "peer_workload": f"{peer.namespace}/{peer.name}" if peer else "",
+                        "protocol": "HBONE" if peer is not None and peer.uses_hbone
+                        and mine else "TCP"})
+    return sorted(out, key=lambda c: (c["pod"], c["id"]))
+
+
+VIEWS = {"workloads": workloads_view, "services": services_view,
+         "policies": policies_view, "certificates": certificates_view,
+         "connections": connections_view}
+
+
+async def _view(request: web.Request) -> web.Response:
+    view = VIEWS[request.match_info["view"]]
+    return web.Response(text=json.dumps(view(request.app[STATE_KEY]), indent=2, default=str),
+                        content_type="application/json")
+
+
+async def _server_info(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.json_response({**info("proxy"), "pid": os.getpid(),
+                              "pod": os.environ.get("POD_NAME", ""),
+                              "uptime_seconds": round(time.time() - request.app[_STARTED_KEY],
+                                                      1),
+                              "ready": state.ready()})
 
 
 async def _ready(request: web.Request) -> web.Response:
@@ -100,7 +317,10 @@ def make_admin_app(state: AdminState) -> web.Application:
     app.on_response_prepare.append(_tag)
     app[STATE_KEY] = state
     app[_TASKS_KEY] = set()
+    app[_STARTED_KEY] = time.time()
     app.router.add_get("/config_dump", _config_dump)
+    app.router.add_get("/server_info", _server_info)
+    app.router.add_get("/debug/{view:" + "|".join(VIEWS) + "}", _view)
     app.router.add_get("/healthz/ready", _ready)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/quitquitquit", _quit)

@@ -22,6 +22,12 @@ control plane's (tests/controlplane/kube) both run against it.
 - PATCH of a pod (strategic merge / merge: annotations) and of a node (JSON patch with
   `test`, `add`, `remove`, `replace`; a failed test is a 422, as in the API server); every
   patch is recorded;
+- the pod proxy subresource (GET `/api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy/<path>`,
+  `kubectl get --raw`'s way to a pod's own HTTP port): the request goes on to the pod's
+  `status.podIP`:port from the server's own network namespace (ThreadedFakeApi(netns=...)
+  puts the server in a lab netns that routes to the pods), and the pod's answer comes back
+  as it is; a pod that does not answer is a 503 Status, as the API server's
+  "error trying to reach service";
 - TokenReview (POST /apis/authentication.k8s.io/v1/tokenreviews): tests register tokens
   with `add_token(token, user, audiences)` (`sa_user` builds a service account's user as the
   API server does); an unknown token, or one without any of the asked audiences (default:
@@ -38,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -86,6 +93,9 @@ PEER_AUTHENTICATIONS = Resource("peerauthentications", "PeerAuthentication",
                                 "security.istio.io", custom=True)
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+# /api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy[/<path>]: the pods/proxy subresource.
+POD_PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/:]+)"
+                       r"(?::(?P<port>\d+))?/proxy(?P<rest>/.*)?$")
 API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)  # --api-audiences
 
 # What the agent's tests have always had.
@@ -379,6 +389,9 @@ class FakeApi:
         self.auth.append(request.headers.get("Authorization", ""))
         if request.path == TOKEN_REVIEWS:
             return await self._token_review(request)
+        proxied = POD_PROXY.match(request.path)
+        if proxied is not None and "pods" in self.resources:
+            return await self._pod_proxy(request, *proxied.group("ns", "name", "port", "rest"))
         route = self._route(request.path)
         if route is None:
             self.requests.append((request.method, request.path, dict(request.query)))
@@ -569,6 +582,35 @@ class FakeApi:
                 annotations[k] = v
         return web.json_response(self.put("pods", new))
 
+    async def _pod_proxy(self, request: web.Request, ns: str, name: str, port: str | None,
+                         rest: str | None) -> web.Response:
+        """GET on the pod's own port, as the API server's pods/proxy subresource does."""
+        import aiohttp
+
+        self.requests.append((request.method, request.path, dict(request.query)))
+        failed = self._failure(request)
+        if failed is not None:
+            return failed
+        if request.method != "GET":
+            return self._status(405, f"{request.method} is not supported here")
+        target = self.find("pods", name, ns)
+        if target is None:
+            return self._status(404, f'pods "{name}" not found')
+        ip = (target.get("status") or {}).get("podIP") or ""
+        if not ip:
+            return self._status(503, f"pod {ns}/{name} has no IP yet")
+        host = f"[{ip}]" if ":" in ip else ip
+        url = f"http://{host}:{port or 80}{rest or '/'}"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                    url, params=request.query, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                body = await r.read()
+                return web.Response(status=r.status, body=body,
+                                    content_type=r.content_type or "text/plain")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return self._status(503, f"error trying to reach service: dial tcp "
+                                     f"{host}:{port or 80}: {exc}")
+
     # -- test helpers --------------------------------------------------------------------------
 
     def pod_patches(self, name: str) -> list[dict[str, Any]]:
@@ -623,12 +665,25 @@ def json_patch(obj: Obj, ops: list[dict[str, Any]]) -> Obj:
 
 class ThreadedFakeApi:
     """The same server on its own thread and loop, for tests that block (a real agent
-    process talking to it)."""
+    process talking to it). With `netns` (a path) that thread runs inside that network
+    namespace: the server listens there and its pod proxy dials pods from there, as an API
+    server on the cluster network does (clients then connect from inside it too)."""
 
-    def __init__(self, resources: Iterable[Resource] = AGENT_RESOURCES) -> None:
+    def __init__(self, resources: Iterable[Resource] = AGENT_RESOURCES,
+                 netns: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.api = FakeApi(resources)
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.netns = netns
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self.netns is None:
+            self.loop.run_forever()
+            return
+        from core.netns import entered
+
+        with entered(self.netns):  # this thread only: setns(2) is per thread
+            self.loop.run_forever()
 
     def __enter__(self) -> ThreadedFakeApi:
         self._thread.start()
