@@ -30,7 +30,7 @@ from core.config import (
     prefixed,
 )
 from core.mesh.model import DEFAULT_CLUSTER
-from core.ports import AGENT_HTTP_PORT
+from core.ports import AGENT_HTTP_PORT, AGENT_STATS_PORT
 from core.wire import zds
 
 
@@ -162,6 +162,9 @@ class AgentConfig:
     proxy_ack_timeout_seconds: float = 5.0
     state_dir: str = "/var/run/meshnode"
     http_address: str = f"127.0.0.1:{AGENT_HTTP_PORT}"  # /healthz /readyz /metrics /debug/pods
+    # The metrics listener Prometheus scrapes: /metrics and /readyz only (core/stats.py);
+    # "" = off. The debug HTTP above stays on loopback.
+    metrics_address: str = f"0.0.0.0:{AGENT_STATS_PORT}"
     drift_interval_seconds: float = 5.0
     workers: int = 4
     capture: CaptureConfig = field(default_factory=CaptureConfig)
@@ -200,7 +203,11 @@ class AgentConfig:
 
     def _validate_addresses(self) -> None:
         """Every address and socket path, before any socket is made."""
-        check_address("http_address", self.http_address)
+        _, http_port = check_address("http_address", self.http_address)
+        if self.metrics_address:
+            _, port = check_address("metrics_address", self.metrics_address, port_zero=True)
+            if port == http_port:
+                raise ConfigError(f"metrics_address: port {port} is http_address's")
         sockets = {"cni_socket": self.cni_socket}
         if self.proxy_handoff:
             sockets["zds_socket"] = self.zds_socket

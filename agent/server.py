@@ -24,6 +24,7 @@ from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
 from agent.nodeagent.http import make_app
 from agent.nodeagent.pods import PodStore
+from agent.nodeagent.stats import serve as serve_stats
 from agent.redirect.spec import Profile
 from agent.zds.server import ZdsServer
 from core import addr
@@ -159,6 +160,15 @@ class Agent:
                                access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
+        # Prometheus' listener (metrics_address), apart from the loopback debug HTTP.
+        mesh = self.mesh
+        stats = serve_stats(self.cfg.metrics_address, self.ready, None if mesh is None else (
+            lambda: mesh.client is not None and mesh.client.xds.stats.connected))
+        try:
+            await stats.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self.serving = True
         log.info("agent_ready", socket=self.cfg.cni_socket, http=self.cfg.http_address,
                  ready=self.ready())
@@ -176,6 +186,7 @@ class Agent:
             await self.zds.close()
         if self.mesh is not None:
             await self.mesh.stop()
+        await stats.stop()
         await runner.cleanup()
         if self.installer is not None:
             # A restart or upgrade keeps the plugin (new pods wait for the next agent); an

@@ -11,6 +11,11 @@ TUNNEL_PORT = 15008
 DNS_PORT = 15053
 ADMIN_PORT = 15000       # the proxy's admin endpoints (ztunnel's), on localhost
 AGENT_HTTP_PORT = 15021  # the agent's /healthz /readyz /metrics (ztunnel's readiness port)
+# The metrics listeners Prometheus scrapes (core/stats.py), apart from the local admin ones:
+# the proxy's is ztunnel's stats port; the agent's is the next one Istio does not use (15014,
+# istio-cni's, is the control plane's here, and it can share the agent's node).
+PROXY_STATS_PORT = 15020
+AGENT_STATS_PORT = 15022
 PROXY_MARK = 0x539
 MARK_MASK = 0xFFF
 CONNMARK = 0x111

@@ -141,11 +141,13 @@ def _run_demo(backend: str, flavour: str) -> int:
             agent, alog = _spawn("agent", {
                 "cni_socket": cni_sock, "zds_socket": zds, "state_dir": str(work / "state"),
                 "http_address": f"127.0.0.1:{agent_port}",
+                "metrics_address": "",  # on the host: no listener on its interfaces
                 "capture": {"backend": backend, "iptables_flavour": flavour}}, work)
             procs.append(agent)
             _ready(f"http://127.0.0.1:{agent_port}/readyz", agent, alog, "agent")
             proxy, plog = _spawn("proxy", {"zds_socket": zds, "dns_capture": False,
-                                           "admin_address": f"127.0.0.1:{proxy_port}"}, work)
+                                           "admin_address": f"127.0.0.1:{proxy_port}",
+                                           "metrics_address": ""}, work)
             procs.append(proxy)
             _ready(f"http://127.0.0.1:{proxy_port}/healthz/ready", proxy, plog, "proxy")
             _step(2, total, f"node agent and node proxy running (proxy admin "

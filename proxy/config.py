@@ -13,6 +13,7 @@ from core.ports import (
     INBOUND_PORT,
     OUTBOUND_PORT,
     PROXY_MARK,
+    PROXY_STATS_PORT,
     TUNNEL_PORT,
 )
 from core.wire import zds
@@ -25,6 +26,9 @@ class ProxyConfig:
     # passthrough only, and 15008 refuses connections.
     mesh_socket: str = ""
     admin_address: str = f"127.0.0.1:{ADMIN_PORT}"  # /config_dump /healthz/ready /metrics
+    # The metrics listener Prometheus scrapes: /metrics and /healthz/ready only (core/stats.py),
+    # ztunnel's stats port; "" = off. The admin port stays on loopback.
+    metrics_address: str = f"0.0.0.0:{PROXY_STATS_PORT}"
     mark: int = PROXY_MARK
     outbound_port: int = OUTBOUND_PORT
     inbound_port: int = INBOUND_PORT
@@ -72,7 +76,11 @@ class ProxyConfig:
 def check_addresses(cfg: ProxyConfig) -> None:
     """Every address, port and socket path, before any socket is made (ConfigError names the
     key)."""
-    check_address("admin_address", cfg.admin_address)
+    _, admin_port = check_address("admin_address", cfg.admin_address)
+    if cfg.metrics_address:
+        _, port = check_address("metrics_address", cfg.metrics_address, port_zero=True)
+        if port == admin_port:
+            raise ConfigError(f"metrics_address: port {port} is admin_address's")
     check_socket_path("zds_socket", cfg.zds_socket)
     if cfg.mesh_socket:
         check_socket_path("mesh_socket", cfg.mesh_socket)

@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 
 from core import addr
+from core.stats import StatsServer
+from proxy import metrics
 from proxy.admin import start_admin
 from proxy.config import ProxyConfig
 from proxy.inpod.manager import WorkloadManager
@@ -33,6 +35,8 @@ class ProxyServer:
         self.mesh = ProxyMesh(cfg.mesh_socket) if cfg.mesh_socket else None
         self.manager = WorkloadManager(cfg, self.mesh)
         self.zds = ZdsClient(cfg.zds_socket, self.manager)
+        # Prometheus' listener (metrics_address), apart from the local admin port.
+        self.stats = StatsServer(cfg.metrics_address, self.ready)
         self._stop = asyncio.Event()
 
     # -- the admin state ---------------------------------------------------------------
@@ -57,7 +61,13 @@ class ProxyServer:
             loop.add_signal_handler(sig, self._stop.set)
         host, port = addr.host_port(self.cfg.admin_address)  # validated: [v6]:port too
         admin = await start_admin(self, port, host)
+        try:
+            await self.stats.start()
+        except BaseException:
+            await admin.cleanup()
+            raise
         if self.mesh is not None:
+            metrics.watch_certificates(self.mesh.certs)
             self.mesh.start()
         self.zds.start()
         # Everything so far (modules, config, admin app) lives as long as the process: move it
@@ -65,13 +75,15 @@ class ProxyServer:
         # connections allocate (a p99 cost; ztunnel has no collector at all).
         gc.freeze()
         log.info("proxy_started", agent=self.cfg.zds_socket, admin=self.cfg.admin_address,
-                 zero_copy=self.cfg.zero_copy)
+                 metrics=self.cfg.metrics_address, zero_copy=self.cfg.zero_copy)
         await self._stop.wait()
         log.info("proxy_draining", pods=len(self.manager.pods), grace_s=self.cfg.drain_seconds)
         # Stop taking new pods first, so nothing is added while we drain.
         await self.zds.close()
         await self.manager.drain(self.cfg.drain_seconds)
         if self.mesh is not None:
+            metrics.unwatch_certificates(self.mesh.certs)
             await self.mesh.close()
+        await self.stats.stop()
         await admin.cleanup()
         log.info("proxy_stopped")

@@ -8,6 +8,7 @@ APT_PACKAGES=(
   python3-bpfcc bpfcc-tools bpftool clang llvm linux-headers-amd64
   containerd runc containernetworking-plugins busybox-static
   haproxy iperf3 sockperf socat python3-venv python3-dev
+  prometheus
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -24,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # prometheus (and promtool) are for tests/telemetry, which starts its own Prometheus in a
+  # test netns: the package's system service is not wanted on this machine.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # bcc compiles against kernel headers; this kernel has no headers package of its own, so

@@ -80,9 +80,12 @@ class AgentProc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket = str(self.workdir / "cni.sock")
         self.port = free_port()
+        # The metrics listener on loopback too (its default, 0.0.0.0:15022, is for nodes).
+        self.metrics_port = free_port()
         cfg: dict[str, Any] = {
             "cni_socket": self.socket, "state_dir": str(self.workdir / "state"),
             "http_address": f"127.0.0.1:{self.port}",
+            "metrics_address": f"127.0.0.1:{self.metrics_port}",
             "drift_interval_seconds": self.drift_interval,
             "capture": {"backend": self.backend, "fallback": self.fallback,
                         **({"iptables_flavour": self.flavour} if self.flavour else {})},

@@ -26,8 +26,11 @@ class ProxyProc:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # The metrics listener on loopback too (its default, 0.0.0.0:15020, is for nodes).
+        self.metrics_port = free_port()
         cfg = {"zds_socket": self.zds_socket, "admin_address": f"127.0.0.1:{self.port}",
-               "drain_seconds": 10, **self.extra}
+               "metrics_address": f"127.0.0.1:{self.metrics_port}", "drain_seconds": 10,
+               **self.extra}
         self.config = self.workdir / f"{self.name}.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.log = self.workdir / f"{self.name}.log"

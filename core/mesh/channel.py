@@ -9,7 +9,9 @@ only those fields set; encoding it again gives the same JSON.
 
   workload  {"uid", "name", "ns", "ips", "node", "id" (SPIFFE ID), "hbone", "healthy",
              "pol" (selector policy keys), "svc" {service key: [[port, target], ...]},
-             "net"?, "cl"? (not "Kubernetes"), "loc"? [region, zone, subzone]}
+             "net"?, "cl"? (not "Kubernetes"), "loc"? [region, zone, subzone],
+             "wn"? (workload_name), "cn"? (canonical_name), "cr"? (canonical_revision):
+             the telemetry's workload labels (proxy/metrics.py)}
   service   {"key", "name", "ns", "host", "vips" [[network, ip], ...] (no CIDR VIPs),
              "ports" [[port, target], ...], "lb", "health", "sans", "rp"? [scope, ...]}
   policy    {"key", "name", "ns", "scope", "action", "dry_run", "groups": [[[match]]]}
@@ -70,6 +72,11 @@ def encode_workload(w: Workload) -> dict[str, Any]:
         out["cl"] = w.cluster_id
     if any(w.locality):
         out["loc"] = list(w.locality)  # [region, zone, subzone]
+    # For the proxy's istio_tcp_* labels, only when set.
+    for key, value in (("wn", w.workload_name), ("cn", w.canonical_name),
+                       ("cr", w.canonical_revision)):
+        if value:
+            out[key] = value
     return out
 
 
@@ -180,7 +187,9 @@ class Decoder:
                     else WorkloadStatus.UNHEALTHY),
             authorization_policies=self.share(tuple(map(_s, pol))) if pol else (),
             services=self._services(d.get("svc")),
-            network=_s(d.get("net", "")), cluster_id=_s(d.get("cl") or ""), locality=locality)
+            network=_s(d.get("net", "")), cluster_id=_s(d.get("cl") or ""), locality=locality,
+            workload_name=_s(d.get("wn") or ""), canonical_name=_s(d.get("cn") or ""),
+            canonical_revision=_s(d.get("cr") or ""))
 
     def service(self, d: dict[str, Any]) -> Service:
         s = Service(name=str(d["name"]), namespace=str(d["ns"]), hostname=str(d["host"]),

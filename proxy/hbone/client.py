@@ -41,15 +41,25 @@ _Key = tuple[SpiffeId, frozenset[SpiffeId], str]
 class HboneError(ConnectionError):
     """No tunnel: the connection, the TLS handshake, the peer identity or the CONNECT
     failed. `status` is the server's HTTP status when it answered one (401 policy, 503 app
-    refused, 400 bad request)."""
+    refused, 400 bad request). `kind` says which step failed, for the connection's
+    `response_flags` (proxy/metrics.py): `identity` (no certificate of ours), `timeout` (the
+    dial to 15008 timed out: maybe a NetworkPolicy), `connect`, `tls` (the handshake, or
+    not the peer we meant), `stream` (the CONNECT was refused, reset or not answered)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, kind: str = "stream") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
 
 
 def authority(dst: Addr) -> str:
     return f"[{dst[0]}]:{dst[1]}" if ":" in dst[0] else f"{dst[0]}:{dst[1]}"
+
+
+def forwarded(src: Addr, host: str = "") -> str:
+    """The CONNECT's Forwarded header, as ztunnel's build_forwarded: the client's address,
+    and the hostname of the service it addressed (the server's telemetry names it)."""
+    return f'for="{authority(src)}"' + (f";host={host}" if host else "")
 
 
 class HboneClient:
@@ -62,17 +72,19 @@ class HboneClient:
         self._locks: dict[_Key, asyncio.Lock] = {}
 
     async def open(self, src: SpiffeId, dst_identity: SpiffeId | Iterable[SpiffeId],
-                   dst: Addr, *, src_addr: Addr | None = None,
+                   dst: Addr, *, src_addr: Addr | None = None, host: str = "",
                    headers: Iterable[tuple[str, str]] = ()) -> Stream:
         """A CONNECT stream to `dst` (the destination pod's ip and the app port), answered
         200. `dst_identity`: who the server must prove to be (a service may accept several).
+        `host`: the hostname of the service the app addressed, sent as ztunnel does
+        (`Forwarded: for="<src>";host=<hostname>`) so the server's telemetry names it.
         Raises HboneError."""
         expect = frozenset([dst_identity] if isinstance(dst_identity, SpiffeId)
                            else dst_identity)
         link = await self._link((src, expect, dst[0]))
         hdrs = [(":method", "CONNECT"), (":authority", authority(dst))]
         if src_addr is not None:
-            hdrs.append(("forwarded", f'for="{authority(src_addr)}"'))
+            hdrs.append(("forwarded", forwarded(src_addr, host)))
         hdrs.extend(headers)
         stream = link.open_stream(hdrs)
         labels = ("outbound", str(src), str(link.peer))
@@ -100,11 +112,12 @@ class HboneClient:
 
     async def proxy(self, sock: socket.socket, src: SpiffeId,
                     dst_identity: SpiffeId | Iterable[SpiffeId], dst: Addr,
-                    traffic: Traffic | None = None, *, src_addr: Addr | None = None) -> Traffic:
+                    traffic: Traffic | None = None, *, src_addr: Addr | None = None,
+                    host: str = "") -> Traffic:
         """Outbound in one call: tunnel `sock` (the app's captured connection) to `dst`.
         If no tunnel can be made the app's connection is reset and HboneError raised."""
         try:
-            stream = await self.open(src, dst_identity, dst, src_addr=src_addr)
+            stream = await self.open(src, dst_identity, dst, src_addr=src_addr, host=host)
         except BaseException:
             reset(sock)
             raise
@@ -123,7 +136,7 @@ class HboneClient:
         try:
             bundle = self.certs.bundle(key[0])
         except NoCertificate as exc:
-            raise HboneError(str(exc)) from None
+            raise HboneError(str(exc), kind="identity") from None
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # one handshake per key at a time; the others then share it
             for link in self._pool.get(key, ()):
@@ -140,13 +153,15 @@ class HboneClient:
         try:
             bundle, ctx = self.certs.client(src)
         except NoCertificate as exc:
-            raise HboneError(str(exc)) from None
+            raise HboneError(str(exc), kind="identity") from None
         try:
             tcp = await asyncio.wait_for(self.dial(addr), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             self._failed("connect", f"{authority(addr)}: {exc or 'timeout'}")
             raise HboneError(f"connect {authority(addr)}: {exc or 'timeout'}"
-                             " (maybe a NetworkPolicy is blocking HBONE port 15008)") from None
+                             " (maybe a NetworkPolicy is blocking HBONE port 15008)",
+                             kind="timeout" if isinstance(exc, TimeoutError)
+                             else "connect") from None
         link = H2Link(True, on_ready=lambda lk: peer.check(lk, expect))
         link.bundle = bundle
         link.on_idle = self._idle
@@ -155,11 +170,11 @@ class HboneClient:
                                           timeout=self.connect_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self._failed("handshake", f"{authority(addr)}: {type(exc).__name__}: {exc}")
-            raise HboneError(f"TLS to {authority(addr)}: {exc}") from None
+            raise HboneError(f"TLS to {authority(addr)}: {exc}", kind="tls") from None
         tls.start(link)
         if link.refused is not None:
             self._failed("peer", f"{authority(addr)}: {link.refused}")
-            raise HboneError(f"TLS to {authority(addr)}: {link.refused}")
+            raise HboneError(f"TLS to {authority(addr)}: {link.refused}", kind="tls")
         metrics.TLS_CONNECTIONS.labels("outbound").inc()
         link.closed.add_done_callback(lambda _: metrics.TLS_CONNECTIONS.labels("outbound").dec())
         return link

@@ -21,6 +21,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from h2.errors import ErrorCodes
@@ -60,6 +61,23 @@ class InboundStream:
     status: int = 0
     decision: Decision | None = None
     error: str = ""
+    # The service the client named (`Forwarded: host=`), for the telemetry's
+    # destination_service; the caller's own per-stream state (its metrics series).
+    for_host: str = ""
+    stats: Any = None
+
+
+def parse_forwarded_host(value: str) -> str:
+    """The `host=` of a Forwarded header (RFC 7239), quotes removed; "" if absent or not
+    ASCII (ztunnel's parse_forwarded_host)."""
+    if not value.isascii():
+        return ""
+    for part in value.split(";"):
+        part = part.strip()
+        if part.startswith("host="):
+            host = part.removeprefix("host=")
+            return host.removeprefix('"').removesuffix('"')
+    return ""
 
 
 def parse_authority(value: str) -> Addr | None:
@@ -152,7 +170,8 @@ class HboneServer:
                       src: Addr) -> None:
         assert link.peer is not None
         info = InboundStream(link.peer, self.identity, src, ("", 0),
-                             task=asyncio.current_task())
+                             task=asyncio.current_task(),
+                             for_host=parse_forwarded_host(headers.get("forwarded", "")))
         if headers.get(":method") != "CONNECT":
             return self._answer(link, stream, info, 400, "expected method CONNECT")
         dst = parse_authority(headers.get(":authority", ""))

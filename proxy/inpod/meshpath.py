@@ -36,6 +36,10 @@ log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
 Addr = tuple[str, int]
 LOCAL_HANDSHAKE_SECONDS = 1.0
+# HboneError.kind -> the connection's response_flags (ztunnel's, from its error kinds);
+# anything else is CONNECT.
+_FLAGS = {"identity": metrics.IDENTITY_ERROR, "timeout": metrics.NETWORK_POLICY,
+          "tls": metrics.TLS_FAILURE}
 
 
 class PodProxy(Protocol):
@@ -52,7 +56,8 @@ class PodProxy(Protocol):
     capture_ports: frozenset[int]
 
     async def _connect(self, dst: Addr, as_src: Addr | None) -> socket.socket: ...
-    def _labels(self, direction: str, src_ip: str, dst_ip: str) -> tuple[str, ...]: ...
+    def inbound_labels(self, src_ip: str, dst: Addr, *, peer: str = "", host: str = "",
+                       mtls: bool = False) -> tuple[str, ...]: ...
     def track(self, stream: Any) -> None: ...
     def untrack(self, stream: Any) -> None: ...
     def loop_reason(self, dst: tuple[str, int]) -> str | None: ...
@@ -97,20 +102,24 @@ class PodMesh:
         return s
 
     async def outbound(self, client: socket.socket, src: Addr, target: Target,
-                       conn_traffic: Traffic) -> str:
+                       conn_traffic: Traffic) -> tuple[str, str]:
         """Tunnel the app's connection to `target` (an HBONE workload). Returns an error
-        text for the access log ("" on success); the client is reset on failure."""
+        text for the access log ("" on success) and the connection's response_flags; the
+        client is reset on failure."""
         try:
             ids = [parse(i) for i in target.identities()]
             me = self.identity()
         except SpiffeError as exc:
             reset(client)
-            return f"identity: {exc}"
+            return f"identity: {exc}", metrics.IDENTITY_ERROR
+        host = target.service.hostname if target.service is not None else ""
         try:
-            await self.client.proxy(client, me, ids, target.addr, conn_traffic, src_addr=src)
+            await self.client.proxy(client, me, ids, target.addr, conn_traffic, src_addr=src,
+                                    host=host)
         except HboneError as exc:
-            return f"hbone {target.addr[0]}:{target.addr[1]}: {exc}"
-        return ""
+            return (f"hbone {target.addr[0]}:{target.addr[1]}: {exc}",
+                    _FLAGS.get(exc.kind, metrics.CONNECT))
+        return "", metrics.NO_FLAGS
 
     # -- inbound (15008) -------------------------------------------------------------------
 
@@ -186,19 +195,27 @@ class PodMesh:
         # As 15006 does: from the source pod's address, so the app sees the real client.
         return await self.pod._connect(dst, src if self.pod.cfg.preserve_source else None)
 
+    def _labels(self, info: InboundStream) -> tuple[str, ...]:
+        return self.pod.inbound_labels(info.src[0], info.dst, peer=str(info.peer),
+                                       host=info.for_host, mtls=True)
+
     def _opened(self, info: InboundStream) -> None:
         metrics.CONNECTIONS.inc()
-        labels = self.pod._labels("inbound", info.src[0], info.dst[0])
-        metrics.OPENED.labels(*labels).inc()
+        info.stats = metrics.ConnMetrics(self._labels(info))
         self.pod.track(info)
 
     def _closed(self, info: InboundStream) -> None:
         if info.status == 200:
             metrics.CONNECTIONS.dec()
-            labels = self.pod._labels("inbound", info.src[0], info.dst[0])
-            metrics.CLOSED.labels(*labels).inc()
-            metrics.SENT.labels(*labels).inc(info.traffic.b_to_a)
-            metrics.RECEIVED.labels(*labels).inc(info.traffic.a_to_b)
+            if isinstance(info.stats, metrics.ConnMetrics):
+                info.stats.close(info.traffic.b_to_a, info.traffic.a_to_b)
+        elif info.status == 503 or (info.status == 401 and (
+                info.decision is None or info.decision.reason != "destination_not_this_pod")):
+            # As ztunnel: a stream denied by policy, or whose app could not be dialled, is a
+            # connection opened and closed with DENY or CONNECT. A bad request (400, or a
+            # CONNECT to an address not this pod's) never had the context to be counted.
+            flags = metrics.DENY if info.status == 401 else metrics.CONNECT
+            metrics.ConnMetrics(self._labels(info)).close(flags=flags)
         self.pod.untrack(info)
         suppressed = 0
         if info.error and self.pod.cfg.access_log:

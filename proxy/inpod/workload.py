@@ -32,6 +32,7 @@ from core.addr import plain_ip, unmap
 from core.aio import cancel_and_wait
 from core.netns import addresses, entered
 from core.ports import TRANSPARENT_MARK
+from core.spiffe import SpiffeError
 from proxy import bpf, metrics
 from proxy.config import ProxyConfig
 from proxy.forward import Traffic, relay, reset
@@ -64,6 +65,7 @@ class Conn:
     traffic: Traffic = field(default_factory=Traffic)
     started: float = field(default_factory=time.time)
     task: asyncio.Task[None] | None = None
+    stats: metrics.ConnMetrics | None = None  # its istio_tcp_* series, once it has them
 
     def dump(self) -> dict[str, Any]:
         return {"id": self.id, "direction": self.direction, "src": f"{self.src[0]}:{self.src[1]}",
@@ -284,7 +286,10 @@ class PodProxy:
             if target.hbone:
                 await self._outbound_hbone(client, src, dst, target)
                 return
-            dst = target.addr  # a plain endpoint of a service, or dst unchanged
+            # A plain endpoint of a service, or dst unchanged.
+            await self._proxy(client, "outbound", src, target.addr, transparent=False,
+                              target=target)
+            return
         await self._proxy(client, "outbound", src, dst, transparent=False)
 
     def _pod_address(self, ip: str) -> str:
@@ -304,17 +309,17 @@ class PodProxy:
         assert self.meshpath is not None
         conn = Conn(next(_ids), "outbound", src, target.addr)
         conn.task = asyncio.current_task()
-        labels = self._labels("outbound", src[0], target.addr[0])
+        conn.stats = metrics.ConnMetrics(self.outbound_labels(target.addr[0], target,
+                                                              mtls=True))
         self.conns[conn.id] = conn
         metrics.CONNECTIONS.inc()
-        metrics.OPENED.labels(*labels).inc()
         me = self.meshpath.workload()
-        error = ""
+        error, flags = "", metrics.NO_FLAGS
         try:
-            error = await self.meshpath.outbound(client, src, target, conn.traffic)
+            error, flags = await self.meshpath.outbound(client, src, target, conn.traffic)
         finally:
             w = target.workload
-            self._closed(conn, labels, error, transport="hbone",
+            self._closed(conn, error, flags, transport="hbone",
                          original_dst=f"{orig[0]}:{orig[1]}",
                          service=target.service.key if target.service else None,
                          source_principal=me.spiffe_id if me else None,
@@ -338,12 +343,13 @@ class PodProxy:
                 n = self.may_log("connection")
                 if n:
                     decided["suppressed"] = n
+                # Counted as ztunnel counts a denied connection: opened, then closed DENY.
+                metrics.ConnMetrics(self.inbound_labels(src[0], dst)).close(
+                    flags=metrics.DENY)
                 if self.cfg.access_log and n is not None:
-                    who = self._labels("inbound", src[0], dst[0])
                     access.info("connection", direction="inbound",
                                 src=f"{src[0]}:{src[1]}", dst=f"{dst[0]}:{dst[1]}", **decided,
-                                src_workload=who[1], src_namespace=who[2],
-                                dst_workload=who[3], dst_namespace=who[4], bytes_sent=0,
+                                **self._who("inbound", src[0], dst[0]), bytes_sent=0,
                                 bytes_received=0, duration_ms=0.0, reset=True,
                                 error=f"denied: {d.reason}")
                 return
@@ -360,7 +366,7 @@ class PodProxy:
         """An inbound HBONE stream relaying to the app: in the conns table for the idle
         sweep (cancelling its task resets both sides) and config_dump."""
         conn = Conn(next(_ids), "inbound", stream.src, stream.dst, traffic=stream.traffic,
-                    task=stream.task)
+                    task=stream.task, stats=stream.stats)
         self.conns[conn.id] = conn
         self._tracked[id(stream)] = conn.id
 
@@ -370,13 +376,18 @@ class PodProxy:
             self.conns.pop(cid, None)
 
     async def _proxy(self, client: socket.socket, direction: str, src: tuple[str, int],
-                     dst: tuple[str, int], transparent: bool, **log: Any) -> None:
+                     dst: tuple[str, int], transparent: bool, target: Target | None = None,
+                     **log: Any) -> None:
+        """Relay one plaintext connection; `target`: where the mesh table routed an outbound
+        one (its workload and service name the destination in the metrics)."""
         conn = Conn(next(_ids), direction, src, dst)
         conn.task = asyncio.current_task()
-        labels = self._labels(direction, src[0], dst[0])
+        labels: tuple[str, ...] | None = (
+            self.outbound_labels(dst[0], target) if direction == "outbound"
+            else self.inbound_labels(src[0], dst))
         self.conns[conn.id] = conn
         metrics.CONNECTIONS.inc()
-        error = ""
+        error, flags = "", metrics.NO_FLAGS
         try:
             upstream = await self._connect(dst, src if transparent else None,
                                            direction=direction)
@@ -385,21 +396,26 @@ class PodProxy:
                 if isinstance(exc, OSError) else f"connect {dst[0]}:{dst[1]}: timeout"
             reset(client)  # the app sees a refused/reset connection, as it would directly
             upstream = None
-        metrics.OPENED.labels(*labels).inc()
+            flags = metrics.CONNECT
+            if isinstance(exc, Refused):
+                labels = None  # refused by the proxy itself (loop, limits): counted there
+        if labels is not None:
+            conn.stats = metrics.ConnMetrics(labels)
         try:
             if upstream is not None:
                 await relay(client, upstream, conn.traffic, zero_copy=self.cfg.zero_copy)
         finally:
-            self._closed(conn, labels, error, **log)  # log: e.g. inbound's policy decision
+            self._closed(conn, error, flags, **log)  # log: e.g. inbound's policy decision
 
-    def _closed(self, conn: Conn, labels: tuple[str, ...], error: str, **log: Any) -> None:
-        """A proxied connection ended: out of the table, its metrics, its access-log line
-        (`log`: what only some paths know, such as the tunnel's principals)."""
+    def _closed(self, conn: Conn, error: str, flags: str = metrics.NO_FLAGS,
+                **log: Any) -> None:
+        """A proxied connection ended: out of the table, its metrics (`flags`: the
+        response_flags of a failed one), its access-log line (`log`: what only some paths
+        know, such as the tunnel's principals)."""
         self.conns.pop(conn.id, None)
         metrics.CONNECTIONS.dec()
-        metrics.CLOSED.labels(*labels).inc()
-        metrics.SENT.labels(*labels).inc(conn.traffic.a_to_b)
-        metrics.RECEIVED.labels(*labels).inc(conn.traffic.b_to_a)
+        if conn.stats is not None:
+            conn.stats.close(conn.traffic.b_to_a, conn.traffic.a_to_b, flags)
         if not self.cfg.access_log:
             return
         if error:
@@ -413,8 +429,7 @@ class PodProxy:
                 log["suppressed"] = n
         access.info("connection", direction=conn.direction,
                     src=f"{conn.src[0]}:{conn.src[1]}", dst=f"{conn.dst[0]}:{conn.dst[1]}",
-                    **log, src_workload=labels[1], src_namespace=labels[2],
-                    dst_workload=labels[3], dst_namespace=labels[4],
+                    **log, **self._who(conn.direction, conn.src[0], conn.dst[0]),
                     bytes_sent=conn.traffic.a_to_b, bytes_received=conn.traffic.b_to_a,
                     duration_ms=round((time.time() - conn.started) * 1e3, 1),
                     reset=conn.traffic.reset, error=error or None)
@@ -460,13 +475,68 @@ class PodProxy:
             raise
         return up
 
-    def _labels(self, direction: str, src_ip: str, dst_ip: str) -> tuple[str, ...]:
+    # -- telemetry: who is on each side (proxy/metrics.py has the label rules) ------------
+
+    def _who(self, direction: str, src_ip: str, dst_ip: str) -> dict[str, str]:
+        """The access log's names of both sides: the pods' own names (as ztunnel logs them),
+        not the workload names of the metrics."""
         me = (self.name, self.namespace)
-        if direction == "outbound":
-            peer = self.lookup(dst_ip)
-            return ("source", *me, *peer, direction)
-        peer = self.lookup(src_ip)
-        return ("destination", *peer, *me, direction)
+        src, dst = (me, self.lookup(dst_ip)) if direction == "outbound" \
+            else (self.lookup(src_ip), me)
+        return {"src_workload": src[0], "src_namespace": src[1], "dst_workload": dst[0],
+                "dst_namespace": dst[1]}
+
+    def me(self) -> metrics.Party:
+        """This pod's side: its mesh workload; without a mesh config channel, its pod name
+        and namespace from ZDS (nothing else is known)."""
+        if self.meshpath is None:
+            return metrics.pod_party(self.name, self.namespace)
+        w = self.meshpath.workload()
+        return metrics.party(w) if w is not None else metrics.Party(namespace=self.namespace)
+
+    def party_at(self, ip: str) -> metrics.Party:
+        """The side of the peer at `ip`: its mesh workload; without a mesh config channel, a
+        pod of this node by its name; else unknown."""
+        if self.meshpath is not None:
+            return metrics.party(self.meshpath.mesh.table.workload_by_ip(ip))
+        name, namespace = self.lookup(ip)
+        return metrics.pod_party(name, namespace)
+
+    def outbound_labels(self, dst_ip: str, target: Target | None = None, *,
+                        mtls: bool = False) -> tuple[str, ...]:
+        """Reporter source: this pod to `target` (the mesh table's pick: its workload and
+        the service the app addressed), or to whatever holds `dst_ip`. Over HBONE (`mtls`)
+        the source principal is the identity this pod presents."""
+        if self.meshpath is not None:
+            dest = metrics.party(target.workload if target is not None else None)
+        else:
+            dest = self.party_at(dst_ip)
+        principal = ""
+        if mtls and self.meshpath is not None:
+            try:
+                principal = str(self.meshpath.identity())
+            except SpiffeError:
+                principal = ""
+        return metrics.traffic_labels(metrics.REPORTER_SOURCE, self.me(), dest,
+                                      target.service if target is not None else None,
+                                      source_principal=principal, mtls=mtls)
+
+    def inbound_labels(self, src_ip: str, dst: tuple[str, int], *, peer: str = "",
+                       host: str = "", mtls: bool = False) -> tuple[str, ...]:
+        """Reporter destination: the client at `src_ip` to this pod's `dst`. `peer`: the
+        client's SPIFFE ID proven by mTLS; `host`: the service it named (HBONE's
+        `Forwarded: host=`)."""
+        service = None
+        if self.meshpath is not None:
+            table = self.meshpath.mesh.table
+            w = table.workload_by_ip(dst[0]) or self.meshpath.workload()
+            dest = metrics.party(w) if w is not None else metrics.Party(
+                namespace=self.namespace)
+            service = metrics.inbound_service(table.services, w, dst[1], host)
+        else:
+            dest = self.me()
+        return metrics.traffic_labels(metrics.REPORTER_DESTINATION, self.party_at(src_ip),
+                                      dest, service, source_principal=peer, mtls=mtls)
 
     async def _idle_sweeper(self) -> None:
         idle = self.cfg.idle_timeout_seconds
@@ -474,6 +544,8 @@ class PodProxy:
             await asyncio.sleep(min(max(idle / 4, 0.05), 5.0))
             now = time.monotonic()
             for c in list(self.conns.values()):
+                if c.stats is not None:  # bytes reach the counters while connections live
+                    c.stats.flush(c.traffic.b_to_a, c.traffic.a_to_b)
                 if c.traffic.idle_for(now) > idle and c.task is not None:
                     c.task.cancel()  # relay resets both sides
 

@@ -36,9 +36,10 @@ WL = Workload(uid="u1", name="p", namespace="ns", addresses=("10.0.0.1", "fd00::
               tunnel_protocol=TunnelProtocol.HBONE, status=WorkloadStatus.UNHEALTHY,
               authorization_policies=("ns/allow",),
               services=(("ns/a.svc", (Port(80, 8080),)),), network="net1", cluster_id="c1",
-              locality=("r", "z", ""),
+              locality=("r", "z", ""), workload_name="deploy", canonical_name="app",
+              canonical_revision="v1",
               # Not on the channel: the proxy does not act on them.
-              hostname="p.example", canonical_name="app", capacity=3, version="v9")
+              hostname="p.example", capacity=3, version="v9")
 SVC = Service(name="a", namespace="ns", hostname="a.svc",
               vips=(Vip("", "10.96.0.1"), Vip("", "10.200.0.0", 16)),
               ports=(Port(80, 8080), Port(443, 0)), subject_alt_names=("spiffe://td/x",),
@@ -65,7 +66,7 @@ def test_workload_on_the_wire() -> None:
         "uid": "u1", "name": "p", "ns": "ns", "ips": ["10.0.0.1", "fd00::1"], "node": "n1",
         "id": "spiffe://td/ns/ns/sa/sa", "hbone": True, "healthy": False,
         "pol": ["ns/allow"], "svc": {"ns/a.svc": [[80, 8080]]}, "net": "net1", "cl": "c1",
-        "loc": ["r", "z", ""]}
+        "loc": ["r", "z", ""], "wn": "deploy", "cn": "app", "cr": "v1"}
     bare = Workload(uid="u2", name="q", namespace="ns", addresses=("10.0.0.2",),
                     cluster_id="Kubernetes")
     assert channel.encode_workload(bare) == {
@@ -97,6 +98,7 @@ def test_decode_gives_back_what_the_channel_carries() -> None:
         WL.spiffe_id, True, False, ("ns/allow",))
     assert (w.services, w.network, w.cluster, w.locality) == (
         WL.services, "net1", "c1", ("r", "z", ""))
+    assert (w.workload_name, w.canonical_name, w.canonical_revision) == ("deploy", "app", "v1")
     assert w.hostname == "" and w.capacity == 1 and w.version == ""  # not on the channel
     s = d.service(wire(channel.encode_service(SVC)))
     assert s.vips == (Vip("", "10.96.0.1"),)  # CIDR VIPs do not travel
