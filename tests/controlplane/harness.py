@@ -1,9 +1,10 @@
-"""A real control plane on 127.0.0.1 (TLS, ephemeral port) and real gRPC clients for it."""
+"""A real control plane on 127.0.0.1 (TLS, ephemeral port) serving a manifests directory
+(`config=`), and real gRPC clients for it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +18,47 @@ from prometheus_client.parser import text_string_to_metric_families
 from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE
 from controlplane.server import ControlPlane, ControlPlaneConfig
 from meshpb.istio import authorization_pb2, workload_pb2
+from testing import mesh_manifests as mm
 
 T = TypeVar("T")
-EXAMPLE = Path(__file__).parents[2] / "controlplane" / "examples" / "mesh.yaml"
+EXAMPLE_FILE = "example.yaml"   # the example's file in the manifests directory
+ECHO = {"app": "echo"}
+SLEEP_PRINCIPAL = "cluster.local/ns/default/sa/sleep"
+
+
+def example(*, sleep_node: str = "node1", echo_2: bool = True) -> list[mm.Obj]:
+    """The example mesh (it mirrors the project's former example mesh file): in the ambient
+    namespace `default`, on nodes node1 and node2, a client `sleep` (sa sleep, 10.1.1.2,
+    node1) and two servers echo-1 (sa echo, 10.1.2.2, node2) and echo-2 (sa echo, 10.1.1.3,
+    node1) behind the Service `echo` (10.96.0.10, port 80 -> 8080); one L4 policy: only
+    `sleep` may reach the echo servers, and only on 8080. `sleep_node`: where sleep runs;
+    without `echo_2`, echo-2 is gone."""
+    return [
+        *mm.two_nodes(),
+        mm.service("echo", "10.96.0.10", [(80, 8080)], selector=ECHO),
+        mm.pod("sleep", "10.1.1.2", sleep_node, service_account="sleep",
+               labels={"app": "sleep"}),
+        mm.pod("echo-1", "10.1.2.2", "node2", service_account="echo", labels=ECHO),
+        *([mm.pod("echo-2", "10.1.1.3", "node1", service_account="echo", labels=ECHO)]
+          if echo_2 else []),
+        mm.authorization_policy("echo-from-sleep", "ALLOW", [
+            {"from": [{"source": {"principals": [SLEEP_PRINCIPAL]}}],
+             "to": [{"operation": {"ports": ["8080"]}}]}], selector=ECHO),
+    ]
+
+
+def deny_sleep() -> mm.Obj:
+    """A namespace-wide DENY of everything from `sleep` (an edit the tests make)."""
+    return mm.authorization_policy("deny-sleep", "DENY", [
+        {"from": [{"source": {"principals": [SLEEP_PRINCIPAL]}}]}])
+
+
+def manifests(tmp_path: Path, docs: Sequence[mm.Obj | str] | None = None) -> Path:
+    """`tmp_path/manifests`, holding `docs` (default: the example) in EXAMPLE_FILE."""
+    conf = tmp_path / "manifests"
+    conf.mkdir(parents=True, exist_ok=True)
+    mm.write(conf, EXAMPLE_FILE, *(example() if docs is None else docs))
+    return conf
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
@@ -30,12 +69,11 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
 
 
 @asynccontextmanager
-async def control_plane(tmp_path: Path, mesh_text: str | None = None,
+async def control_plane(tmp_path: Path, docs: Sequence[mm.Obj | str] | None = None,
                         **overrides: Any) -> AsyncIterator[ControlPlane]:
-    mesh = tmp_path / "mesh.yaml"
-    mesh.write_text(mesh_text if mesh_text is not None else EXAMPLE.read_text())
-    cfg = ControlPlaneConfig(mesh=mesh, address="127.0.0.1:0", state_dir=tmp_path / "state",
-                             **overrides)
+    """Serving `manifests(tmp_path, docs)` (edit the files there: they are watched)."""
+    cfg = ControlPlaneConfig(config=manifests(tmp_path, docs), address="127.0.0.1:0",
+                             state_dir=tmp_path / "state", **overrides)
     cp = ControlPlane(cfg)
     await cp.start()
     try:
@@ -151,6 +189,6 @@ async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]],
         await asyncio.sleep(0.02)
 
 
-__all__ = ["ADDRESS_TYPE", "AUTHORIZATION_TYPE", "AdsClient", "Samples", "auth", "channel",
-           "control_plane", "decode", "eventually", "http_get", "names", "run", "sample",
-           "scrape"]
+__all__ = ["ADDRESS_TYPE", "AUTHORIZATION_TYPE", "EXAMPLE_FILE", "AdsClient", "Samples", "auth",
+           "channel", "control_plane", "decode", "deny_sleep", "eventually", "example",
+           "http_get", "manifests", "names", "run", "sample", "scrape"]

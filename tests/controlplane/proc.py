@@ -1,5 +1,5 @@
-"""A real `meshnode controlplane` process on 127.0.0.1 (ephemeral ports, read from its
-`controlplane_serving` log line), stopped by its own PID with a SIGKILL fallback."""
+"""A real `meshnode controlplane --config DIR` process on 127.0.0.1 (ephemeral ports, read from
+its `controlplane_serving` log line), stopped by its own PID with a SIGKILL fallback."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
 
 @dataclass
 class ControlPlaneProcess:
-    mesh: Path
+    config: Path   # the manifests file or directory
     state: Path
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
@@ -36,7 +36,7 @@ class ControlPlaneProcess:
         self.log = self.state.parent / "controlplane.log"
 
     def cmd(self, *extra: str) -> list[str]:
-        return [*MESHNODE, "controlplane", "--mesh", str(self.mesh),
+        return [*MESHNODE, "controlplane", "--config", str(self.config),
                 "--state-dir", str(self.state), *extra]
 
     def token(self, node: str) -> str:

@@ -1,7 +1,9 @@
-"""Delta ADS over real gRPC + TLS on 127.0.0.1: subscribe, ACK, NACK, reconnect, file pushes."""
+"""Delta ADS over real gRPC + TLS on 127.0.0.1, the control plane serving the example manifests:
+subscribe, ACK, NACK, reconnect, pushes of manifest edits."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc
@@ -10,15 +12,18 @@ from google.rpc import status_pb2
 from structlog.testing import capture_logs
 
 from controlplane import pki
+from testing import mesh_manifests as mm
 from tests.controlplane.harness import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
-    EXAMPLE,
+    EXAMPLE_FILE,
     AdsClient,
     channel,
     control_plane,
     decode,
+    deny_sleep,
     eventually,
+    example,
     names,
     run,
 )
@@ -35,7 +40,17 @@ def test_subscribe_both_types_ack_and_silence(tmp_path: Path) -> None:
             c = AdsClient(ch, cp.node_token("node1"))
             r = await c.subscribe(ADDRESS_TYPE, node={"id": "ztunnel~10.0.0.1~z.ns~ns.svc"})
             assert names(r) == sorted([SLEEP, ECHO1, ECHO2, SVC])
-            assert decode(r.resources[0]).workload.uid == ECHO1
+            got = {res.name: decode(res) for res in r.resources}
+            echo1 = got[ECHO1].workload
+            assert (echo1.uid, echo1.node, echo1.service_account) == (ECHO1, "node2", "echo")
+            # The service's selector and the policy's selector pick the echo workloads only.
+            for uid in (ECHO1, ECHO2):
+                assert list(got[uid].workload.services) == [SVC]
+                assert list(got[uid].workload.authorization_policies) == [
+                    "default/echo-from-sleep"]
+            assert not got[SLEEP].workload.services
+            assert not got[SLEEP].workload.authorization_policies
+            assert got[SVC].service.hostname == "echo.default.svc.cluster.local"
             await c.ack(r)
             p = await c.subscribe(AUTHORIZATION_TYPE)
             assert names(p) == ["default/echo-from-sleep"]
@@ -81,31 +96,25 @@ def test_client_refuses_a_server_signed_by_another_root(tmp_path: Path) -> None:
     run(main())
 
 
-def test_malformed_resource_is_nacked_and_not_resent(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text() + (
-        "debug:\n  malformed_resources:\n    - {type: address, name: bad-1}\n")
-
+def test_a_nack_is_logged_counted_and_not_answered_nor_resent(tmp_path: Path) -> None:
+    """A client that refuses a response (names the resources it could not apply, as the agent
+    does): logged with its error, counted, and the refused resources are not sent again.
+    (The agent's side, decoding and naming a malformed resource, is tests/xds/test_protocol.py's
+    test_nack_names_each_bad_resource_and_applies_the_good_ones.)"""
     async def main() -> None:
-        async with control_plane(tmp_path, text) as cp, channel(cp) as ch:
+        async with control_plane(tmp_path) as cp, channel(cp) as ch:
             c = AdsClient(ch, cp.node_token("node1"))
             r = await c.subscribe(ADDRESS_TYPE)
-            assert "bad-1" in names(r)
-            errors = []
-            for res in r.resources:   # what a real client does: decode each, name failures
-                try:
-                    decode(res)
-                except Exception as exc:
-                    errors.append(f"{res.name}: {type(exc).__name__}")
-            assert [e.split(":")[0] for e in errors] == ["bad-1"]
+            assert ECHO1 in names(r)
             with capture_logs() as logs:
                 await c.send(type_url=ADDRESS_TYPE, response_nonce=r.nonce,
-                             error_detail=status_pb2.Status(code=3,
-                                                            message="; ".join(errors)))
+                             error_detail=status_pb2.Status(
+                                 code=3, message=f"{ECHO1}: DecodeError"))
                 await c.expect_silence()
                 (session,) = cp.ads.sessions
                 await eventually(lambda: session.types[ADDRESS_TYPE].nacks == 1)
             nack = [e for e in logs if e["event"] == "ads_nack"]
-            assert nack and nack[0]["error_detail"].startswith("bad-1: ")
+            assert len(nack) == 1 and nack[0]["error_detail"].startswith(f"{ECHO1}: ")
             assert session.types[ADDRESS_TYPE].acks == 0
             c.close()
     run(main())
@@ -120,13 +129,11 @@ def test_reconnect_with_initial_versions_gets_only_what_changed(tmp_path: Path) 
             held = {res.name: res.version for res in r.resources}
             c.close()
             # While the client is away: sleep changes node, echo-2 goes away.
-            mesh = tmp_path / "mesh.yaml"
-            text = EXAMPLE.read_text().replace("node: node1\n    labels: {app: sleep}",
-                                               "node: node2\n    labels: {app: sleep}")
-            text = text[:text.index("  - name: echo-2")] + text[text.index("policies:"):]
-            version = cp.store.version
-            mesh.write_text(text)
-            await eventually(lambda: cp.store.version == version + 1)
+            conf = tmp_path / "manifests"
+            mm.write(conf, EXAMPLE_FILE, *example(sleep_node="node2", echo_2=False))
+            served = cp.store.snapshot[ADDRESS_TYPE]
+            await eventually(lambda: ECHO2 not in served
+                             and served[SLEEP].version != held[SLEEP], timeout=5)
             c2 = AdsClient(ch, cp.node_token("node1"))
             r2 = await c2.subscribe(ADDRESS_TYPE, initial_resource_versions=held)
             assert names(r2) == [SLEEP]
@@ -143,45 +150,49 @@ def test_reconnect_with_initial_versions_gets_only_what_changed(tmp_path: Path) 
     run(main())
 
 
-def test_file_edits_push_deltas_and_a_bad_file_keeps_the_last_good_mesh(tmp_path: Path) -> None:
+def test_edits_push_deltas_and_a_file_that_does_not_parse_keeps_its_objects(
+        tmp_path: Path) -> None:
     async def main() -> None:
         async with control_plane(tmp_path) as cp:
-            mesh = tmp_path / "mesh.yaml"
-            good = EXAMPLE.read_text()
+            conf = tmp_path / "manifests"
+            path = conf / EXAMPLE_FILE
             async with channel(cp) as ch:
                 c = AdsClient(ch, cp.node_token("node1"))
                 await c.ack(await c.subscribe(ADDRESS_TYPE))
                 await c.ack(await c.subscribe(AUTHORIZATION_TYPE))
 
                 # 1. Add a DENY policy: one push, for policies only, carrying just it.
-                mesh.write_text(good + """\
-  - name: deny-sleep
-    namespace: default
-    action: deny
-    rules:
-      - from:
-          - principals: [cluster.local/ns/default/sa/sleep]
-""")
+                mm.write(conf, EXAMPLE_FILE, *example(), deny_sleep())
                 r = await c.recv()
                 assert r.type_url == AUTHORIZATION_TYPE
                 assert names(r) == ["default/deny-sleep"] and not r.removed_resources
                 await c.ack(r)
                 await c.expect_silence()
 
-                # 2. A bad file: logged with line and field, nothing pushed, old mesh served.
+                # 2. The file broken (an unclosed flow list at echo-1's IP): logged with the
+                #    file and line, held back, nothing pushed, its objects stay served.
+                good = path.read_text()
+                line = good.splitlines().index("  podIP: 10.1.2.2") + 1
+                watcher = cp.manifests
+                assert watcher is not None
+                held = watcher.held_back
                 with capture_logs() as logs:
-                    mesh.write_text(good.replace("ips: [10.1.2.2]", "ips: [10.1.2.256]"))
-                    await eventually(lambda: cp.watcher.rejects == 1)
-                    await c.expect_silence()
-                errs = [e for e in logs if e["event"] == "mesh_file_rejected"]
-                assert "mesh.yaml:24: workloads[1].ips[0]" in errs[0]["error"]
+                    path.write_text(good.replace("podIP: 10.1.2.2", "podIP: [10.1.2.2"))
+                    await eventually(lambda: any(e["event"] == "manifest_file_invalid"
+                                                 for e in logs))
+                    await c.expect_silence(0.8)  # past the hold-back and its re-read
+                (err,) = [e for e in logs if e["event"] == "manifest_file_invalid"]
+                at = re.match(rf"{re.escape(str(path))}:(\d+): ", err["error"])
+                assert at is not None and int(at.group(1)) >= line, (err, line)
+                assert err["kept"] == len(example()) + 1
+                assert watcher.held_back > held
                 assert "default/deny-sleep" in cp.store.snapshot[AUTHORIZATION_TYPE]
+                assert sorted(cp.store.snapshot[ADDRESS_TYPE]) == sorted(
+                    [SLEEP, ECHO1, ECHO2, SVC])
 
                 # 3. Back to the original file: the policy is removed, nothing else moves.
                 #    Written by rename, the way editors and ConfigMaps do it.
-                tmp = tmp_path / ".mesh.yaml.tmp"
-                tmp.write_text(good)
-                tmp.rename(mesh)
+                mm.write(conf, EXAMPLE_FILE, *example())
                 r = await c.recv()
                 assert r.type_url == AUTHORIZATION_TYPE
                 assert not r.resources and list(r.removed_resources) == ["default/deny-sleep"]

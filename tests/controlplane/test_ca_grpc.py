@@ -15,7 +15,16 @@ from google.protobuf import struct_pb2
 
 from controlplane import nodeauth
 from meshpb.istio import ca_pb2, ca_pb2_grpc
-from tests.controlplane.harness import EXAMPLE, auth, channel, control_plane, eventually, run
+from testing import mesh_manifests as mm
+from tests.controlplane.harness import (
+    EXAMPLE_FILE,
+    auth,
+    channel,
+    control_plane,
+    eventually,
+    example,
+    run,
+)
 
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"   # sleep runs on node1 only
 ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"     # echo runs on node1 and node2
@@ -107,13 +116,12 @@ def test_refuses_an_identity_not_on_the_callers_node(tmp_path: Path) -> None:
     run(main())
 
 
-def test_node_authorization_follows_the_mesh_file(tmp_path: Path) -> None:
+def test_node_authorization_follows_the_manifests(tmp_path: Path) -> None:
     async def main() -> None:
         async with control_plane(tmp_path) as cp:
             await call(cp, request(make_csr(SLEEP_ID)), node="node1")
-            (tmp_path / "mesh.yaml").write_text(EXAMPLE.read_text().replace(
-                "node: node1\n    labels: {app: sleep}", "node: node2\n    labels: {app: sleep}"))
-            await eventually(lambda: cp.store.version == 2)
+            mm.write(tmp_path / "manifests", EXAMPLE_FILE, *example(sleep_node="node2"))
+            await eventually(lambda: cp.store.has_identity_on_node("default", "sleep", "node2"))
             err = await refused(cp, request(make_csr(SLEEP_ID)), node="node1")
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED
             await call(cp, request(make_csr(SLEEP_ID)), node="node2")

@@ -200,7 +200,7 @@ def test_ads_takes_a_node_agents_token_and_refuses_a_workloads(tmp_path: Path) -
 
 
 def test_without_an_api_server_kubernetes_tokens_are_refused(tmp_path: Path) -> None:
-    """A mesh file or manifests: nobody to review a token; node tokens only."""
+    """Manifests: nobody to review a token; node tokens only."""
     async def main() -> None:
         async with control_plane(tmp_path) as cp:
             err = await refusal(cp, AGENT1, "spiffe://cluster.local/ns/default/sa/sleep")
@@ -220,7 +220,7 @@ def test_a_bad_trusted_node_account_is_a_one_line_error(
         tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
-    rc = main(["controlplane", "--mesh", "unused.yaml", "--state-dir", str(tmp_path / "s"),
-               "--trusted-node-account", bad])
+    rc = main(["controlplane", "--config", str(tmp_path / "unused"), "--state-dir",
+               str(tmp_path / "s"), "--trusted-node-account", bad])
     assert rc == 2
     assert capsys.readouterr().err.startswith("error: --trusted-node-account: ")

@@ -1,4 +1,5 @@
-"""`meshnode controlplane`: one-line errors for bad input, and the real process serving."""
+"""`meshnode controlplane --config DIR`: one-line errors for bad input, and the real process
+serving. (`--check` of bad manifests, and no source at all: test_sources.py.)"""
 
 from __future__ import annotations
 
@@ -14,34 +15,29 @@ import pytest
 
 from cli.main import main
 from meshpb.istio import ca_pb2, ca_pb2_grpc
-from tests.controlplane.harness import EXAMPLE, auth
+from tests.controlplane.harness import auth, manifests
 from tests.controlplane.proc import MESHNODE, ControlPlaneProcess
 from tests.controlplane.test_ca_grpc import SLEEP_ID, make_csr
 
 
-def test_bad_mesh_file_is_one_line_error_exit_2(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "mesh.yaml"
-    bad.write_text("workloads:\n  - name: a\n    ips: [1.2.3]\n    node: n1\n")
-    rc = main(["controlplane", "--mesh", str(bad), "--state-dir", str(tmp_path / "s")])
+def test_missing_config_and_half_a_root_are_one_line_errors_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nope = tmp_path / "nope"
+    assert main(["controlplane", "--config", str(nope), "--state-dir", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
-    assert rc == 2
-    assert err == f"error: {bad}:3: workloads[0].ips[0]: '1.2.3' is not an IP address\n"
-
-
-def test_missing_mesh_file_and_half_a_root(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["controlplane", "--mesh", str(tmp_path / "nope.yaml")]) == 2
-    assert "cannot read" in capsys.readouterr().err
-    assert main(["controlplane", "--mesh", str(EXAMPLE), "--state-dir", str(tmp_path / "s"),
-                 "--root-cert", str(tmp_path / "c.pem")]) == 2
-    assert "--root-cert and --root-key go together" in capsys.readouterr().err
+    assert err.startswith(f"error: {nope}: cannot read") and err.count("\n") == 1, err
+    assert main(["controlplane", "--config", str(manifests(tmp_path)), "--state-dir",
+                 str(tmp_path / "s"), "--root-cert", str(tmp_path / "c.pem")]) == 2
+    assert capsys.readouterr().err == "error: --root-cert and --root-key go together\n"
 
 
 def test_check_and_print_node_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["controlplane", "--mesh", str(EXAMPLE), "--check"]) == 0
+    # A process: --check configures the logging of the whole process.
+    done = subprocess.run([*MESHNODE, "controlplane", "--config", str(manifests(tmp_path)),
+                           "--check"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     key = tmp_path / "token.key"
-    assert main(["controlplane", "--mesh", str(EXAMPLE), "--token-key", str(key),
+    assert main(["controlplane", "--config", str(manifests(tmp_path)), "--token-key", str(key),
                  "--print-node-token", "node1"]) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("mn1.") and oct(key.stat().st_mode & 0o777) == "0o600"
@@ -49,8 +45,8 @@ def test_check_and_print_node_token(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_bad_or_busy_metrics_address_is_one_line_error(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["controlplane", "--mesh", str(EXAMPLE), "--state-dir", str(tmp_path / "s"),
-            "--address", "127.0.0.1:0"]
+    base = ["controlplane", "--config", str(manifests(tmp_path)), "--state-dir",
+            str(tmp_path / "s"), "--address", "127.0.0.1:0"]
     assert main([*base, "--metrics-address", "localhost"]) == 2
     assert capsys.readouterr().err == "error: --metrics-address: 'localhost' is not HOST:PORT\n"
     # A process: serving configures the logging of the whole process.
@@ -76,7 +72,7 @@ def _metric(port: int, name: str) -> float:
 
 
 def test_the_process_serves_the_ca_with_its_generated_root(tmp_path: Path) -> None:
-    cp = ControlPlaneProcess(EXAMPLE, tmp_path / "state")
+    cp = ControlPlaneProcess(manifests(tmp_path), tmp_path / "state")
     token = cp.token("node1")
     cp.start()
     try:
@@ -114,7 +110,8 @@ def test_the_process_serves_the_ca_with_its_generated_root(tmp_path: Path) -> No
 def test_bad_flag_is_one_line_exit_2_before_anything_is_made(
         tmp_path: Path, flags: list[str], error: str) -> None:
     state = tmp_path / "state"
-    done = subprocess.run([*MESHNODE, "controlplane", "--mesh", str(EXAMPLE), "--state-dir",
-                           str(state), *flags], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([*MESHNODE, "controlplane", "--config", str(manifests(tmp_path)),
+                           "--state-dir", str(state), *flags], capture_output=True, text=True,
+                          timeout=30)
     assert (done.returncode, done.stderr) == (2, f"error: {error}\n")
     assert not state.exists()  # refused before the root and the token key are made

@@ -15,10 +15,13 @@ from hypothesis import strategies as st
 
 from controlplane import session as session_mod
 from controlplane import store as store_mod
-from controlplane.mesh import parse
+from controlplane.ambient.index import Index
+from controlplane.ambientstore import AmbientStore
+from controlplane.kube.objects import NAMESPACE, POD, ObjectStore
 from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot, make_entry
 from controlplane.session import Session
-from controlplane.store import MeshStore, ServedStore
+from controlplane.store import ServedStore
+from testing import mesh_manifests as mm
 
 A = ADDRESS_TYPE
 NAMES = ["a", "b", "c", "d", "e"]
@@ -104,19 +107,18 @@ def test_the_log_keeps_what_a_slow_feed_has_not_read_and_drops_the_rest() -> Non
     asyncio.run(main())
 
 
-def test_a_mesh_file_update_is_logged() -> None:
-    mesh = """
-workloads:
-  - {name: a, namespace: default, service_account: a, ips: [10.0.0.1], node: n1}
-  - {name: b, namespace: default, service_account: b, ips: [10.0.0.2], node: n1}
-"""
+def test_an_update_of_the_objects_is_logged() -> None:
     async def main() -> None:
-        s = MeshStore(parse(mesh, "m.yaml"), "cluster.local")
+        objects = ObjectStore()
+        objects.put(NAMESPACE, mm.namespace("default"))
+        for name, ip in (("a", "10.0.0.1"), ("b", "10.0.0.2")):
+            objects.put(POD, mm.pod(name, ip, "n1", service_account=name))
+        s = AmbientStore(Index(objects), "cluster.local")
         before = dict(s.snapshot[A])
+        assert sorted(before) == ["Kubernetes//Pod/default/a", "Kubernetes//Pod/default/b"]
         with s.feed() as f:
-            s.update(parse(mesh.replace("10.0.0.2", "10.0.0.3").replace(
-                "  - {name: a, namespace: default, service_account: a, ips: [10.0.0.1], "
-                "node: n1}\n", ""), "m.yaml"))
+            objects.put(POD, mm.pod("b", "10.0.0.3", "n1", service_account="b"))
+            objects.delete(POD, "default", "a")
             changes = f.take()[A]
         assert changes == {n: e.version for n, e in before.items()}  # b changed, a gone
     asyncio.run(main())

@@ -1,5 +1,5 @@
 """The control plane's monitoring port: /metrics, /healthz, /readyz over real HTTP, with the
-metrics moved by real gRPC calls (ADS streams, NACKs, CSRs) and real file edits.
+metrics moved by real gRPC calls (ADS streams, NACKs, CSRs) and real manifest edits.
 
 The metrics live in the process-wide registry and earlier tests in this process moved them
 too: counters are compared before/after, gauges read while only this control plane runs.
@@ -8,6 +8,7 @@ too: counters are compared before/after, gauges read while only this control pla
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,19 @@ from google.rpc import status_pb2
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controlplane import http
+from testing import mesh_manifests as mm
 from tests.controlplane.harness import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
-    EXAMPLE,
+    EXAMPLE_FILE,
     AdsClient,
     channel,
     control_plane,
+    deny_sleep,
     eventually,
+    example,
     http_get,
+    manifests,
     run,
     sample,
     scrape,
@@ -32,18 +37,12 @@ from tests.controlplane.harness import (
 from tests.controlplane.test_ca_grpc import ECHO_ID, SLEEP_ID, call, make_csr, refused, request
 
 M = "meshnode_controlplane_"
-DENY_SLEEP = """\
-  - name: deny-sleep
-    namespace: default
-    action: deny
-    rules:
-      - from:
-          - principals: [cluster.local/ns/default/sa/sleep]
-"""
+HELD = M + "manifest_reads_held_back_total"
+INVALID_FILES = M + "manifest_files_invalid"
 
 
-def monitored(tmp_path: Path, mesh_text: str | None = None) -> Any:
-    return control_plane(tmp_path, mesh_text, metrics_address="127.0.0.1:0")
+def monitored(tmp_path: Path, docs: Sequence[mm.Obj | str] | None = None) -> Any:
+    return control_plane(tmp_path, docs, metrics_address="127.0.0.1:0")
 
 
 def test_monitoring_port_serves_metrics_health_and_readiness(tmp_path: Path) -> None:
@@ -60,7 +59,7 @@ def test_monitoring_port_serves_metrics_health_and_readiness(tmp_path: Path) -> 
             assert sample(m, M + "resources", type_url=ADDRESS_TYPE) == 4
             assert sample(m, M + "resources", type_url=AUTHORIZATION_TYPE) == 1
             assert sample(m, M + "mesh_version") == cp.store.version == 1
-            assert sample(m, M + "mesh_file_valid") == 1
+            assert sample(m, INVALID_FILES) == 0
             assert sample(m, M + "mesh_last_reload_timestamp_seconds") > 1.6e9
             port = cp.metrics_port
         # Stopped: the monitoring port is closed with the rest.
@@ -96,10 +95,8 @@ def test_a_busy_metrics_port_fails_start_and_releases_the_grpc_port(tmp_path: Pa
     async def main() -> None:
         async with monitored(tmp_path) as first:
             from controlplane.server import ControlPlane, ControlPlaneConfig
-            (tmp_path / "b").mkdir()
-            (tmp_path / "b" / "mesh.yaml").write_text(EXAMPLE.read_text())
             second = ControlPlane(ControlPlaneConfig(
-                mesh=tmp_path / "b" / "mesh.yaml", address="127.0.0.1:0",
+                config=manifests(tmp_path / "b"), address="127.0.0.1:0",
                 state_dir=tmp_path / "b" / "state",
                 metrics_address=f"127.0.0.1:{first.metrics_port}"))
             try:
@@ -156,16 +153,14 @@ def test_ads_clients_by_node_and_pushes_by_type(tmp_path: Path) -> None:
 
 
 def test_a_nack_is_counted_by_type(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text() + (
-        "debug:\n  malformed_resources:\n    - {type: address, name: bad-1}\n")
-
     async def main() -> None:
-        async with monitored(tmp_path, text) as cp, channel(cp) as ch:
+        async with monitored(tmp_path) as cp, channel(cp) as ch:
             c = AdsClient(ch, cp.node_token("node1"))
             r = await c.subscribe(ADDRESS_TYPE)
             before = await scrape(cp)
+            bad = r.resources[0].name
             await c.send(type_url=ADDRESS_TYPE, response_nonce=r.nonce,
-                         error_detail=status_pb2.Status(code=3, message="bad-1: DecodeError"))
+                         error_detail=status_pb2.Status(code=3, message=f"{bad}: DecodeError"))
 
             async def nacked() -> bool:
                 m = await scrape(cp)
@@ -188,36 +183,38 @@ def test_a_nack_is_counted_by_type(tmp_path: Path) -> None:
 def test_reloads_bad_and_good_edits_and_the_push_they_cause(tmp_path: Path) -> None:
     async def main() -> None:
         async with monitored(tmp_path) as cp, channel(cp) as ch:
-            mesh = tmp_path / "mesh.yaml"
-            good = EXAMPLE.read_text()
+            conf = tmp_path / "manifests"
+            path = conf / EXAMPLE_FILE
+            good = path.read_text()
             c = AdsClient(ch, cp.node_token("node1"))
             await c.ack(await c.subscribe(ADDRESS_TYPE))
             await c.ack(await c.subscribe(AUTHORIZATION_TYPE))
             m0 = await scrape(cp)
-            reloads = M + "mesh_reloads_total"
 
-            # 1. A bad edit: counted as an error, the file is not valid, nothing else moves.
-            mesh.write_text(good.replace("ips: [10.1.2.2]", "ips: [10.1.2.256]"))
-            await eventually(lambda: cp.watcher.rejects == 1)
+            # 1. A bad edit (not YAML): held back, the file counted invalid, nothing else moves.
+            path.write_text(good.replace("podIP: 10.1.2.2", "podIP: [10.1.2.2"))
+
+            async def one_invalid() -> bool:
+                return sample(await scrape(cp), INVALID_FILES) == 1
+            await eventually(one_invalid)
             m1 = await scrape(cp)
-            assert sample(m1, reloads, result="error") == sample(m0, reloads, result="error") + 1
-            assert sample(m1, reloads, result="ok") == sample(m0, reloads, result="ok")
-            assert sample(m1, M + "mesh_file_valid") == 0
+            assert sample(m1, HELD, reason="invalid") == sample(m0, HELD, reason="invalid") + 1
+            assert sample(m1, HELD, reason="removes") == sample(m0, HELD, reason="removes")
             assert sample(m1, M + "mesh_version") == sample(m0, M + "mesh_version") == 1
             assert (sample(m1, M + "mesh_last_reload_timestamp_seconds")
                     == sample(m0, M + "mesh_last_reload_timestamp_seconds"))
+            await c.expect_silence(0.1)
 
-            # 2. A good edit adding a policy: ok, valid again, a new version, one more
+            # 2. A good edit adding a policy: valid again, a new version, one more
             #    Authorization resource, and one change push whose latency is observed.
-            mesh.write_text(good + DENY_SLEEP)
+            mm.write(conf, EXAMPLE_FILE, *example(), deny_sleep())
             r = await c.recv()
             assert r.type_url == AUTHORIZATION_TYPE
             await c.ack(r)
             await c.expect_silence(0.1)
             m2 = await scrape(cp)
-            assert sample(m2, reloads, result="ok") == sample(m0, reloads, result="ok") + 1
-            assert sample(m2, reloads, result="error") == sample(m1, reloads, result="error")
-            assert sample(m2, M + "mesh_file_valid") == 1
+            assert sample(m2, INVALID_FILES) == 0
+            assert sample(m2, HELD, reason="invalid") == sample(m1, HELD, reason="invalid")
             assert sample(m2, M + "mesh_version") == cp.store.version == 2
             assert sample(m2, M + "resources", type_url=AUTHORIZATION_TYPE) == 2
             assert sample(m2, M + "resources", type_url=ADDRESS_TYPE) == 4
@@ -231,23 +228,23 @@ def test_reloads_bad_and_good_edits_and_the_push_they_cause(tmp_path: Path) -> N
             latency = M + "push_latency_seconds"
             assert sample(m2, latency + "_count") == sample(m0, latency + "_count") + 1
             spent = sample(m2, latency + "_sum") - sample(m0, latency + "_sum")
-            # From the inotify event: at least the 50 ms debounce, well under the test's wait.
-            assert 0.04 < spent < 3, spent
+            # From the change of the objects to the push: well under the test's wait.
+            assert 0 < spent < 3, spent
 
-            # 3. The file removed: unreadable is an error too; put back, valid again.
-            mesh.unlink()
-
-            async def invalid() -> bool:
-                return sample(await scrape(cp), M + "mesh_file_valid") == 0
-            await eventually(invalid)
-            mesh.write_text(good + DENY_SLEEP)
+            # 3. The file unreadable as text (not UTF-8): invalid too, its objects kept; put
+            #    back as it was, valid again, and nothing pushed (the same objects).
+            served = path.read_bytes()
+            path.write_bytes(b"\xff\xfe" + served)
+            await eventually(one_invalid)
 
             async def valid() -> bool:
-                return sample(await scrape(cp), M + "mesh_file_valid") == 1
+                return sample(await scrape(cp), INVALID_FILES) == 0
+            mm.write(conf, EXAMPLE_FILE, served.decode())
             await eventually(valid)
             m3 = await scrape(cp)
-            assert sample(m3, reloads, result="error") > sample(m2, reloads, result="error")
-            assert sample(m3, M + "mesh_version") == 2  # the same mesh: nothing pushed
+            assert sample(m3, HELD, reason="invalid") > sample(m2, HELD, reason="invalid")
+            assert sample(m3, M + "mesh_version") == 2  # the same objects: nothing pushed
+            assert sample(m3, M + "resources", type_url=AUTHORIZATION_TYPE) == 2
             await c.expect_silence(0.1)
             c.close()
     run(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.controlplane.harness import ADDRESS_TYPE, EXAMPLE, AdsClient, names
+from tests.controlplane.harness import ADDRESS_TYPE, AdsClient, manifests, names
 from tests.controlplane.proc import ControlPlaneProcess
 
 DRAIN = 5.0
@@ -20,9 +20,7 @@ DRAIN = 5.0
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_ends_ads_streams_cleanly_and_exits_0(tmp_path: Path, sig: int) -> None:
-    mesh = tmp_path / "mesh.yaml"
-    mesh.write_text(EXAMPLE.read_text())
-    cp = ControlPlaneProcess(mesh, tmp_path / "state",
+    cp = ControlPlaneProcess(manifests(tmp_path), tmp_path / "state",
                              extra=("--drain-seconds", str(DRAIN)))
     token = cp.token("node1")
     cp.start()
@@ -67,9 +65,8 @@ def test_signal_ends_ads_streams_cleanly_and_exits_0(tmp_path: Path, sig: int) -
 
 def test_no_stream_opens_while_stopping(tmp_path: Path) -> None:
     """Once stopped (drain 0 s), the port no longer accepts a stream: UNAVAILABLE."""
-    mesh = tmp_path / "mesh.yaml"
-    mesh.write_text(EXAMPLE.read_text())
-    cp = ControlPlaneProcess(mesh, tmp_path / "state", extra=("--drain-seconds", "0"))
+    cp = ControlPlaneProcess(manifests(tmp_path), tmp_path / "state",
+                             extra=("--drain-seconds", "0"))
     token = cp.token("node1")
     cp.start()
     try:

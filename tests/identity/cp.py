@@ -7,14 +7,14 @@ from pathlib import Path
 from agent.identity.caclient import CaClient
 from agent.xds.channel import ControlPlaneEndpoint
 from controlplane.server import ControlPlane, ControlPlaneConfig
+from testing import mesh_manifests as mm
 
-MESH = """\
-workloads:
-  - {name: sleep, namespace: default, service_account: sleep, ips: [10.1.1.2], node: node1}
-  - {name: sleep-2, namespace: default, service_account: sleep, ips: [10.1.1.4], node: node1}
-  - {name: echo, namespace: default, service_account: echo, ips: [10.1.1.3], node: node1}
-  - {name: remote, namespace: default, service_account: remote, ips: [10.1.2.2], node: node2}
-"""
+# Two sleep pods and an echo pod on node1, a remote pod on node2.
+OBJECTS = [*mm.two_nodes(),
+           mm.pod("sleep", "10.1.1.2", "node1", service_account="sleep"),
+           mm.pod("sleep-2", "10.1.1.4", "node1", service_account="sleep"),
+           mm.pod("echo", "10.1.1.3", "node1", service_account="echo"),
+           mm.pod("remote", "10.1.2.2", "node2", service_account="remote")]
 
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
 ECHO = "spiffe://cluster.local/ns/default/sa/echo"
@@ -22,8 +22,10 @@ REMOTE = "spiffe://cluster.local/ns/default/sa/remote"
 
 
 def control_plane(tmp: Path, port: int = 0) -> ControlPlane:
-    (tmp / "mesh.yaml").write_text(MESH)
-    return ControlPlane(ControlPlaneConfig(mesh=tmp / "mesh.yaml", address=f"127.0.0.1:{port}",
+    conf = tmp / "manifests"
+    conf.mkdir(exist_ok=True)
+    mm.write(conf, "pods.yaml", *OBJECTS)
+    return ControlPlane(ControlPlaneConfig(config=conf, address=f"127.0.0.1:{port}",
                                            state_dir=tmp / "cp"))
 
 

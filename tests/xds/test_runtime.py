@@ -10,8 +10,9 @@ from agent.identity.bundle import CertBundle
 from agent.identity.manager import IdentityConfig
 from agent.meshconfig.meshclient import ControlPlaneSettings, MeshClient
 from agent.xds.state import Change
+from testing import mesh_manifests as mm
 from tests.xds.helpers import run, until
-from tests.xds.test_controlplane import EXTRA, MESH, control_plane, with_extra
+from tests.xds.test_controlplane import ECHO_2, control_plane
 
 
 def test_mesh_client_syncs_and_fetches_local_identities(tmp_path: Path) -> None:
@@ -37,10 +38,10 @@ def test_mesh_client_syncs_and_fetches_local_identities(tmp_path: Path) -> None:
             batches.append(q.get_nowait())
             assert {c.key for c in batches[0]} >= {"Kubernetes//Pod/default/sleep"}
             # echo-2 lands on node1: its identity is fetched too.
-            (tmp_path / "mesh.yaml").write_text(with_extra(MESH, EXTRA))
+            mm.write(tmp_path / "manifests", "echo-2.yaml", ECHO_2)
             await until(lambda: certs.get(echo) is not None, what="echo's certificate")
             # and dropped when it goes
-            (tmp_path / "mesh.yaml").write_text(MESH)
+            mm.remove(tmp_path / "manifests", "echo-2.yaml")
             await until(lambda: echo in certs and certs[echo] is None, what="echo dropped")
             assert mc.identities.identities() == [sleep]
         finally:
