@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from agent.nodeagent.cniserver import CniServer
 from agent.nodeagent.driftwatch import DriftWatch
 from agent.nodeagent.enroll import Enroller
 from agent.nodeagent.handoff import ProxyHandoff, snapshot_of
-from agent.nodeagent.http import make_app
+from agent.nodeagent.http import make_app, status_routes
 from agent.nodeagent.pods import PodStore
 from agent.nodeagent.stats import serve as serve_stats
 from agent.redirect.spec import Profile
@@ -155,15 +156,17 @@ class Agent:
             await self._start_k8s()
         await self.cni.start()
         host, port = addr.host_port(self.cfg.http_address)  # validated: [v6]:port too
-        runner = web.AppRunner(make_app(self.store, self.ready,
-                                        self.mesh.debug if self.mesh else None),
+        debug_mesh = self.mesh.debug if self.mesh else None
+        runner = web.AppRunner(make_app(self.store, self.ready, debug_mesh,
+                                        spec_for=self.enroller.spec_for),
                                access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         # Prometheus' listener (metrics_address), apart from the loopback debug HTTP.
         mesh = self.mesh
         stats = serve_stats(self.cfg.metrics_address, self.ready, None if mesh is None else (
-            lambda: mesh.client is not None and mesh.client.xds.stats.connected))
+            lambda: mesh.client is not None and mesh.client.xds.stats.connected),
+            status_routes(self.store, self.ready, debug_mesh, time.time()))
         try:
             await stats.start()
         except BaseException:

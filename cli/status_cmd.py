@@ -17,7 +17,7 @@ from typing import Any
 from cli import kube, nodeapi
 from cli.errors import UserError
 from cli.output import add_output_flag, emit, table_text
-from core.ports import AGENT_HTTP_PORT
+from core.ports import AGENT_STATS_PORT
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the same, with this pod's service account")
     g.add_argument("-n", "--namespace", default=kube.NAMESPACE,
                    help="where meshnode's DaemonSets run (default: %(default)s)")
-    g.add_argument("--agent-port", type=int, default=AGENT_HTTP_PORT, metavar="PORT",
-                   help="the agents' HTTP port (default: %(default)s)")
+    g.add_argument("--agent-port", type=int, default=AGENT_STATS_PORT, metavar="PORT",
+                   help="the agents' metrics port, which serves their status (metrics_address; "
+                        "default: %(default)s)")
     add_output_flag(p)
     p.set_defaults(handler=cmd_status)
 

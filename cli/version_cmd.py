@@ -13,7 +13,7 @@ from typing import Any
 from cli import kube, nodeapi
 from cli.errors import UserError
 from cli.output import add_output_flag, emit, table_text
-from core.ports import AGENT_HTTP_PORT
+from core.ports import AGENT_STATS_PORT
 from core.version import info
 
 
@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also every agent's and the control plane's in this cluster")
     p.add_argument("-n", "--namespace", default=kube.NAMESPACE,
                    help="meshnode's namespace (default: %(default)s)")
-    p.add_argument("--agent-port", type=int, default=AGENT_HTTP_PORT, metavar="PORT",
-                   help="the agents' HTTP port (default: %(default)s)")
+    p.add_argument("--agent-port", type=int, default=AGENT_STATS_PORT, metavar="PORT",
+                   help="the agents' metrics port, which serves their status (metrics_address; "
+                        "default: %(default)s)")
     add_output_flag(p)
     p.set_defaults(handler=cmd_version)
 

@@ -6,6 +6,9 @@ records, `/quitquitquit`) and stay on 127.0.0.1; this listener serves only
 - GET /metrics   Prometheus text from the default registry
 - GET <ready>    200 "ready" / 503 "not ready" (`/healthz/ready` on the proxy, `/readyz` on
                  the agent: the same paths as their admin ports)
+- the daemon's own summary routes, if it gives any (the agent's /debug/status and
+  /debug/version: no secrets, no pod's capture details; `meshnode status --kubeconfig` reads
+  them through the API server's pod proxy, which dials the pod's address, not loopback)
 
 and 404 for anything else, so it may bind where Prometheus reaches it (`0.0.0.0:15020` for
 the proxy, as ztunnel's stats port; `0.0.0.0:15022` for the agent: core/ports.py).
@@ -24,7 +27,7 @@ import asyncio
 import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 from aiohttp import web
@@ -36,7 +39,8 @@ from core.config import ConfigError
 log = structlog.get_logger("stats")
 
 
-def make_stats_app(ready: Callable[[], bool], ready_path: str) -> web.Application:
+def make_stats_app(ready: Callable[[], bool], ready_path: str,
+                   routes: Iterable[web.RouteDef] = ()) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         # CONTENT_TYPE_LATEST carries a version and charset, which aiohttp's content_type
         # argument refuses, so it goes in as a raw header.
@@ -50,6 +54,7 @@ def make_stats_app(ready: Callable[[], bool], ready_path: str) -> web.Applicatio
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get(ready_path, readiness)
+    app.add_routes(list(routes))
     return app
 
 
@@ -57,10 +62,12 @@ class StatsServer:
     """Serves `make_stats_app` on `address` (HOST:PORT, validated by the config; "" = off)."""
 
     def __init__(self, address: str, ready: Callable[[], bool], *,
-                 ready_path: str = "/healthz/ready", retry_seconds: float = 1.0) -> None:
+                 ready_path: str = "/healthz/ready", retry_seconds: float = 1.0,
+                 routes: Iterable[web.RouteDef] = ()) -> None:
         self.address = address
         self.retry_seconds = retry_seconds
-        self._runner = web.AppRunner(make_stats_app(ready, ready_path), access_log=None)
+        self._runner = web.AppRunner(make_stats_app(ready, ready_path, routes),
+                                     access_log=None)
         self._retry: asyncio.Task[None] | None = None
         self.port = 0  # the bound port, once bound
 

@@ -87,6 +87,20 @@ def make_app(store: PodStore, ready: Callable[[], bool],
     async def mesh_view(_: web.Request) -> web.Response:
         return web.json_response(mesh() if mesh is not None else {"controlplane": None})
 
+    app = web.Application()
+    app.add_routes([*monitoring.routes(ready), web.get("/debug/pods", pods),
+                    web.get("/debug/pods/{namespace}/{name}", pod),
+                    web.get("/debug/mesh", mesh_view),
+                    *status_routes(store, ready, mesh, started)])
+    return app
+
+
+def status_routes(store: PodStore, ready: Callable[[], bool],
+                  mesh: Callable[[], dict[str, Any]] | None,
+                  started: float) -> list[web.RouteDef]:
+    """/debug/status and /debug/version: a summary with no secrets and no pod's capture
+    details, served on the loopback debug port and on the metrics listener too (which the
+    API server's pod proxy reaches: `meshnode status --kubeconfig`)."""
     async def status(_: web.Request) -> web.Response:
         recs = store.all()
         by_state = {s.value: sum(p.state is s for p in recs) for s in PodState}
@@ -113,9 +127,5 @@ def make_app(store: PodStore, ready: Callable[[], bool],
     async def version(_: web.Request) -> web.Response:
         return web.json_response(info("agent"))
 
-    app = web.Application()
-    app.add_routes([*monitoring.routes(ready), web.get("/debug/pods", pods),
-                    web.get("/debug/pods/{namespace}/{name}", pod),
-                    web.get("/debug/mesh", mesh_view), web.get("/debug/status", status),
-                    web.get("/debug/version", version)])
-    return app
+    return [web.get("/debug/status", status), web.get("/debug/version", version)]
+

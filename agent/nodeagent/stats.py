@@ -4,8 +4,9 @@ metric only the running agent can give it: whether its discovery stream is up.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from aiohttp import web
 from prometheus_client import REGISTRY, Gauge
 
 from core.stats import StatsServer
@@ -20,12 +21,14 @@ _registered = False
 
 
 def serve(address: str, ready: Callable[[], bool],
-          connected: Callable[[], bool] | None = None) -> StatsServer:
-    """The listener, not started yet; `connected`: the agent's discovery stream state."""
+          connected: Callable[[], bool] | None = None,
+          routes: Iterable[web.RouteDef] = ()) -> StatsServer:
+    """The listener, not started yet; `connected`: the agent's discovery stream state;
+    `routes`: its summary routes (agent/nodeagent/http.py status_routes)."""
     global _registered
     if connected is not None:
         XDS_CONNECTED.set_function(lambda: 1.0 if connected() else 0.0)
         if not _registered:
             REGISTRY.register(XDS_CONNECTED)
             _registered = True
-    return StatsServer(address, ready, ready_path="/readyz")
+    return StatsServer(address, ready, ready_path="/readyz", routes=routes)

@@ -3,9 +3,10 @@ proxy in the node's netns (testing/mesh_procs.py). Pod a (sleep, node1) and pod 
 node2) are enrolled, a service and a policy exist, and a long-lived connection from sleep
 to the echo service is held open, so every `meshnode` view has something real to show.
 
-The agents listen on 0.0.0.0:15021 of their node's netns (each netns has its own), as a
-DaemonSet agent on the host network must for the API server's pod proxy to reach it
-(`meshnode status --kubeconfig`): the node IP is the agent pod's IP.
+The agents' metrics listeners (which also serve /debug/status and /debug/version) are on
+0.0.0.0:15022 of their node's netns (each netns has its own), as a DaemonSet agent on the
+host network has them, so the API server's pod proxy reaches them at the node IP, the agent
+pod's IP (`meshnode status --kubeconfig`). Their debug HTTP stays on loopback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from core.ports import AGENT_STATS_PORT
 from testing import mesh_manifests as k8s
 from testing.agent_harness import cni
 from testing.lab import Lab
@@ -26,7 +28,7 @@ from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
 from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, connect
 
-AGENT_PORT = 15021
+AGENT_PORT = AGENT_STATS_PORT
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"
 # Denies an identity nobody has: present in every proxy's table, in the way of nothing.
@@ -52,9 +54,8 @@ class Mesh:
 
 def _listen_on_node_ip(node: MeshNode) -> None:
     cfg: dict[str, Any] = yaml.safe_load(node.agent.config.read_text())
-    cfg["http_address"] = f"0.0.0.0:{AGENT_PORT}"
+    cfg["metrics_address"] = f"0.0.0.0:{AGENT_PORT}"
     node.agent.config.write_text(yaml.safe_dump(cfg))
-    node.agent.port = AGENT_PORT
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,7 @@ def test_redirect_diff_by_pod_uses_the_recorded_backend_and_capture(tmp_path: Pa
             d = meshnode_json("redirect", "diff", "--pod", "default/web", *flags)
             assert d["in_sync"] and d["backend"] == "iptables-legacy"
             assert d["capture"] == {"dns_capture": False, "ipv6": False}
-            assert d["netns"] == pod.path and d["spec_from"] == "agent config + pod record"
+            assert d["netns"] == pod.path and d["spec_from"] == "agent"
             # The same netns with the flags' defaults: false drift, the bug --pod fixes.
             typed = meshnode("redirect", "diff", "--netns", pod.path, "--backend", "iptables",
                              "--iptables-flavour", "legacy")

@@ -20,7 +20,7 @@ from core.stats import StatsServer
 from proxy import config as proxy_config
 from proxy import metrics as proxy_metrics  # registers the istio_tcp_* counters here
 from proxy.config import ProxyConfig
-from testing.agent_harness import free_port
+from testing.agent_harness import AgentProc, free_port
 from testing.proxy_procs import ProxyProc
 
 
@@ -166,6 +166,28 @@ def test_the_proxy_serves_metrics_apart_from_its_admin_port(tmp_path: Path) -> N
         assert f'"metrics": "127.0.0.1:{proxy.metrics_port}"' in proxy.log.read_text()
     finally:
         proxy.stop()
+
+
+def test_the_agent_serves_metrics_and_its_status_apart_from_its_debug_port(
+        tmp_path: Path) -> None:
+    """A real `meshnode agent`: its metrics listener answers /metrics, /readyz and the
+    summary `meshnode status --kubeconfig` reads through the API server's pod proxy
+    (/debug/status, /debug/version), and none of the debug port's pod records."""
+    agent = AgentProc(tmp_path)
+    assert agent.metrics_port != agent.port
+    agent.start()
+    try:
+        status, body = get(agent.metrics_port, "/metrics")
+        assert status == 200 and "meshnode_drift_repairs_total" in body
+        assert get(agent.metrics_port, "/readyz")[0] == 200
+        status, body = get(agent.metrics_port, "/debug/status")
+        assert status == 200 and '"component": "agent"' in body and '"pods"' in body
+        assert get(agent.metrics_port, "/debug/version")[0] == 200
+        for path in ("/debug/pods", "/debug/pods/default/web", "/debug/mesh"):
+            assert get(agent.metrics_port, path)[0] == 404, path
+        assert get(agent.port, "/debug/pods")[0] == 200
+    finally:
+        agent.stop()
 
 
 def test_free_port_helper_gives_distinct_ports() -> None:
