@@ -29,7 +29,10 @@ rounds) to check that a push costs the change, not the mesh.
 Knobs (environment): MESHNODE_BENCH_CP_PODS (100000), _NAMESPACES (pods / 100), _STREAMS
 (1000; also the number of nodes), _CHURN (events/s, 100), _SECONDS (per round, 10), _ROUNDS
 (3), _SMALL_PODS (pods / 10), _CHANNELS (TLS connections the streams share; default one per
-stream, as a thousand nodes would open).
+stream, as a thousand nodes would open); _PROFILE=FILE (a cProfile of the control plane during
+the rounds) and _HEAP=1 (where the control plane's memory is, with each RSS: slow, and it
+returns free heap to the system, so not for the memory figure) are read by the child
+(testing/controlplane_child.py).
 """
 
 from __future__ import annotations
@@ -296,7 +299,8 @@ async def _round(api: Any, cluster: Cluster, streams: Streams, cp: ControlPlaneC
             "bytes": streams.bytes, "pushes": streams.pushes,
             "bytes_per_event": streams.bytes / events,
             "bytes_per_event_stream": streams.bytes / events / n_streams,
-            "rss": mem["rss"], "sessions": mem["streams"], "counts": mem["counts"]}
+            "rss": mem["rss"], "sessions": mem["streams"], "counts": mem["counts"],
+            "heap": mem.get("heap")}
 
 
 async def _cluster(pods: int, cfg: Config, tmp: Path) -> dict[str, Any]:
@@ -318,18 +322,21 @@ async def _cluster(pods: int, cfg: Config, tmp: Path) -> dict[str, Any]:
         t = time.monotonic()
         cp = await ControlPlaneChild.start(api.kubeconfig(tmp / f"kc-{pods}"), state,
                                            tmp / f"cp-{pods}.log")
-        out["baseline_rss"] = (await cp.said(120))["rss"]
+        baseline = await cp.said(120)
+        out["baseline_rss"], out["baseline_heap"] = baseline["rss"], baseline.get("heap")
         ready = await cp.said(900)
         out["sync_s"] = time.monotonic() - t
         out["synced_rss"] = ready["rss"]
         out["counts"] = ready["counts"]  # workloads, services, policies
+        out["synced_heap"] = ready.get("heap")  # with MESHNODE_BENCH_CP_HEAP=1
         t, cpu0 = time.monotonic(), cp.cpu()
         streams = Streams(ready["port"], (state / "root-cert.pem").read_bytes(),
                           cfg.channels or cfg.streams)
         await streams.open(tokens)
         out["connect_s"] = time.monotonic() - t
         out["connect_cpu_s"] = cp.cpu() - cpu0
-        out["connected_rss"] = (await cp.gc())["rss"]
+        connected = await cp.gc()
+        out["connected_rss"], out["connected_heap"] = connected["rss"], connected.get("heap")
         out["rounds"] = [await _round(api, cluster, streams, cp, cfg.churn, cfg.seconds,
                                       cfg.streams) for _ in range(cfg.rounds)]
         out["stream_errors"] = streams.errors[:5]

@@ -3,6 +3,10 @@
 Each stream is a `Session` (controlplane/session.py holds the protocol rules) fed by two
 sources: the client's requests and the store's change events. Only delta ADS is served;
 ztunnel and our agent never use state-of-the-world.
+
+A stream reads the store's changes when it pushes, and when a request may be answered (a
+first request, a subscription change), never on an ACK: so the streams woken by a change read
+it from the same position, and share the response it makes (controlplane/session.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane import metrics
+from controlplane import heap, metrics, wire
 from controlplane.auth import Authenticator, AuthError
 from controlplane.session import Session
 from controlplane.store import ServedStore
@@ -26,6 +30,9 @@ from controlplane.store import ServedStore
 log = structlog.get_logger("controlplane.ads")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+# A first request listing this many held resources is large transient work (parsed and
+# compared, then dropped): the heap is trimmed after a burst of them (controlplane/heap.py).
+LARGE_REQUEST = 1000
 
 
 class AdsService:
@@ -39,7 +46,8 @@ class AdsService:
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.delta_aggregated_resources,
                 request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString),
+                # Responses are written as bytes by the session (controlplane/wire.py).
+                response_serializer=wire.serialize),
         })
 
     async def delta_aggregated_resources(self, requests: AsyncIterator[Any],
@@ -72,11 +80,14 @@ class AdsService:
                 async def read() -> None:
                     try:
                         async for req in requests:
-                            session.absorb(feed.take())
+                            if session.may_respond(req):
+                                session.absorb(feed.take())
                             answers.extend(session.on_request(req, self.store.snapshot,
                                                               self.store.version))
                             if answers:
                                 wake.set()
+                            if len(req.initial_resource_versions) >= LARGE_REQUEST:
+                                heap.trim_soon()
                     finally:
                         wake.set()  # the client ended the stream, or the read failed
 
@@ -91,8 +102,7 @@ class AdsService:
                         wake.clear()
                         while answers:
                             resp = answers.popleft()
-                            metrics.PUSHES.labels(type_url=resp.type_url,
-                                                  trigger="request").inc()
+                            _pushes(resp.type_url, "request").inc()
                             yield resp
                         if reading.done():
                             reading.result()  # a failed read ends the stream with its error
@@ -100,10 +110,13 @@ class AdsService:
                         changed_at = self.store.changed_at
                         session.absorb(feed.take())
                         for resp in session.on_snapshot(self.store.snapshot, self.store.version):
-                            log.info("ads_push", node=node, type_url=resp.type_url,
-                                     updated=len(resp.resources),
-                                     removed=len(resp.removed_resources))
-                            metrics.PUSHES.labels(type_url=resp.type_url, trigger="change").inc()
+                            # Debug, not info: a change is pushed to every stream, and a
+                            # line per stream per change would be most of the log (and of
+                            # the CPU) with a thousand nodes (istiod logs these at debug).
+                            log.debug("ads_push", node=node, type_url=resp.type_url,
+                                      updated=len(resp.names),
+                                      removed=len(resp.removed_resources))
+                            _pushes(resp.type_url, "change").inc()
                             yield resp
                             # Resumed once gRPC took the message: the push is sent.
                             if changed_at is not None:
@@ -117,3 +130,15 @@ class AdsService:
             self.sessions.discard(session)
             metrics.ADS_CLIENTS.labels(node=node).dec()
             log.info("ads_stream_closed", peer=session.peer, node=node)
+
+
+_PUSHES: dict[tuple[str, str], Any] = {}
+
+
+def _pushes(type_url: str, trigger: str) -> Any:
+    """metrics.PUSHES' series (looked up once: `labels()` is as costly as a push's own work)."""
+    child = _PUSHES.get((type_url, trigger))
+    if child is None:
+        child = _PUSHES[(type_url, trigger)] = metrics.PUSHES.labels(type_url=type_url,
+                                                                     trigger=trigger)
+    return child

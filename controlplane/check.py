@@ -20,10 +20,9 @@ from pathlib import Path
 from controlplane.ambient.index import Index
 from controlplane.ambient.options import Options
 from controlplane.kube import manifests
-from controlplane.kube.informer import absent_ok, slim
-from controlplane.kube.objects import KINDS, ObjectStore
+from controlplane.kube.informer import ListError, list_cluster
+from controlplane.kube.objects import ObjectStore
 from controlplane.kube.validate import validate
-from core.k8s.client import ApiError, KubeClient
 
 
 class CheckError(Exception):
@@ -44,26 +43,15 @@ async def check_cluster(kubeconfig: str, options: Options | None = None) -> list
     """The problems of what the API server holds (every kind, listed once); "" is the pod's
     service account. Raises CheckError if the API server cannot be read."""
     try:
-        client = await KubeClient.connect(kubeconfig)
-    except Exception as exc:  # ConfigException, OSError: a bad kubeconfig or no token
-        raise CheckError(f"{kubeconfig or 'in-cluster service account'}: {exc}") from None
+        listed = await list_cluster(kubeconfig)
+    except ListError as exc:
+        raise CheckError(str(exc)) from None
     problems: list[str] = []
     store = ObjectStore()
-    try:
-        for kind in KINDS:
-            try:
-                listing = await client.list(kind.path)
-            except ApiError as exc:
-                if exc.status == 404 and absent_ok(kind):
-                    continue  # Istio's CRD is not installed: nothing of that kind to check
-                raise CheckError(f"{kind.path}: {exc}") from None
-            as_stored = slim(kind)
-            for item in listing.items:
-                obj = as_stored(item)
-                bad = validate(kind, obj)
-                problems.extend(str(p) for p in bad)
-                if not bad:
-                    store.put(kind, obj)
-    finally:
-        await client.close()
+    for kind, objs in listed.items():
+        for obj in objs:
+            bad = validate(kind, obj)
+            problems.extend(str(p) for p in bad)
+            if not bad:
+                store.put(kind, obj)
     return [*problems, *Index(store, options, watch=False).errors]

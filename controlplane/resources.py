@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 
 from google.protobuf import any_pb2
@@ -17,13 +18,21 @@ AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
 SERVED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One resource as sent: its Any body, the version the client echoes, lookup aliases."""
+    """One resource as sent: its body (an Any's type URL and serialized message), the version
+    the client echoes, lookup aliases. The body is kept as bytes, not as an Any message: a
+    protobuf message object costs a kilobyte more per resource (its own arena), and a
+    hundred thousand are kept."""
 
     version: str
-    body: any_pb2.Any
+    type_url: str
+    value: bytes
     aliases: tuple[str, ...] = ()
+
+    @property
+    def body(self) -> any_pb2.Any:
+        return any_pb2.Any(type_url=self.type_url, value=self.value)
 
 
 # type URL -> resource name -> entry
@@ -33,29 +42,31 @@ Snapshot = dict[str, dict[str, Entry]]
 Changes = dict[str, dict[str, str | None]]
 
 
-def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:
+def entry(type_url: str, value: bytes, aliases: tuple[str, ...] = ()) -> Entry:
     # The version is a content hash, not a counter: a restarted control plane serving the same
     # file gives the same versions, so reconnecting clients are sent nothing they already have.
-    digest = hashlib.sha256(body.type_url.encode() + b"\0" + body.value).hexdigest()[:16]
-    return Entry(digest, body, aliases)
+    digest = hashlib.sha256(type_url.encode() + b"\0" + value).hexdigest()[:16]
+    return Entry(digest, sys.intern(type_url), value, aliases)
 
 
-def pack(msg: wl.Address | authz.Authorization) -> any_pb2.Any:
-    out = any_pb2.Any()
+def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:
+    return entry(body.type_url, body.value, aliases)
+
+
+def _body(msg: wl.Address | authz.Authorization) -> tuple[str, bytes]:
     # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
-    out.type_url = f"type.googleapis.com/{msg.DESCRIPTOR.full_name}"
-    out.value = msg.SerializeToString(deterministic=True)
-    return out
+    return (f"type.googleapis.com/{msg.DESCRIPTOR.full_name}",
+            msg.SerializeToString(deterministic=True))
 
 
 def workload_entry(w: Workload) -> Entry:
     # Aliases: ztunnel looks a workload up on demand as `network/ip`.
-    return make_entry(pack(topb.address(w)), tuple(f"{w.network}/{ip}" for ip in w.addresses))
+    return entry(*_body(topb.address(w)), tuple(f"{w.network}/{ip}" for ip in w.addresses))
 
 
 def service_entry(s: Service) -> Entry:
-    return make_entry(pack(topb.address(s)), tuple(f"{v.network}/{v.address}" for v in s.vips))
+    return entry(*_body(topb.address(s)), tuple(f"{v.network}/{v.address}" for v in s.vips))
 
 
 def policy_entry(p: Policy) -> Entry:
-    return make_entry(pack(topb.policy(p)))
+    return entry(*_body(topb.policy(p)))

@@ -22,24 +22,32 @@ computes a push from the names that changed only, and for a wildcard type keeps 
 what the client holds: after any response that is exactly the served snapshot, plus the
 changes since (each with the version served before it). So a push costs each stream
 O(change), not O(mesh), and a stream's memory does not grow with the mesh. Without feeding
-(the unit tests), every response compares the whole snapshot with `known`.
+(the unit tests), every response compares the whole snapshot with `known`. Responses are
+protobuf bytes (controlplane/wire.py): the streams that read the same changes share one
+response's bytes, each with its own nonce.
 """
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import metrics
 from controlplane.resources import SERVED_TYPES, Changes, Entry, Snapshot
+from controlplane.wire import Response, resource
 
 log = structlog.get_logger("controlplane.ads")
 
 WILDCARD = "*"
+# Nonces only need to be unique among the responses a stream may still ACK: a counter (this
+# process's, random-prefixed) does that for the cost of an addition, not of a random uuid.
+_NONCE_PREFIX = uuid.uuid4().hex[:6]
+_NONCES = itertools.count()
 
 
 @dataclass
@@ -56,6 +64,10 @@ class TypeState:
     # changed since the last response -> the version served before (None: not served).
     synced: bool = False
     pending: dict[str, str | None] = field(default_factory=dict)
+    # The first request's initial_resource_versions until the first response. Read where it
+    # is (the request's map) when only compared: a reconnecting agent lists every resource
+    # it holds, and copying 100,000 names into a dict per stream is memory the heap keeps.
+    initial: Mapping[str, str] | None = None
 
 
 @dataclass(eq=False)  # identity semantics: the server keeps live sessions in a set
@@ -77,7 +89,15 @@ class Session:
                 # The first version seen of a name is what the client holds.
                 st.pending = {**names, **st.pending} if st.pending else names
 
-    def on_request(self, req: Any, snap: Snapshot, push_version: int) -> list[Any]:
+    def may_respond(self, req: Any) -> bool:
+        """Whether `on_request(req)` can answer (the first request of a type, a subscription
+        change) rather than only take an ACK or NACK: only then does it need the changes
+        absorbed first (an ACK, most requests by far, reads nothing)."""
+        return req.type_url in SERVED_TYPES and (
+            req.type_url not in self.types or bool(req.resource_names_subscribe)
+            or bool(req.resource_names_unsubscribe))
+
+    def on_request(self, req: Any, snap: Snapshot, push_version: int) -> list[Response]:
         """Handle one DeltaDiscoveryRequest; return the responses to send (0 or 1)."""
         type_url = req.type_url
         if req.HasField("node") and req.node.id:
@@ -88,15 +108,16 @@ class Session:
         st = self.types.get(type_url)
         first = st is None
         if st is None:
-            st = self.types[type_url] = TypeState(wildcard=not req.resource_names_subscribe)
-            st.known = dict(req.initial_resource_versions)
+            st = self.types[type_url] = TypeState(wildcard=not req.resource_names_subscribe,
+                                                  initial=req.initial_resource_versions)
         self._answer(st, req, type_url)
         changed = self._subscribe(st, req, first)
         if not first and not changed:
             return []
-        return [self._respond(st, type_url, snap, push_version)]
+        resp = self._respond(st, type_url, snap, push_version)
+        return [] if resp is None else [resp]
 
-    def on_snapshot(self, snap: Snapshot, push_version: int) -> list[Any]:
+    def on_snapshot(self, snap: Snapshot, push_version: int) -> list[Response]:
         """After a mesh change: a response per type whose delta for this client is non-empty."""
         out = []
         for type_url, st in self.types.items():
@@ -149,20 +170,26 @@ class Session:
         return bool(subs or unsubs)
 
     def _respond(self, st: TypeState, type_url: str, snap: Snapshot, push_version: int,
-                 skip_empty: bool = False) -> Any:
+                 skip_empty: bool = False) -> Response | None:
         entries = snap.get(type_url, {})
-        resources = None
+        shared = None
+        held, st.initial = st.initial, None
+        if held is not None:
+            if self.fed and st.wildcard and not st.names and not st.force and not skip_empty:
+                st.known = {}  # compared in place below, then the client is synced
+            else:
+                st.known, held = dict(held), None  # compared and updated below
         if skip_empty and self.fed and not st.force:
             # A push after a change: only the changed names can differ.
             if st.synced:  # the same changes make the same response, whoever asks
-                send, removed, resources = _shared_delta(st, type_url, entries, push_version)
+                send, removed, shared = _shared_delta(st, type_url, entries, push_version)
             else:
                 send, removed = _changed(st, entries)
         else:
             if st.synced:
                 st.known, st.synced = _held(entries, st.pending), False
             if st.wildcard and not st.names and not st.force:
-                send, removed = _against_all(st.known, entries)
+                send, removed = _against_all(st.known if held is None else held, entries)
             else:
                 send, removed = _against_wanted(st, entries)
         st.force.clear()
@@ -182,11 +209,10 @@ class Session:
                     st.names.add(n)
             for n in removed:
                 st.known.pop(n, None)
-        st.nonce = f"{push_version}-{uuid.uuid4().hex[:12]}"
-        return discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url, system_version_info=str(push_version), nonce=st.nonce,
-            resources=resources if resources is not None else
-            [_resource(n, entries[n]) for n in send], removed_resources=removed)
+        st.nonce = f"{push_version}-{_NONCE_PREFIX}{next(_NONCES):x}"
+        if shared is not None:
+            return shared.with_nonce(st.nonce)
+        return _response(type_url, push_version, send, removed, entries, st.nonce)
 
 
 def _against_wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[list[str], list[str]]:
@@ -202,7 +228,7 @@ def _against_wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[list[str]
     return send, removed
 
 
-def _against_all(known: dict[str, str], entries: dict[str, Entry]) -> tuple[list[str],
+def _against_all(known: Mapping[str, str], entries: dict[str, Entry]) -> tuple[list[str],
                                                                            list[str]]:
     """A wildcard-only subscription (every agent's): all of the snapshot, compared in its own
     order (no set of wanted names: a reconnect of a big mesh costs half as much)."""
@@ -217,27 +243,27 @@ def _against_all(known: dict[str, str], entries: dict[str, Entry]) -> tuple[list
 # synced streams woken by a change mostly share their pending changes (ChangeFeed.take).
 # The changes are kept in the value, so their id is not reused while they are cached.
 _DELTAS: dict[tuple[int, str, int], tuple[dict[str, str | None], list[str], list[str],
-                                          list[Any]]] = {}
+                                          Response]] = {}
 DELTAS_MAX = 1024
 
 
 def _shared_delta(st: TypeState, type_url: str, entries: dict[str, Entry],
-                  push_version: int) -> tuple[list[str], list[str], list[Any]]:
-    """`_changed` of a synced (wildcard) type and its Resource messages, computed once for
+                  push_version: int) -> tuple[list[str], list[str], Response | None]:
+    """`_changed` of a synced (wildcard) type and its response's bytes, computed once for
     every stream with the same pending changes at this push version (a synced client holds
     exactly the snapshot but for them, so nothing else of the stream counts)."""
     if not st.pending:
-        return [], [], []
+        return [], [], None
     key = (id(st.pending), type_url, push_version)
     hit = _DELTAS.get(key)
     if hit is not None and hit[0] is st.pending:
         return hit[1], hit[2], hit[3]
     send, removed = _changed(st, entries)
-    resources = [_resource(n, entries[n]) for n in send]
+    shared = _response(type_url, push_version, send, removed, entries)
     if len(_DELTAS) >= DELTAS_MAX:
         _DELTAS.clear()
-    _DELTAS[key] = (st.pending, send, removed, resources)
-    return send, removed, resources
+    _DELTAS[key] = (st.pending, send, removed, shared)
+    return send, removed, shared
 
 
 def _held(entries: dict[str, Entry], pending: dict[str, str | None]) -> dict[str, str]:
@@ -288,18 +314,24 @@ def _wanted(st: TypeState, entries: dict[str, Entry]) -> tuple[set[str], set[str
     return wanted, absent
 
 
-# The Resource messages built lately: a change is pushed to every stream, and copying a
-# built message costs a third of building it. Emptied when full (bounded memory).
-_BUILT: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+def _response(type_url: str, push_version: int, send: list[str], removed: list[str],
+              entries: dict[str, Entry], nonce: str = "") -> Response:
+    return Response(type_url, str(push_version), send, removed,
+                    b"".join(_resource(n, entries[n]) for n in send), nonce)
+
+
+# The Resource messages written lately (bytes): a change is pushed to every stream, whose
+# responses differ (the streams woke at different times) but mostly hold the same resources.
+# Emptied when full (bounded memory).
+_BUILT: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
 BUILT_MAX = 8192
 
 
-def _resource(name: str, entry: Entry) -> Any:
-    key = (name, entry.version, entry.aliases)  # the version is the body's hash
+def _resource(name: str, e: Entry) -> bytes:
+    key = (name, e.version, e.aliases)  # the version is the body's hash
     msg = _BUILT.get(key)
     if msg is None:
         if len(_BUILT) >= BUILT_MAX:
             _BUILT.clear()
-        msg = _BUILT[key] = discovery_pb2.Resource(
-            name=name, version=entry.version, resource=entry.body, aliases=list(entry.aliases))
+        msg = _BUILT[key] = resource(name, e.version, e.type_url, e.value, e.aliases)
     return msg

@@ -7,24 +7,34 @@ by default) to stderr. It says, one JSON line each on stdout: its RSS before rea
 cluster; then, once serving, its port, RSS and (workloads, services, policies) counts. On
 stdin: `gc` collects and says RSS, ADS sessions and counts; `round` starts the profiler if
 MESHNODE_BENCH_CP_PROFILE=FILE is set (stopped by the next `gc`, written to FILE at the end);
-`stop` (or end of input) stops it.
+`stop` (or end of input) stops it. With MESHNODE_BENCH_CP_HEAP=1 every RSS it says comes with
+`heap`: where the memory is (`heap_breakdown`), which costs a walk of every object, so it is
+for finding where memory goes, not for the figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
 import sys
+import tempfile
+import types
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from controlplane import nodeauth
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_ENV = "MESHNODE_BENCH_CP_PROFILE"
+HEAP_ENV = "MESHNODE_BENCH_CP_HEAP"
 
 
 def rss(pid: int | str = "self") -> int:
@@ -47,6 +57,139 @@ def node_tokens(state_dir: Path, nodes: list[str]) -> list[str]:
     return [nodeauth.mint(key, n) for n in nodes]
 
 
+# ---- where the memory is ----------------------------------------------------------------------
+
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), memoryview)
+_SKIPPED = (type, types.ModuleType, types.FunctionType, types.MethodType,
+            types.BuiltinFunctionType)
+
+
+def deep_size(roots: Iterable[Any], seen: set[int]) -> int:
+    """Bytes of everything reachable from `roots` not in `seen` (ids; updated): containers,
+    slotted and __dict__ objects; a protobuf message counts as its ByteSize (its C memory is
+    not visible to sys.getsizeof). Classes, modules and functions count as nothing."""
+    from google.protobuf.message import Message
+
+    total = 0
+    stack = list(roots)
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, _SKIPPED):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, _LEAVES):
+            continue
+        if isinstance(o, Message):
+            total += o.ByteSize()
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset, collections.deque)):
+            stack.extend(o)
+        else:
+            for cls in type(o).__mro__:
+                for slot in getattr(cls, "__slots__", ()):
+                    if slot not in ("__dict__", "__weakref__") and hasattr(o, slot):
+                        stack.append(getattr(o, slot))
+            if hasattr(o, "__dict__"):
+                stack.append(o.__dict__)
+    return total
+
+
+def _mallinfo() -> dict[str, int]:
+    """glibc's heap: bytes in use by malloc, free but kept (not returned to the system), and
+    mmapped (mallinfo2(3))."""
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallinfo2"):
+        return {}
+    libc.mallinfo2.restype = MallInfo2
+    m = libc.mallinfo2()
+    return {"heap": m.arena, "in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd}
+
+
+def _pymalloc() -> dict[str, int]:
+    """Python's small-object allocator: its arenas (mmapped, 1 MiB each, returned only when
+    empty), the bytes in use in them and the bytes free in them (sys._debugmallocstats)."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode()
+    wanted = {"arenas allocated current": "arenas", "bytes in allocated blocks": "in_use",
+              "bytes in available blocks": "free_blocks"}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.lstrip("# ").partition("=")
+        if name.strip() in wanted:
+            out[wanted[name.strip()]] = int(value.strip().replace(",", ""))
+    out["arenas"] *= 1 << 20
+    return out
+
+
+def _arenas() -> dict[str, int]:
+    """glibc's heaps split by owner: the main heap (the event loop's thread: Python, protobuf)
+    and the others (gRPC's threads: transports, TLS), each as bytes in use (malloc_info(3))."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.fopen.restype = ctypes.c_void_p
+    with tempfile.NamedTemporaryFile() as f:
+        fp = libc.fopen(f.name.encode(), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(fp))
+        libc.fclose(ctypes.c_void_p(fp))
+        root = ElementTree.parse(f.name).getroot()
+    out = {"main_in_use": 0, "threads_in_use": 0}
+    for heap in root.findall("heap"):
+        size = int(next(s for s in heap.findall("system") if s.get("type") == "current")
+                   .get("size", 0))
+        free = sum(int(t.get("size", 0)) for t in heap.findall("total"))
+        out["main_in_use" if heap.get("nr") == "0" else "threads_in_use"] += size - free
+    return out
+
+
+def heap_breakdown(cp: Any) -> dict[str, Any]:
+    """Bytes per part of the control plane's state (each object counted once, in the first
+    part that reaches it, in this order), and glibc's heap."""
+    from controlplane import session
+
+    index, store = cp.store.index, cp.store
+    parts: dict[str, list[Any]] = {
+        "objects": [cp.objects._objs],
+        "reflector_caches": [r.cache for r in cp.informers.reflectors.values()]
+        if cp.informers is not None else [],
+        "index_model": [index.workloads, index.services, index.policies],
+        "index_tables": [v for k, v in vars(index).items()
+                         if k not in ("store", "opts", "workloads", "services", "policies",
+                                      "_listeners")],
+        "ambientstore": [v for k, v in vars(store).items()
+                         if k not in ("index", "snapshot", "_log", "_shared", "_feeds")],
+        "snapshot": [store.snapshot],
+        "store_log": [store._log, store._shared],
+        "sessions": list(cp.ads.sessions),
+        "session_caches": [v for k, v in vars(session).items()
+                           if k.startswith("_") and isinstance(v, dict) and not
+                           k.startswith("__")],
+    }
+    seen: set[int] = set()
+    out: dict[str, Any] = {k: deep_size(v, seen) for k, v in parts.items()}
+    out["malloc"] = {**_mallinfo(), **_arenas()}
+    out["pymalloc"] = _pymalloc()
+    return out
+
+
+def malloc_trim() -> None:
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
 def _say(msg: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()
@@ -66,10 +209,10 @@ def main(kubeconfig: str, state_dir: str) -> None:
         cp = ControlPlane(ControlPlaneConfig(kubeconfig=kubeconfig, address="127.0.0.1:0",
                                              state_dir=Path(state_dir)))
         gc.collect()
-        _say({"rss": rss()})
+        _say({"rss": rss(), **heap(cp)})
         await cp.start()
         gc.collect()
-        _say({"port": cp.port, "rss": rss(), "counts": list(cp._counts())})
+        _say({"port": cp.port, "rss": rss(), "counts": list(cp.store.counts), **heap(cp)})
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -81,8 +224,16 @@ def main(kubeconfig: str, state_dir: str) -> None:
                     profile.disable()
                 gc.collect()
                 _say({"rss": rss(), "streams": len(cp.ads.sessions),
-                      "counts": list(cp._counts())})
+                      "counts": list(cp.store.counts), **heap(cp)})
         await cp.stop(0)
+
+    def heap(cp: Any) -> dict[str, Any]:
+        if not os.environ.get(HEAP_ENV):
+            return {}
+        out = heap_breakdown(cp)
+        malloc_trim()
+        out["rss_after_trim"] = rss()  # what free heap the process was holding
+        return {"heap": out}
 
     asyncio.run(serve())
     if profile is not None:

@@ -29,6 +29,7 @@ accepted-with-caveats objects (HTTP-only policy attributes, CUSTOM actions) are 
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from controlplane.ambient import peerauth, policies, read, services, workloads
 from controlplane.ambient.options import Options
 from controlplane.ambient.policies import AuthzInfo
 from controlplane.ambient.services import SERVICE, ServiceInfo
+from controlplane.ambient.share import Share
 from controlplane.kube.objects import (
     AUTHORIZATION_POLICY,
     BY_KIND,
@@ -137,9 +139,12 @@ class Index:
         self.pending = Delta()              # every change since the last take()
         self.recomputed: dict[str, int] = {}  # what the last change recomputed, by kind
         self._listeners: list[Callable[[Delta], None]] = []
+        # Bounded tables of shared values (not bookkeeping per object: nothing to clean up).
+        self.sharing = Share()
         self._delta = Delta()
         self._reset()
         self._full()
+        self._delta = Delta()  # the start is `state()`, not a change to hold on to
         if watch:
             store.subscribe(self._on_event)
 
@@ -176,10 +181,9 @@ class Index:
         self._ns_meta: dict[str, tuple[dict[str, str], str]] = {}  # labels, traffic distr.
         self._node_locality: dict[str, tuple[str, str, str]] = {}
         self._names: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        self._labels: dict[Src, dict[str, str] | None] = {}
+        self._labels: dict[Src, dict[str, str] | None] = {}  # shared maps: never changed
         self._pod_node: dict[Key, str] = {}
         self._node_pods: dict[str, set[Key]] = defaultdict(set)
-        self._pod_uid: dict[Key, str] = {}
         # services
         self._infos: dict[Src, tuple[ServiceInfo, ...]] = {}
         self._se_resolution: dict[Key, str] = {}
@@ -196,8 +200,9 @@ class Index:
         self._authz_selecting: dict[str, set[str]] = defaultdict(set)
         self._pas: dict[Key, peerauth.PeerAuth] = {}
         self._pas_by_ns: dict[str, set[str]] = defaultdict(set)
-        # outputs per source
-        self._src_uids: dict[Src, tuple[str, ...]] = {}
+        # outputs per source: a uid, or a tuple of them (a source with one workload, a pod,
+        # is the rule: no tuple for it)
+        self._src_uids: dict[Src, str | tuple[str, ...]] = {}
 
     def _note(self, book: dict[tuple[str, Src], list[str]], stage: str, src: Src,
               messages: Iterable[str]) -> None:
@@ -236,7 +241,9 @@ class Index:
 
     def _set_workloads(self, src: Src, new: list[Workload]) -> None:
         old = self._src_uids.get(src, ())
-        fresh = {w.uid: w for w in new}
+        if isinstance(old, str):
+            old = (old,)
+        fresh = {w.uid: self.sharing.workload(w, src[2]) for w in new}
         for uid in old:
             if uid not in fresh and uid in self.workloads:
                 del self.workloads[uid]
@@ -248,7 +255,7 @@ class Index:
                 self._delta.workloads[uid] = w
                 self._delta.removed_workloads.discard(uid)
         if fresh:
-            self._src_uids[src] = tuple(fresh)
+            self._src_uids[src] = next(iter(fresh)) if len(fresh) == 1 else tuple(fresh)
         else:
             self._src_uids.pop(src, None)
 
@@ -462,23 +469,19 @@ class Index:
             self._labels.pop(src, None)
             if obj is not None:
                 try:
-                    self._labels[src] = (workloads.entry_labels(obj) if kind == WORKLOAD_ENTRY
-                                         else read.labels_of(obj))
+                    self._labels[src] = self.sharing.labels(
+                        workloads.entry_labels(obj) if kind == WORKLOAD_ENTRY
+                        else read.labels_of(obj))
                 except read.Bad:
                     self._labels[src] = None  # the conversion reports it
         if kind == POD:
-            old_node = self._pod_node.pop((ns, name), None)
+            key = (ns, name)  # one tuple for both tables
+            old_node = self._pod_node.pop(key, None)
             if old_node is not None:
-                _discard(self._node_pods, old_node, (ns, name))
-            self._pod_uid.pop((ns, name), None)
-            if obj is not None:
-                spec, meta = obj.get("spec"), obj.get("metadata")
-                node = spec.get("nodeName") if isinstance(spec, dict) else None
-                if isinstance(node, str) and node:
-                    self._pod_node[(ns, name)] = node
-                    self._node_pods[node].add((ns, name))
-                uid = meta.get("uid") if isinstance(meta, dict) else None
-                self._pod_uid[(ns, name)] = uid if isinstance(uid, str) else ""
+                _discard(self._node_pods, old_node, key)
+            if obj is not None and (node := _pod_node(obj)):
+                self._pod_node[key] = node = sys.intern(node)
+                self._node_pods[node].add(key)
         if kind == ENDPOINT_SLICE:
             old = self._slice_meta.pop((ns, name), None)
             if old is not None:
@@ -734,7 +737,9 @@ class Index:
             kinds.add(services.SERVICE_ENTRY)
         infos = self._services_for(ns, labels, kinds)
         seen = {i.service.hostname for i in infos}
-        target = (ns, name, self._pod_uid.get((ns, name), ""))
+        meta = obj.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, dict) else None
+        target = (ns, name, uid if isinstance(uid, str) else "")
         for sns, slice_name in sorted(self._slices_by_target.get(target, ())):
             svc_name = self._slice_meta[(sns, slice_name)][0]
             if svc_name is None:
@@ -744,7 +749,7 @@ class Index:
             if host not in seen and info is not None and info.kind == SERVICE:
                 seen.add(host)
                 infos.append(info)
-        node = self._pod_node.get((ns, name), "")
+        node = _pod_node(obj)
         w = workloads.pod_workload(
             obj, ns_labels=self._ns_meta.get(ns, ({}, ""))[0],
             locality=self._node_locality.get(node, NO_LOCALITY), services=infos,
@@ -759,6 +764,13 @@ def _discard(index: dict[Any, set[Any]], key: Any, value: Any) -> None:
         values.discard(value)
         if not values:
             del index[key]
+
+
+def _pod_node(obj: dict[str, Any]) -> str:
+    """spec.nodeName, "" if absent or malformed (the conversion reports that)."""
+    spec = obj.get("spec")
+    node = spec.get("nodeName") if isinstance(spec, dict) else None
+    return node if isinstance(node, str) else ""
 
 
 def _key(obj: dict[str, Any]) -> Key:

@@ -14,9 +14,10 @@ collection path for all namespaces, feeds the `ObjectStore`:
 would be pushed a partial mesh.
 
 Objects are stored with `apiVersion` and `kind` set (the API server omits them on list
-items of built-in kinds) and without `metadata.managedFields` (large, and read by nobody),
-so both sources (this and the manifests directory) fill the store alike and a relist
-compares equal to what the watch delivered.
+items of built-in kinds) and only with the fields the conversion reads (the store's
+projection, controlplane/kube/objects.py), so both sources (this and the manifests
+directory) fill the store alike and a relist compares equal to what the watch delivered.
+The reflectors keep no cache of their own: the store is the one copy of the cluster.
 
 Every API call the control plane makes is a list or a watch of one of these collections, or
 one of the CA's token checks (controlplane/kube/tokenreview.py: create a TokenReview, get a
@@ -34,15 +35,17 @@ from typing import Any
 
 import structlog
 
+from controlplane import heap
 from controlplane.kube import tokenreview
-from controlplane.kube.objects import KINDS, Kind, Obj, ObjectStore
-from core.k8s.client import ApiCall, KubeClient
+from controlplane.kube.objects import KINDS, Kind, Obj, ObjectStore, project
+from core.k8s.client import ApiCall, ApiError, KubeClient
 from core.k8s.client import in_cluster as in_cluster
 from core.k8s.reflector import Reflector, name_key
 
 log = structlog.get_logger("controlplane.kube.informer")
 
 VERBS = ("list", "watch")
+LARGE_LIST = 1000  # objects: a list this long is large transient work (controlplane/heap.py)
 # kind -> the RBAC permissions its reflector needs, and "TokenReview" -> the CA's token
 # checks; nothing else is ever called.
 CALLS: dict[str, tuple[ApiCall, ...]] = {
@@ -64,14 +67,12 @@ def absent_ok(kind: Kind) -> bool:
 
 
 def slim(kind: Kind) -> Callable[[Obj], Obj]:
-    """The object as stored: apiVersion and kind set, managedFields dropped (a shallow copy;
-    the original is not changed)."""
+    """The object as stored: apiVersion and kind set, only the fields the conversion reads
+    (`objects.project`: managedFields, container specs, status timestamps dropped). A new
+    object; the original is not changed. Made as each object is read, so a big list's raw
+    objects are dropped before anything is converted."""
     def transform(obj: Obj) -> Obj:
-        out = {**obj, "apiVersion": kind.api_version, "kind": kind.kind}
-        meta = out.get("metadata")
-        if isinstance(meta, dict) and "managedFields" in meta:
-            out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-        return out
+        return project(kind, {**obj, "apiVersion": kind.api_version, "kind": kind.kind})
     return transform
 
 
@@ -117,15 +118,17 @@ class KubeInformers:
             else:
                 store.put(kind, obj)
 
-        def on_relist(objs: list[Obj]) -> None:
-            store.replace(kind, objs)
+        def on_relist(objs: Iterable[Obj]) -> None:
+            if store.replace(kind, objs) >= LARGE_LIST:
+                heap.trim_soon()  # the list's decoded objects are gone: give their pages back
 
         def watch(rv: str, timeout: int) -> AsyncIterator[bytes]:
             return client.watch(path, rv, timeout)
 
         return Reflector(resource_name(kind), lambda: client.list(path), watch, on_event,
                          watch_timeout, key=key, transform=slim(kind), on_relist=on_relist,
-                         absent_ok=absent_ok(kind), absent_recheck=absent_recheck)
+                         cache=False, absent_ok=absent_ok(kind),
+                         absent_recheck=absent_recheck)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -161,4 +164,34 @@ class KubeInformers:
         await self.ready.wait()
 
 
-__all__ = ["CALLS", "KubeInformers", "absent_ok", "in_cluster", "resource_name", "slim"]
+class ListError(Exception):
+    """The API server could not be listed (unreachable, refused, a bad kubeconfig)."""
+
+
+async def list_cluster(kubeconfig: str, kinds: Iterable[Kind] = KINDS) -> dict[Kind, list[Obj]]:
+    """Every object of every kind, listed once and whole (apiVersion and kind set), for
+    `meshnode controlplane --check`; "" is the pod's service account. A kind that is not
+    served (an Istio CRD not installed) is empty. Only `list` calls of CALLS are made."""
+    try:
+        client = await KubeClient.connect(kubeconfig)
+    except Exception as exc:  # ConfigException, OSError: a bad kubeconfig or no token
+        raise ListError(f"{kubeconfig or 'in-cluster service account'}: {exc}") from None
+    out: dict[Kind, list[Obj]] = {}
+    try:
+        for kind in kinds:
+            try:
+                listing = await client.list(kind.path)
+            except ApiError as exc:
+                if exc.status == 404 and absent_ok(kind):
+                    out[kind] = []
+                    continue
+                raise ListError(f"{kind.path}: {exc}") from None
+            out[kind] = [{**o, "apiVersion": kind.api_version, "kind": kind.kind}
+                         for o in listing.items]
+    finally:
+        await client.close()
+    return out
+
+
+__all__ = ["CALLS", "KubeInformers", "ListError", "absent_ok", "in_cluster", "list_cluster",
+           "resource_name", "slim"]

@@ -4,11 +4,17 @@ Objects stay the plain dicts the API server (or a manifest) gives: one malformed
 not break the decoding of the others, and the conversion (controlplane/ambient) reads only
 the fields it needs. Both sources, a manifests directory and the API server, fill the same
 store, so the conversion cannot tell them apart.
+
+The store keeps only what the conversion reads (`READS`, as istiod strips its informers'
+objects), each object packed into one bytes string: a pod as the API server sends it is
+kilobytes of dicts (managedFields, container specs, status timestamps), its projection ~300
+bytes. So a change of only unread fields (resourceVersion, a status timestamp) is no change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import marshal
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +61,117 @@ ISTIO_VERSIONS = {"networking.istio.io": ("v1", "v1beta1", "v1alpha3"),
                   "security.istio.io": ("v1", "v1beta1")}
 
 
+# ---- what the conversion reads ------------------------------------------------------------
+
+# The annotations the conversion reads (controlplane/ambient: labels.REDIRECTION,
+# SIDECAR_STATUS and AUTO_REGISTRATION_GROUP, services.TRAFFIC_DISTRIBUTION,
+# policies.DRY_RUN; tests/controlplane/kube/test_projection.py checks the list).
+READ_ANNOTATIONS = ("ambient.istio.io/redirection", "meshnode.io/redirection",
+                    "sidecar.istio.io/status", "istio.io/autoRegistrationGroup",
+                    "networking.istio.io/traffic-distribution", "istio.io/dry-run")
+_ANNOTATIONS = f"metadata.annotations{{{','.join(READ_ANNOTATIONS)}}}"
+_META = ("apiVersion", "kind", "metadata.name", "metadata.namespace", "metadata.labels",
+         _ANNOTATIONS)
+_CREATED = "metadata.creationTimestamp"  # the oldest of rival services/policies wins
+
+# Kind -> every field the conversion (controlplane/ambient/*.py) reads; the store keeps these
+# and nothing else. A path keeps the value at its end whole; `[]` projects each item of a
+# list, `[k=v]` keeps only the items whose `k` is `v` (the one the conversion looks for);
+# `{a,b}` keeps only those keys of a mapping. A value of the wrong shape (a string where a
+# mapping is read, ...) is kept as it is, so the conversion rejects it as before; and so are
+# annotations that are not strings. Adding a read to controlplane/ambient means adding it
+# here: tests/controlplane/kube/test_projection.py converts every test object both ways.
+READS: dict[str, tuple[str, ...]] = {
+    "Namespace": _META,
+    "Node": _META,
+    "Pod": (*_META, "metadata.uid", "metadata.generateName", "metadata.deletionTimestamp",
+            "metadata.ownerReferences[].kind", "metadata.ownerReferences[].name",
+            "metadata.ownerReferences[].controller",
+            "spec.nodeName", "spec.serviceAccountName", "spec.hostNetwork",
+            "spec.containers[].ports", "spec.initContainers[].restartPolicy",
+            "spec.initContainers[].ports",
+            "status.phase", "status.podIP", "status.podIPs",
+            "status.conditions[type=Ready].type", "status.conditions[type=Ready].status"),
+    "Service": (*_META, _CREATED, "spec.type", "spec.ports", "spec.clusterIP",
+                "spec.clusterIPs", "spec.internalTrafficPolicy", "spec.trafficDistribution",
+                "spec.publishNotReadyAddresses", "spec.ipFamilies", "spec.selector"),
+    "EndpointSlice": (*_META, "addressType", "ports", "endpoints[].addresses",
+                      "endpoints[].conditions", "endpoints[].targetRef"),
+    # Istio's kinds are read whole but for their status (few objects, every field matters).
+    "ServiceEntry": (*_META, _CREATED, "spec"),
+    "WorkloadEntry": (*_META, _CREATED, "spec"),
+    "AuthorizationPolicy": (*_META, _CREATED, "spec"),
+    "PeerAuthentication": (*_META, _CREATED, "spec"),
+}
+
+
+@dataclass
+class _Shape:
+    """A compiled READS entry."""
+
+    fields: dict[str, _Shape] | None = None  # a mapping: keep these; None: keep it whole
+    each: bool = False                       # a list: every item has this shape
+    where: tuple[str, str] | None = None     # ... and only the items with item[k] == v stay
+    keys: frozenset[str] | None = None       # a mapping kept but for these keys only
+
+
+def _compile(paths: tuple[str, ...]) -> _Shape:
+    root = _Shape(fields={})
+    for path in paths:
+        path, brace, listed = path.partition("{")  # keys may have dots: split them off
+        node, parts = root, path.split(".")
+        for i, part in enumerate(parts):
+            name, keys, where, each = part, None, None, False
+            if brace and i == len(parts) - 1:
+                keys = frozenset(listed.removesuffix("}").split(","))
+            elif name.endswith("]"):
+                name, _, inner = name[:-1].partition("[")
+                each = True
+                if inner:
+                    k, _, v = inner.partition("=")
+                    where = (k, v)
+            assert node.fields is not None, f"{path}: a field below a value kept whole"
+            child = node.fields.get(name)
+            if child is None:
+                last = i == len(parts) - 1
+                child = node.fields[name] = _Shape(None if last else {}, each, where, keys)
+            node = child
+    return root
+
+
+def _project(v: Any, s: _Shape) -> Any:
+    if s.each:
+        if not isinstance(v, list):
+            return v
+        if s.where is not None:
+            k, want = s.where
+            # The others become {} rather than go: a malformed item keeps its index, so
+            # the conversion reports it at the same `field[i]`.
+            v = [x if not isinstance(x, dict) or x.get(k) == want else {} for x in v]
+        return [_fields(x, s) for x in v]
+    return _fields(v, s)
+
+
+def _fields(v: Any, s: _Shape) -> Any:
+    if s.keys is not None:
+        if not isinstance(v, dict):
+            return v
+        return {k: x for k, x in v.items() if k in s.keys or not isinstance(x, str)}
+    if s.fields is None or not isinstance(v, dict):
+        return v
+    return {k: _project(v[k], child) for k, child in s.fields.items() if k in v}
+
+
+_SHAPES = {kind: _compile(paths) for kind, paths in READS.items()}
+
+
+def project(kind: Kind, obj: Obj) -> Obj:
+    """The object as the store keeps it: the fields of READS[kind] only (a new dict; values
+    kept whole are shared with `obj`)."""
+    out: Obj = _fields(obj, _SHAPES[kind.kind])
+    return out
+
+
 def kind_of(obj: Obj) -> Kind | None:
     """The known kind an object declares (apiVersion + kind), or None."""
     k = BY_KIND.get(str(obj.get("kind", "")))
@@ -84,14 +201,37 @@ def ref(kind: Kind, obj: Obj) -> str:
 Listener = Callable[[Kind, str, str, Obj | None], None]
 
 
+def _pack(obj: Obj) -> bytes | Obj:
+    """One bytes string (marshal: compact, and fast to read back), or the object itself if
+    it holds what marshal cannot write (a manifest's YAML timestamp is a datetime).
+    Equal objects may pack to different bytes (back-references depend on reference
+    counts): `put` compares them unpacked then."""
+    try:
+        return marshal.dumps(obj)
+    except ValueError:
+        return obj
+
+
+def _unpack(packed: bytes | Obj) -> Obj:
+    if isinstance(packed, bytes):
+        obj: Obj = marshal.loads(packed)
+        return obj
+    return packed
+
+
 class ObjectStore:
     """Current objects per kind, keyed by (namespace, name). Sources call `put`/`delete`
     (or `replace` after a full relist); listeners hear every real change, so a relist that
-    finds nothing new pushes nothing."""
+    finds nothing new pushes nothing.
 
-    def __init__(self) -> None:
-        self._objs: dict[str, dict[tuple[str, str], Obj]] = {k.kind: {} for k in KINDS}
+    What is kept of an object is its projection (`project`; `project=False` keeps it whole,
+    for comparing the two), packed; `get` and `list` give a fresh dict each time, and
+    listeners the projection put."""
+
+    def __init__(self, project: bool = True) -> None:
+        self._objs: dict[str, dict[tuple[str, str], bytes | Obj]] = {k.kind: {} for k in KINDS}
         self._listeners: list[Listener] = []
+        self._project = project
 
     def subscribe(self, fn: Listener) -> None:
         self._listeners.append(fn)
@@ -102,31 +242,42 @@ class ObjectStore:
 
     def put(self, kind: Kind, obj: Obj) -> None:
         ns, name = key_of(obj)
+        if self._project:
+            obj = project(kind, obj)
+        packed = _pack(obj)
         objs = self._objs[kind.kind]
-        if objs.get((ns, name)) == obj:
+        old = objs.get((ns, name))
+        # Equal bytes are the same object; unequal bytes may still be (marshal writes an
+        # interned string differently), so the objects decide.
+        if old is not None and (old == packed or _unpack(old) == obj):
             return
-        objs[(ns, name)] = obj
+        objs[(ns, name)] = packed
         self._emit(kind, ns, name, obj)
 
     def delete(self, kind: Kind, ns: str, name: str) -> None:
         if self._objs[kind.kind].pop((ns, name), None) is not None:
             self._emit(kind, ns, name, None)
 
-    def replace(self, kind: Kind, objs: list[Obj]) -> None:
-        """The whole current list of one kind: deletes what is gone, puts the rest."""
+    def replace(self, kind: Kind, objs: Iterable[Obj]) -> int:
+        """The whole current list of one kind: deletes what is gone, puts the rest; how many
+        there are. Each object is let go of once put (a relist of a big cluster is not held
+        whole while it is converted)."""
         fresh = {key_of(o): o for o in objs}
+        count = len(fresh)
         for ns, name in [k for k in self._objs[kind.kind] if k not in fresh]:
             self.delete(kind, ns, name)
-        for o in fresh.values():
-            self.put(kind, o)
+        for key in list(fresh):
+            self.put(kind, fresh.pop(key))
+        return count
 
     def get(self, kind: Kind, ns: str, name: str) -> Obj | None:
-        return self._objs[kind.kind].get((ns, name))
+        packed = self._objs[kind.kind].get((ns, name))
+        return None if packed is None else _unpack(packed)
 
     def list(self, kind: Kind, ns: str | None = None) -> Iterator[Obj]:
-        for (ons, _), o in self._objs[kind.kind].items():
+        for (ons, _), packed in self._objs[kind.kind].items():
             if ns is None or ons == ns:
-                yield o
+                yield _unpack(packed)
 
     def count(self, kind: Kind) -> int:
         return len(self._objs[kind.kind])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -36,8 +36,9 @@ K = TypeVar("K", bound=Hashable)
 Obj = dict[str, Any]
 # (event type ADDED|MODIFIED|DELETED, the object, the cached object it replaces or None)
 Handler = Callable[[str, Obj, Obj | None], None]
-# After a (re)list, instead of the diff as events: every current object.
-RelistHandler = Callable[[list[Obj]], None]
+# After a (re)list, instead of the diff as events: every current object (an iterable read
+# once; without a cache, each object is the handler's alone once read).
+RelistHandler = Callable[[Iterable[Obj]], None]
 
 
 def _meta(obj: Any) -> dict[str, Any] | None:
@@ -80,6 +81,14 @@ class _Expired(Exception):
     pass
 
 
+def _drain(objs: dict[Any, Obj]) -> Iterator[Obj]:
+    """The values of `objs`, each dropped from it as it is read: a big list is not held
+    whole while its handler converts it (what the handler keeps does not end up between
+    the holes the list leaves in the heap)."""
+    for key in list(objs):
+        yield objs.pop(key)
+
+
 class Reflector(Generic[K]):
     """Call `run()` in a task; `synced` is set after the first list, `cache` holds the
     current objects by key.
@@ -87,7 +96,11 @@ class Reflector(Generic[K]):
     `handler` hears every change as an event. After a list, it hears the difference to the
     cache (ADDED, MODIFIED for a new resourceVersion, DELETED), unless `on_relist` is given:
     then that gets the whole new list instead (a store that diffs by itself).
+    `list_fn` gives a new Listing each call, whose items the reflector consumes (empties).
     `transform` is applied to every object before it is cached (drop what nobody reads).
+    `cache=False` keeps none (`cache` stays empty, `old` is None): for a handler that keeps
+    the objects itself and an `on_relist` that diffs by itself, a second copy of every
+    object's key is only memory.
     `absent_ok`: a 404 on the list means the resource is not served (a CRD not installed):
     it counts as an empty list, and the list is retried every `absent_recheck` seconds.
     """
@@ -97,8 +110,10 @@ class Reflector(Generic[K]):
                  watch_timeout_seconds: int = 300, backoff: Backoff | None = None, *,
                  key: Callable[[Any], K | None],
                  transform: Callable[[Obj], Obj] | None = None,
-                 on_relist: RelistHandler | None = None,
+                 on_relist: RelistHandler | None = None, cache: bool = True,
                  absent_ok: bool = False, absent_recheck: float = 30.0) -> None:
+        if not cache and on_relist is None:
+            raise ValueError("without a cache, a relist needs on_relist to diff")
         self.resource = resource
         self._list = list_fn
         self._watch = watch_fn
@@ -112,6 +127,7 @@ class Reflector(Generic[K]):
         self.absent_recheck = absent_recheck
         self.absent = False  # the last list was a 404 (with absent_ok)
         self.cache: dict[K, Obj] = {}
+        self._keep = cache
         self.resource_version = ""
         self.synced = asyncio.Event()  # set after the first successful list
         self._listed_at = 0.0
@@ -174,28 +190,24 @@ class Reflector(Generic[K]):
     async def _relist(self, reason: str) -> None:
         listing = await self._list_or_absent()
         self.absent = listing is None
-        items = listing.items if listing is not None else []
-        new: dict[K, Obj] = {}
-        for item in items:
-            key = self._key(item)
-            if key is None:
-                metrics.WATCH_EVENTS.labels(self.resource, "MALFORMED").inc()
-                log.warning("k8s_bad_object", resource=self.resource, where="list",
-                            object=str(item)[:200])
-                continue
-            new[key] = self._transform(item) if self._transform else item
-        old, self.cache = self.cache, new
+        rv = listing.resource_version if listing is not None else None
+        new = self._transformed(listing.items if listing is not None else [])
+        # The list as the API server sent it is gone before the handler runs (its items
+        # were emptied into `new`): a big cluster's raw objects do not outlive the
+        # transform, nor share the heap with what the handler keeps.
+        listing = None
+        old, self.cache = self.cache, new if self._keep else {}
         self._listed_at = time.monotonic()
-        if listing is not None:
+        if rv is not None:
             metrics.RELISTS.labels(self.resource, reason).inc()
-            self.resource_version = listing.resource_version
+            self.resource_version = rv
             log.info("k8s_listed", resource=self.resource, reason=reason, items=len(new),
                      resource_version=self.resource_version)
         else:
             self.resource_version = ""
         if self._on_relist is not None:
             try:
-                self._on_relist(list(new.values()))
+                self._on_relist(new.values() if self._keep else _drain(new))
             except Exception:
                 log.exception("k8s_handler_failed", resource=self.resource, type="RELIST")
         else:
@@ -211,6 +223,22 @@ class Reflector(Generic[K]):
                 elif _rv(before) != _rv(obj) or not _rv(obj):
                     self._emit("MODIFIED", obj, before)
         self.synced.set()
+
+    def _transformed(self, items: list[Obj]) -> dict[K, Obj]:
+        """The listed objects by key, transformed; `items` is emptied on the way (each raw
+        object is dropped as soon as its transform is made)."""
+        new: dict[K, Obj] = {}
+        items.reverse()
+        while items:
+            item = items.pop()
+            key = self._key(item)
+            if key is None:
+                metrics.WATCH_EVENTS.labels(self.resource, "MALFORMED").inc()
+                log.warning("k8s_bad_object", resource=self.resource, where="list",
+                            object=str(item)[:200])
+                continue
+            new[key] = self._transform(item) if self._transform else item
+        return new
 
     async def _watch_once(self) -> None:
         started = time.monotonic()
@@ -269,6 +297,6 @@ class Reflector(Generic[K]):
         old = self.cache.get(key)
         if kind == "DELETED":
             self.cache.pop(key, None)
-        else:
+        elif self._keep:
             self.cache[key] = obj
         self._emit(kind, obj, old)

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from controlplane.kube import objects as k
 from controlplane.kube.manifests import ManifestWatcher
-from controlplane.watch import HOLD_SECONDS
+from core.fswatch import HOLD_SECONDS
 
 T = TypeVar("T")
 Event = tuple[str, str, str, str]  # kind, namespace, name, "put"/"delete"

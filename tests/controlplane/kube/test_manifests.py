@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.check import check_config
 from controlplane.kube import objects as k
-from controlplane.kube.manifests import Manifests, check, load, parse
+from controlplane.kube.manifests import Manifests, load, parse
 
 DOCS = Path(__file__).parent / "data" / "istio-docs"
 
@@ -221,7 +222,7 @@ def test_json_parse_error_and_document_errors(tmp_path: Path) -> None:
         "- just a list\n---\nkind: Namespace\nmetadata: {name: x}\n---\n"
         "apiVersion: security.istio.io/v2\nkind: AuthorizationPolicy\nmetadata: {name: y}\n"
         "---\n" + NS)
-    assert check(tmp_path) == [
+    assert check_config(tmp_path) == [
         f"{tmp_path / 'a.json'}:3: Expecting value",
         f"{tmp_path / 'b.yaml'}:1: not an object: a list, want a mapping with apiVersion and "
         "kind",
@@ -266,4 +267,4 @@ def test_istio_documentation_examples_load_unchanged() -> None:
     assert m.objects[k.AUTHORIZATION_POLICY][0]["spec"]["rules"][0]["to"][0]["operation"][
         "ports"] == ["8080"]
     assert len(m.warnings) == 3
-    assert check(DOCS) == []
+    assert check_config(DOCS) == []

@@ -12,8 +12,9 @@ import yaml
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from controlplane.check import check_config
 from controlplane.kube import objects as k
-from controlplane.kube.manifests import ManifestWatcher, check, load
+from controlplane.kube.manifests import ManifestWatcher, load
 from controlplane.kube.validate import validate
 
 GOOD_AP = """\
@@ -29,7 +30,7 @@ spec:
     - source:
         principals: ["cluster.local/ns/default/sa/sleep"]
 """
-# (the object's YAML, the one line `check` gives for it)
+# (the object's YAML, the one line `check_config` gives for it)
 INVALID = {
     "unknown-enum": ("""\
 apiVersion: security.istio.io/v1
@@ -114,7 +115,7 @@ def test_invalid_object_is_skipped_with_its_reason(tmp_path: Path, case: str) ->
     assert m.errors == [line]
     assert [o["metadata"]["name"] for o in m.objects[k.AUTHORIZATION_POLICY]] == ["allow-sleep"]
     assert m.count() == 1  # the invalid one is not there; the rest is
-    assert check(tmp_path) == [line]
+    assert check_config(tmp_path) == [line]
 
 
 def test_every_problem_of_an_object_in_field_order() -> None:
