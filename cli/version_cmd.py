@@ -58,8 +58,8 @@ async def _cluster(c: kube.Cluster, namespace: str, port: int) -> dict[str, Any]
                    {"error": f"HTTP {r.status}: {r.message()}" if r.status else r.message()})}
 
     return {"agents": list(await asyncio.gather(*(agent(p) for p in agents))),
-            # The control plane reports no version over xDS: its image tag, as istioctl
-            # reads istiod's off its Deployment.
+            # Each replica's image tag, as istioctl reads istiod's off its Deployment (the
+            # replica an agent follows says its version over xDS: the local view).
             "controlplane": [{"pod": p["metadata"]["name"], "image": kube.image_tag(p)}
                              for p in cps],
             "proxies": [{"pod": p["metadata"]["name"],
@@ -80,8 +80,9 @@ def cmd_version(a: argparse.Namespace) -> int:
             except UserError:
                 mesh = {}
             if mesh.get("controlplane"):
+                ident = mesh.get("controlplane_identity") or {}
                 cp = {"address": mesh["controlplane"], "connected": bool(mesh.get("connected")),
-                      "version": None}
+                      "version": ident.get("version"), "id": ident.get("id")}
         data["controlplane"] = cp
         if a.kubeconfig:
             data["cluster"] = kube.run(a.kubeconfig,
@@ -108,10 +109,11 @@ def _table(d: dict[str, Any]) -> str:
                                                     " (not running or not reachable)")})
     cp = d.get("controlplane")
     if "agent" in d:
-        rows.append({"what": "control plane", "version": "-",
+        rows.append({"what": "control plane",
+                     "version": (cp or {}).get("version") or "-",
                      "detail": "none configured for the agent" if cp is None else
                      f"{cp['address']} ({'connected' if cp['connected'] else 'not connected'}"
-                     "; its version is not reported over xDS)"})
+                     + (f", replica {cp['id']}" if cp.get("id") else "") + ")"})
     for ag in (d.get("cluster") or {}).get("agents", []):
         rows.append({"what": f"agent {ag['pod']}", "version": ag.get("version") or "-",
                      "detail": f"node {ag['node']}, image {ag['image']}"

@@ -8,16 +8,26 @@ exactly what `SerializeToString()` of the same envoy.service.discovery.v3 messag
 client cannot tell.
 
 DeltaDiscoveryResponse: system_version_info = 1, resources = 2, type_url = 4, nonce = 5,
-removed_resources = 6. Resource: version = 1, resource = 2 (an Any: type_url = 1,
-value = 2), name = 3, aliases = 4.
+removed_resources = 6, control_plane = 7 (a ControlPlane: identifier = 1). Resource:
+version = 1, resource = 2 (an Any: type_url = 1, value = 2), name = 3, aliases = 4.
+
+Every response names the control plane in `control_plane.identifier`, as istiod does: JSON
+`{"Component": ..., "ID": <host name: the pod's name in a cluster>, "Info": {"version": ...}}`,
+so an agent can say which replica and version it follows (`meshnode status`, `version`).
 """
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
+
+from core.version import version as meshnode_version
+
+COMPONENT = "meshnode-controlplane"
 
 _SMALL = [bytes((i,)) for i in range(128)]  # the varints of one byte
 
@@ -51,6 +61,12 @@ def resource(name: str, version: str, type_url: str, value: bytes,
     return field(2, msg)
 
 
+def identifier() -> str:
+    """This process's `control_plane.identifier`."""
+    return json.dumps({"Component": COMPONENT, "ID": socket.gethostname(),
+                       "Info": {"version": meshnode_version()}}, sort_keys=True)
+
+
 # The removals written lately (a name removed is removed from every stream). Bounded.
 _REMOVALS: dict[str, bytes] = {}
 REMOVALS_MAX = 8192
@@ -79,7 +95,7 @@ class Response:
         self.type_url, self.system_version_info, self.nonce = type_url, version, nonce
         self.names, self.removed_resources = names, removed  # sent / removed names
         self._head = _text(1, version) + resources + _text(4, type_url)
-        self._tail = b"".join(map(removal, removed))
+        self._tail = b"".join(map(removal, removed)) + _CONTROL_PLANE
 
     def with_nonce(self, nonce: str) -> Response:
         """The same response under another nonce (the bytes are shared, not copied)."""
@@ -109,3 +125,7 @@ def serialize(msg: Any) -> bytes:
     """The gRPC response serializer: a Response's bytes, or any protobuf message's."""
     out: bytes = msg.SerializeToString()
     return out
+
+
+# The same for every response of this process.
+_CONTROL_PLANE = field(7, _text(1, identifier()))

@@ -5,6 +5,7 @@ mesh-aware ZDS hand-off, readiness and a debug view."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,26 @@ class MeshRuntime:
         return {"controlplane": self.settings.address, "ready": c.ready(),
                 "connected": st.connected, "connects": st.connects, "responses": st.responses,
                 "acks": st.acks, "nacks": st.nacks, "last_nack": st.last_nack,
+                "last_ack_at": st.last_ack_at or None,
+                "controlplane_identity": _identity(st.control_plane),
                 "last_error": st.last_error, "workloads": len(c.state.workloads),
                 "services": len(c.state.services), "policies": len(c.state.policies),
                 "local_workloads": sorted(c.state.local),
                 "identities": {i: c.identities.status(i) for i in c.identities.identities()},
                 "proxies": self.server.connections if self.server else 0}
+
+
+def _identity(identifier: str) -> dict[str, Any] | None:
+    """The control plane's `control_plane.identifier` read as istiod writes it (JSON with
+    Component, ID, Info.version); any other text is kept as it is, under "identifier"."""
+    if not identifier:
+        return None
+    try:
+        data = json.loads(identifier)
+    except ValueError:
+        return {"identifier": identifier}
+    if not isinstance(data, dict):
+        return {"identifier": identifier}
+    info = data.get("Info")
+    return {"component": data.get("Component"), "id": data.get("ID"),
+            "version": info.get("version") if isinstance(info, dict) else None}

@@ -63,6 +63,10 @@ class XdsStats:
     last_error: str = ""
     connected: bool = False
     last_response_at: float = 0.0
+    last_ack_at: float = 0.0
+    # The serving control plane's `control_plane.identifier` (istiod's JSON: Component, ID,
+    # Info.version), as its last response said: which replica and version this agent follows.
+    control_plane: str = ""
     per_type: Counter[str] = field(default_factory=Counter)
 
 
@@ -160,6 +164,8 @@ class DeltaAdsClient:
         self.stats.responses += 1
         self.stats.per_type[t] += 1
         self.stats.last_response_at = time.time()
+        if resp.HasField("control_plane"):
+            self.stats.control_plane = resp.control_plane.identifier
         if t == ADDRESS_TYPE:
             errors = await self._apply(resp, self.convert.address, policies=False)
         elif t == AUTHORIZATION_TYPE:
@@ -179,6 +185,7 @@ class DeltaAdsClient:
                         error=msg[:2000])
         else:
             self.stats.acks += 1
+            self.stats.last_ack_at = self.stats.last_response_at
         if t in TYPES and t not in self._seen_types:
             self._seen_types.add(t)
             if self._seen_types.issuperset(TYPES):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 
 import pytest
 import yaml
@@ -23,8 +24,9 @@ def test_version_names_client_agent_proxy_and_the_control_plane(mesh: Mesh) -> N
     assert d["agent"]["running"] and d["agent"]["component"] == "agent"
     assert d["agent"]["version"] == d["client"]["version"]
     assert d["proxy"]["running"] and d["proxy"]["component"] == "proxy"
+    # The replica the agent follows names itself in every response (control_plane.identifier).
     assert d["controlplane"] == {"address": mesh.cp.address, "connected": True,
-                                 "version": None}
+                                 "version": d["client"]["version"], "id": socket.gethostname()}
     text = meshnode("version", *mesh.node_flags(mesh.n1), netns=mesh.n1.node.path).stdout
     assert "agent" in text and "node proxy" in text and mesh.cp.address in text
     short = meshnode("version", "--client", "--short").stdout
@@ -42,6 +44,10 @@ def test_status_of_a_healthy_node(mesh: Mesh) -> None:
     cp = st["controlplane"]
     assert cp["controlplane"] == mesh.cp.address and cp["connected"] and cp["ready"]
     assert cp["acks"] >= 1 and cp["nacks"] == 0 and cp["last_nack"] == ""
+    assert cp["last_ack_at"] > 0
+    assert cp["controlplane_identity"] == {"component": "meshnode-controlplane",
+                                           "id": socket.gethostname(),
+                                           "version": st["agent"]["version"]}
     assert cp["workloads"] >= 2 and cp["services"] == 1 and cp["policies"] == 1
     px = st["proxy"]
     assert px["running"] and px["ready"] and px["agent_connected"]

@@ -4,6 +4,7 @@ message, whatever the fields hold."""
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2 as d
 from google.protobuf import any_pb2
 from hypothesis import given
@@ -33,7 +34,8 @@ def test_a_response_is_what_protobuf_writes(type_url: str, version: int, nonce: 
                  for n, (t, b) in zip(sent, bodies, strict=False)]
     want = d.DeltaDiscoveryResponse(
         type_url=type_url, system_version_info=str(version), nonce=nonce,
-        resources=resources, removed_resources=removed)
+        resources=resources, removed_resources=removed,
+        control_plane=base_pb2.ControlPlane(identifier=wire.identifier()))
     body = b"".join(wire.resource(r.name, r.version, r.resource.type_url, r.resource.value,
                                   ()) for r in resources)
     shared = wire.Response(type_url, str(version), [r.name for r in resources], removed, body)
