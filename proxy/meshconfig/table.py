@@ -34,6 +34,7 @@ from core.mesh.model import (
 )
 from core.spiffe import SpiffeId
 from proxy import authz
+from proxy.traffic.locality import rank, scope_value
 
 Addr = tuple[str, int]
 
@@ -60,37 +61,6 @@ class Target:
         if self.service is not None:
             ids.extend(self.service.subject_alt_names)
         return ids
-
-
-def scope_value(w: Workload, scope: int) -> str | None:
-    """A workload's value for a LoadBalancing scope; None for a scope we do not know (it
-    then matches nothing, so a newer control plane's scope fails closed)."""
-    if scope == LbScope.REGION:
-        return w.locality[0]
-    if scope == LbScope.ZONE:
-        return w.locality[1]
-    if scope == LbScope.SUBZONE:
-        return w.locality[2]
-    if scope == LbScope.NODE:
-        return w.node
-    if scope == LbScope.CLUSTER:
-        return w.cluster
-    if scope == LbScope.NETWORK:
-        return w.network
-    return None
-
-
-def _rank(routing: tuple[int, ...], src: Workload, w: Workload) -> int:
-    """How many of the listed scopes match, counting in order and stopping at the first
-    mismatch (ztunnel: [network, region, zone] matching network and zone but not region
-    ranks 1). Each scope compares only its own field: subzone compares subzones."""
-    rank = 0
-    for scope in routing:
-        mine = scope_value(src, scope)
-        if mine is None or mine != scope_value(w, scope):
-            break
-        rank += 1
-    return rank
 
 
 # Scope names for messages ("region", ...); 0 and unknown values print as numbers.
@@ -238,7 +208,7 @@ class MeshTable:
         key = (svc.key, tuple(scope_value(src, s) for s in routing))
         got = self._picks.get(key)
         if got is None:
-            ranked = [(_rank(routing, src, w), w) for w in usable]
+            ranked = [(rank(routing, src, w), w) for w in usable]
             want = (len(routing) if svc.lb_mode == LbMode.STRICT
                     else max(r for r, _ in ranked))
             got = self._picks[key] = tuple(w for r, w in ranked if r == want)

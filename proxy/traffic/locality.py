@@ -10,9 +10,10 @@ it composes with ejection and retries (proxy/traffic/cluster.py):
   preference.
 
 The candidates given are already the usable, non-ejected ones, so an ejected local endpoint
-fails over to the next rank as an unhealthy one does. tests/traffic/test_locality.py checks
-this against MeshTable on random meshes; table.py can call it instead of its copy (the next
-step), which this package cannot import (meshconfig will import traffic)."""
+fails over to the next rank as an unhealthy one does. proxy/meshconfig/table.py's
+`MeshTable.route` ranks with `rank` and `scope_value` from here; tests/traffic/test_locality.py
+checks `preferred` against MeshTable on random meshes. This package never imports meshconfig
+(meshconfig imports it)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def scope_value(w: Workload, scope: int) -> str | None:
 
 
 def rank(routing: tuple[int, ...], src: Workload, w: Workload) -> int:
+    """How many of the listed scopes match, counting in order and stopping at the first
+    mismatch (ztunnel: [network, region, zone] matching network and zone but not region
+    ranks 1). Each scope compares only its own field: subzone compares subzones."""
     n = 0
     for scope in routing:
         mine = scope_value(src, scope)
