@@ -16,6 +16,7 @@ on the host network, so the node's IP): `http_address` on that address or 0.0.0.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from urllib.parse import quote
 
 from cli.errors import UserError
 from core.k8s.client import ApiCall
+from core.ports import AGENT_STATS_PORT
 
 T = TypeVar("T")
 
@@ -118,6 +120,21 @@ class Cluster:
         """GET `path` of the pod's `port`, through the API server (pods/proxy)."""
         return await self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/"
                               f"{quote(name, safe='')}:{port}/proxy{path}")
+
+
+def add_cluster_flags(p: argparse.ArgumentParser, kubeconfig_help: str, *,
+                      in_cluster: bool = False) -> None:
+    """The flags of a command that can also read every node through the API server."""
+    g = p.add_argument_group("the whole cluster")
+    g.add_argument("--kubeconfig", metavar="FILE", help=kubeconfig_help)
+    if in_cluster:
+        g.add_argument("--in-cluster", action="store_true",
+                       help="the same, with this pod's service account")
+    g.add_argument("-n", "--namespace", default=NAMESPACE,
+                   help="where meshnode's DaemonSets run (default: %(default)s)")
+    g.add_argument("--agent-port", type=int, default=AGENT_STATS_PORT, metavar="PORT",
+                   help="the agents' metrics port, which serves their status (metrics_address; "
+                        "default: %(default)s)")
 
 
 def run(kubeconfig: str, fn: Callable[[Cluster], Awaitable[T]]) -> T:

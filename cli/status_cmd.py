@@ -17,23 +17,14 @@ from typing import Any
 from cli import kube, nodeapi
 from cli.errors import UserError
 from cli.output import add_output_flag, emit, table_text
-from core.ports import AGENT_STATS_PORT
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="agent, proxy, control-plane connection, pods, drift: "
                                       "this node, or every node with --kubeconfig")
     nodeapi.add_node_flags(p)
-    g = p.add_argument_group("the whole cluster")
-    g.add_argument("--kubeconfig", metavar="FILE",
-                   help="read every node's agent through this cluster's API server")
-    g.add_argument("--in-cluster", action="store_true",
-                   help="the same, with this pod's service account")
-    g.add_argument("-n", "--namespace", default=kube.NAMESPACE,
-                   help="where meshnode's DaemonSets run (default: %(default)s)")
-    g.add_argument("--agent-port", type=int, default=AGENT_STATS_PORT, metavar="PORT",
-                   help="the agents' metrics port, which serves their status (metrics_address; "
-                        "default: %(default)s)")
+    kube.add_cluster_flags(p, "read every node's agent through this cluster's API server",
+                           in_cluster=True)
     add_output_flag(p)
     p.set_defaults(handler=cmd_status)
 

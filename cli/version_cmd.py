@@ -13,7 +13,6 @@ from typing import Any
 from cli import kube, nodeapi
 from cli.errors import UserError
 from cli.output import add_output_flag, emit, table_text
-from core.ports import AGENT_STATS_PORT
 from core.version import info
 
 
@@ -23,13 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--client", action="store_true", help="the client's version only")
     p.add_argument("--short", action="store_true", help="versions only, one per line")
     nodeapi.add_node_flags(p)
-    p.add_argument("--kubeconfig", metavar="FILE",
-                   help="also every agent's and the control plane's in this cluster")
-    p.add_argument("-n", "--namespace", default=kube.NAMESPACE,
-                   help="meshnode's namespace (default: %(default)s)")
-    p.add_argument("--agent-port", type=int, default=AGENT_STATS_PORT, metavar="PORT",
-                   help="the agents' metrics port, which serves their status (metrics_address; "
-                        "default: %(default)s)")
+    kube.add_cluster_flags(p, "also every agent's and the control plane's in this cluster")
     add_output_flag(p)
     p.set_defaults(handler=cmd_version)
 
