@@ -125,10 +125,12 @@ class AgentProc:
         return total
 
     def pods(self, proxy_admin: str = "127.0.0.1:1") -> list[dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "cli.main", "pods", "--config",
-                              str(self.config), "--proxy-admin", proxy_admin, "-o", "json"],
-                             capture_output=True, text=True, check=True, cwd=REPO).stdout
-        result: list[dict[str, Any]] = json.loads(out)
+        r = subprocess.run([sys.executable, "-m", "cli.main", "pods", "--config",
+                            str(self.config), "--proxy-admin", proxy_admin, "-o", "json"],
+                           capture_output=True, text=True, cwd=REPO)
+        if r.returncode != 0:  # say why: the exit code alone hides the CLI's message
+            raise RuntimeError(f"meshnode pods: exit {r.returncode}: {r.stderr[-2000:]}")
+        result: list[dict[str, Any]] = json.loads(r.stdout)
         return result
 
 
