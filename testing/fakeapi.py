@@ -352,6 +352,17 @@ class FakeApi:
 
     # -- handlers ------------------------------------------------------------------------------
 
+    def _admit(self, request: web.Request, method: str) -> web.Response | None:
+        """Record the request; the answer when it goes no further (an injected failure, a
+        method this endpoint does not serve), else None."""
+        self.requests.append((request.method, request.path, dict(request.query)))
+        failed = self._failure(request)
+        if failed is not None:
+            return failed
+        if request.method != method:
+            return self._status(405, f"{request.method} is not supported here")
+        return None
+
     def _failure(self, request: web.Request) -> web.Response | None:
         sig = f"{request.method} {request.path}{'?watch' if 'watch' in request.query else ''}"
         for i, (what, status) in enumerate(self.failures):
@@ -403,12 +414,9 @@ class FakeApi:
             return await self._patch_node(request, name)
         if request.method == "PATCH" and name is not None and r.plural == "pods" and ns:
             return await self._patch_pod(request, ns, name)
-        self.requests.append((request.method, request.path, dict(request.query)))
-        failed = self._failure(request)
-        if failed is not None:
-            return failed
-        if request.method != "GET":
-            return self._status(405, f"{request.method} is not supported here")
+        refused = self._admit(request, "GET")
+        if refused is not None:
+            return refused
         if name is not None:
             return self._get_object(r, ns or "", name)
         return await self._collection(request, r, ns)
@@ -506,12 +514,9 @@ class FakeApi:
         return resp
 
     async def _token_review(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path, dict(request.query)))
-        failed = self._failure(request)
-        if failed is not None:
-            return failed
-        if request.method != "POST":
-            return self._status(405, f"{request.method} is not supported here")
+        refused = self._admit(request, "POST")
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
             spec = body["spec"]
@@ -587,12 +592,9 @@ class FakeApi:
         """GET on the pod's own port, as the API server's pods/proxy subresource does."""
         import aiohttp
 
-        self.requests.append((request.method, request.path, dict(request.query)))
-        failed = self._failure(request)
-        if failed is not None:
-            return failed
-        if request.method != "GET":
-            return self._status(405, f"{request.method} is not supported here")
+        refused = self._admit(request, "GET")
+        if refused is not None:
+            return refused
         target = self.find("pods", name, ns)
         if target is None:
             return self._status(404, f'pods "{name}" not found')
