@@ -49,10 +49,6 @@ def entry(type_url: str, value: bytes, aliases: tuple[str, ...] = ()) -> Entry:
     return Entry(digest, sys.intern(type_url), value, aliases)
 
 
-def make_entry(body: any_pb2.Any, aliases: tuple[str, ...] = ()) -> Entry:
-    return entry(body.type_url, body.value, aliases)
-
-
 def _body(msg: wl.Address | authz.Authorization) -> tuple[str, bytes]:
     # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
     return (f"type.googleapis.com/{msg.DESCRIPTOR.full_name}",

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +17,8 @@ from controlplane import store as store_mod
 from controlplane.ambient.index import Index
 from controlplane.ambientstore import AmbientStore
 from controlplane.kube.objects import NAMESPACE, POD, ObjectStore
-from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot, make_entry
+from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot
+from controlplane.resources import entry as served_entry
 from controlplane.session import Session
 from controlplane.store import ServedStore
 from testing import mesh_manifests as mm
@@ -29,7 +29,7 @@ NAMES = ["a", "b", "c", "d", "e"]
 
 def entry(name: str, text: str) -> Entry:
     # One alias per name, never another name's: ztunnel's `network/ip` lookups.
-    return make_entry(any_pb2.Any(type_url=A, value=f"{name}:{text}".encode()), (f"/{name}",))
+    return served_entry(A, f"{name}:{text}".encode(), (f"/{name}",))
 
 
 def snap(**named: str) -> Snapshot:

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot, make_entry
+from controlplane.resources import ADDRESS_TYPE, AUTHORIZATION_TYPE, Entry, Snapshot
+from controlplane.resources import entry as served_entry
 from controlplane.session import Session
 
 A = ADDRESS_TYPE
 
 
 def entry(text: str, *aliases: str) -> Entry:
-    return make_entry(any_pb2.Any(type_url=A, value=text.encode()), aliases)
+    return served_entry(A, text.encode(), aliases)
 
 
 def snap(**named: Entry) -> Snapshot:
