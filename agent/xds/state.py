@@ -17,17 +17,22 @@ from typing import Literal
 import structlog
 
 from core.mesh.model import Policy, Service, Workload
+from core.mesh.traffic import EgressPolicy, ServiceTraffic, WorkloadLabels
 
 log = structlog.get_logger("xds.state")
 
-Kind = Literal["workload", "service", "policy"]
-Record = Workload | Service | Policy
+Kind = Literal["workload", "service", "policy", "traffic", "egress", "labels"]
+# Traffic management (issue 16): keyed by service key, Sidecar "ns/name", workload uid.
+TrafficKind = Literal["traffic", "egress", "labels"]
+TrafficRecord = ServiceTraffic | EgressPolicy | WorkloadLabels
+Record = Workload | Service | Policy | TrafficRecord
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     kind: Kind
-    key: str                 # workload uid, service "ns/hostname", policy "ns/name"
+    key: str                 # workload uid, service "ns/hostname", policy "ns/name" (and see
+                             # TrafficKind)
     old: Record | None       # None: added
     new: Record | None       # None: removed
 
@@ -48,6 +53,9 @@ class XdsState:
         self.workloads: dict[str, Workload] = {}
         self.services: dict[str, Service] = {}
         self.policies: dict[str, Policy] = {}
+        self.traffic: dict[str, ServiceTraffic] = {}      # service key -> its rules
+        self.egress: dict[str, EgressPolicy] = {}         # Sidecar key -> egress policy
+        self.labels: dict[str, WorkloadLabels] = {}       # workload uid -> selected labels
         # network -> ip -> workload; a list when several share an IP (host-network pods).
         self._by_ip: dict[str, dict[str, Workload | list[Workload]]] = {}
         # network -> ip -> service, for plain VIPs; CIDR VIPs are rare and scanned.
@@ -99,10 +107,18 @@ class XdsState:
     def policy(self, key: str) -> Policy | None:
         return self.policies.get(key)
 
-    def versions(self, kind: Literal["address", "policy"]) -> dict[str, str]:
+    def _traffic_table(self, kind: TrafficKind) -> dict[str, TrafficRecord]:
+        table: dict[str, TrafficRecord]
+        table = (self.traffic if kind == "traffic"  # type: ignore[assignment]
+                 else self.egress if kind == "egress" else self.labels)
+        return table
+
+    def versions(self, kind: Literal["address", "policy"] | TrafficKind) -> dict[str, str]:
         """name -> version of every held resource: `initial_resource_versions` on reconnect."""
         if kind == "policy":
             return {k: p.version for k, p in self.policies.items()}
+        if kind in ("traffic", "egress", "labels"):
+            return {k: r.version for k, r in self._traffic_table(kind).items()}
         out = {k: w.version for k, w in self.workloads.items()}
         out.update((k, s.version) for k, s in self.services.items())
         return out
@@ -110,8 +126,10 @@ class XdsState:
     # ---- updates ----
 
     def apply(self, upserts: Iterable[Record] = (), removed_addresses: Iterable[str] = (),
-              removed_policies: Iterable[str] = ()) -> list[Change]:
-        """Apply one response's worth of changes, then notify subscribers once."""
+              removed_policies: Iterable[str] = (),
+              removed_traffic: Iterable[tuple[TrafficKind, str]] = ()) -> list[Change]:
+        """Apply one response's worth of changes, then notify subscribers once.
+        `removed_traffic`: (kind, key) of traffic records the response removed."""
         changes: list[Change] = []
         for rec in upserts:
             c = self._upsert(rec)
@@ -125,6 +143,10 @@ class XdsState:
             old = self.policies.pop(name, None)
             if old is not None:
                 changes.append(Change("policy", name, old, None))
+        for kind, key in removed_traffic:
+            gone = self._traffic_table(kind).pop(key, None)
+            if gone is not None:
+                changes.append(Change(kind, key, gone, None))
         if changes:
             self._publish(changes)
         return changes
@@ -134,7 +156,24 @@ class XdsState:
             return self._upsert_workload(rec)
         if isinstance(rec, Service):
             return self._upsert_service(rec)
-        return self._upsert_policy(rec)
+        if isinstance(rec, Policy):
+            return self._upsert_policy(rec)
+        return self._upsert_traffic(rec)
+
+    def _upsert_traffic(self, rec: TrafficRecord) -> Change | None:
+        kind: TrafficKind
+        if isinstance(rec, ServiceTraffic):
+            kind, key = "traffic", rec.service
+        elif isinstance(rec, EgressPolicy):
+            kind, key = "egress", rec.key
+        else:
+            kind, key = "labels", rec.uid
+        table = self._traffic_table(kind)
+        old = table.get(key)
+        table[key] = rec
+        if old is not None and _same_but_version(old, rec):
+            return None
+        return Change(kind, key, old, rec)
 
     def _upsert_workload(self, w: Workload) -> Change | None:
         old = self.workloads.get(w.uid)
@@ -260,3 +299,6 @@ class XdsState:
         yield from self.workloads.values()
         yield from self.services.values()
         yield from self.policies.values()
+        yield from self.traffic.values()
+        yield from self.egress.values()
+        yield from self.labels.values()

@@ -318,7 +318,26 @@ class EgressPolicy:
     name: str = ""
     mode: OutboundMode = OutboundMode.ALLOW_ANY
     listeners: tuple[EgressListener, ...] = ()
+    # Sidecar.workloadSelector.labels: the workloads of `namespace` it applies to; empty: the
+    # whole namespace (in the root namespace: the mesh default). A workload takes the one
+    # whose selector matches it, else its namespace's selector-less one, else the mesh default.
+    selector: Labels = ()
+    version: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}" if self.name else "mesh default"
+
+
+# ---- workload labels ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WorkloadLabels:
+    """The labels of one workload (by uid) that some traffic rule reads: subset selectors,
+    `sourceLabels`, Sidecar workload selectors. Istio's Workload resource carries no labels,
+    so they travel as their own resource; the control plane sends only the label keys that a
+    rule names, so a mesh with no traffic rules sends none."""
+
+    uid: str
+    labels: Labels = ()
+    version: str = ""
