@@ -21,7 +21,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from h2.errors import ErrorCodes
@@ -44,6 +44,15 @@ Authorize = Callable[[SpiffeId, str, str, int], Decision]
 DialApp = Callable[[Addr, Addr], Awaitable[socket.socket]]  # (src, dst) -> connected socket
 RefuseTarget = Callable[[Addr, Addr], str | None]  # (src, dst) -> why not, or None
 MayLog = Callable[[str], int | None]  # event -> None: drop the line; n: lines dropped before
+
+
+class StreamSlots(Protocol):
+    """The caller's share of connections, taken per stream: one TLS connection can carry
+    many streams, each holding an upstream socket, so counting connections alone would let
+    one peer hold any number of the process's fds."""
+
+    def acquire(self, src: Addr, dst: Addr) -> str | None: ...  # None: granted, else why not
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -106,8 +115,13 @@ class HboneServer:
                  on_open: Callable[[InboundStream], None] | None = None,
                  on_close: Callable[[InboundStream], None] | None = None,
                  refuse_target: RefuseTarget | None = None,
-                 may_log: MayLog | None = None) -> None:
+                 may_log: MayLog | None = None, log_answers: bool = True,
+                 slots: StreamSlots | None = None) -> None:
         self.certs, self.identity = certs, identity
+        # False when the caller logs every answered stream itself (its access log): a
+        # denial is then one line, not two saying the same thing.
+        self.log_answers = log_answers
+        self.slots = slots
         self.refuse_target = refuse_target
         self.may_log = may_log  # the caller's log budget for per-stream warnings
         self.authorize, self.dial = authorize, dial
@@ -182,6 +196,18 @@ class HboneServer:
         if why is not None:
             # Before policy and before any dial: the target would loop back into a proxy.
             return self._answer(link, stream, info, 400, f"refused: {why}")
+        if self.slots is None:
+            return await self._admitted(link, stream, info, src, dst)
+        denied = self.slots.acquire(src, dst)
+        if denied is not None:
+            return self._answer(link, stream, info, 503, f"refused: {denied}")
+        try:
+            return await self._admitted(link, stream, info, src, dst)
+        finally:
+            self.slots.release()
+
+    async def _admitted(self, link: H2Link, stream: Stream, info: InboundStream, src: Addr,
+                        dst: Addr) -> None:
         try:
             decision = self.authorize(info.peer, src[0], dst[0], dst[1])
         except Exception as exc:  # a policy bug must fail closed, and loudly
@@ -228,8 +254,9 @@ class HboneServer:
                                       str(status)).inc()
         d = info.decision
         event = "hbone_denied" if status == 401 else "hbone_refused"
-        n = self.may_log(event) if self.may_log is not None else 0
-        if n is not None:  # None: over the caller's budget, the line is dropped
+        # n None: over the caller's budget, the line is dropped.
+        n = self.may_log(event) if self.may_log is not None and self.log_answers else 0
+        if n is not None and self.log_answers:
             log.warning("hbone_denied" if status == 401 else "hbone_refused",
                         status=status, error=error, src=f"{info.src[0]}:{info.src[1]}",
                         dst=f"{info.dst[0]}:{info.dst[1]}", source_principal=str(info.peer),

@@ -28,6 +28,7 @@ from proxy.forward import Traffic, reset
 from proxy.hbone import metrics as hbone_metrics
 from proxy.hbone.client import HboneClient, HboneError
 from proxy.hbone.server import HboneServer, InboundStream
+from proxy.limits import NodeLimits
 from proxy.meshconfig.runtime import ProxyMesh
 from proxy.meshconfig.table import Target
 from proxy.sockets import socket_in
@@ -35,7 +36,6 @@ from proxy.sockets import socket_in
 log = structlog.get_logger("proxy")
 access = structlog.get_logger("access")
 Addr = tuple[str, int]
-LOCAL_HANDSHAKE_SECONDS = 1.0
 # HboneError.kind -> the connection's response_flags (ztunnel's, from its error kinds);
 # anything else is CONNECT.
 _FLAGS = {"identity": metrics.IDENTITY_ERROR, "timeout": metrics.NETWORK_POLICY,
@@ -52,6 +52,7 @@ class PodProxy(Protocol):
     service_account: str
     netns_fd: int
     cfg: ProxyConfig
+    limits: NodeLimits
     ips: set[str]
     capture_ports: frozenset[int]
 
@@ -66,6 +67,23 @@ class PodProxy(Protocol):
                **fields: Any) -> None: ...
 
 
+class _PodSlots:
+    """Each inbound HBONE stream takes one of the pod's connection slots (proxy/limits.py)
+    for as long as it relays, as an accepted plaintext connection does."""
+
+    def __init__(self, pod: PodProxy) -> None:
+        self.pod = pod
+
+    def acquire(self, src: Addr, dst: Addr) -> str | None:
+        denied = self.pod.limits.connections.acquire(self.pod.uid)
+        if denied is not None:
+            self.pod.refuse("inbound", denied, src=src, dst=dst)
+        return denied
+
+    def release(self) -> None:
+        self.pod.limits.connections.release(self.pod.uid)
+
+
 class PodMesh:
     def __init__(self, pod: PodProxy, mesh: ProxyMesh) -> None:
         self.pod = pod
@@ -73,6 +91,10 @@ class PodMesh:
         self.client = HboneClient(mesh.certs, self._dial_tunnel,
                                   connect_timeout=pod.cfg.connect_timeout_seconds)
         self._servers: dict[SpiffeId, HboneServer] = {}
+        # Source addresses of this proxy's own tunnels to this very pod (a pod calling a
+        # service it serves itself): the only clients from the pod's own IPs that 15008
+        # accepts. Added before connect(), so the accept never races ahead of it.
+        self._self_dials: set[Addr] = set()
 
     # -- who this pod is ----------------------------------------------------------------
 
@@ -93,13 +115,30 @@ class PodMesh:
         # address and is not captured again by its rules.
         fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         s = socket_in(self.pod.netns_fd, fam, socket.SOCK_STREAM, mark=self.pod.cfg.mark)
+        own: Addr | None = None
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if plain_ip(addr[0]) in self.pod.ips:
+                s.bind((addr[0], 0))  # the port is known before the peer can accept
+                own = (plain_ip(addr[0]), s.getsockname()[1])
+                self._self_dials.add(own)
             await asyncio.get_running_loop().sock_connect(s, addr)
         except BaseException:
+            if own is not None:
+                self._self_dials.discard(own)
             s.close()
             raise
         return s
+
+    def claim_self_dial(self, peer: Addr) -> bool:
+        """Whether a client of 15008 from this pod's own IP is one of this proxy's tunnels
+        (it is then claimed: each is accepted once). Anything else there is a process in
+        the pod talking to the proxy's port directly."""
+        key = (plain_ip(peer[0]), peer[1])
+        if key in self._self_dials:
+            self._self_dials.discard(key)
+            return True
+        return False
 
     async def outbound(self, client: socket.socket, src: Addr, target: Target,
                        conn_traffic: Traffic) -> tuple[str, str]:
@@ -136,15 +175,10 @@ class PodMesh:
                 self.mesh.certs, me, self._authorize, self._dial_app,
                 connect_timeout=self.pod.cfg.connect_timeout_seconds,
                 on_open=self._opened, on_close=self._closed,
-                refuse_target=self._refuse_target, may_log=self.pod.may_log)
-        try:
-            local_peer = plain_ip(sock.getpeername()[0]) in self.pod.ips
-        except OSError:
-            local_peer = False  # gone already: serve() reports it
-        # A TLS client in the pod itself (this proxy tunnelling a pod to itself) sends its
-        # ClientHello at once; anything else local that connects straight to 15008 and says
-        # nothing must not hold an fd for the full handshake timeout.
-        await server.serve(sock, LOCAL_HANDSHAKE_SECONDS if local_peer else None)
+                refuse_target=self._refuse_target, may_log=self.pod.may_log,
+                # One line per refused stream: the access log's when it is on (_closed).
+                log_answers=not self.pod.cfg.access_log, slots=_PodSlots(self.pod))
+        await server.serve(sock)
 
     def _refuse_target(self, src: Addr, dst: Addr) -> str | None:
         """A CONNECT naming one of the proxy's capture ports is refused (400) whatever its
@@ -170,8 +204,9 @@ class PodMesh:
     def authorize_plaintext(self, src: Addr, dst: Addr) -> Decision:
         """Policy for a plaintext connection captured on 15006 (redirected or handed over
         by eBPF sk_lookup): the same policies as HBONE, evaluated with the client's address
-        and no identity, so identity-based fields never match. A denial is logged and
-        counted in the same counter as HBONE denials, with an empty source principal."""
+        and no identity, so identity-based fields never match. A denial is counted in
+        the same counter as HBONE denials, with an empty source principal; the caller logs
+        it, once (its access-log line, or `plaintext_denied` when the access log is off)."""
         try:
             decision = self._authorize(None, src[0], dst[0], dst[1])
         except Exception as exc:  # a policy bug must fail closed, and loudly
@@ -184,11 +219,6 @@ class PodMesh:
                 me = ""  # a malformed identity must not turn a denial into an error
             hbone_metrics.AUTHZ_DENIED.labels("", me, decision.reason,
                                               decision.policy or "").inc()
-            # Anyone who can reach the pod can repeat this: within the pod's log budget.
-            if self.pod.may_log("plaintext_denied") is not None:
-                log.warning("plaintext_denied", uid=self.pod.uid, src=f"{src[0]}:{src[1]}",
-                            dst=f"{dst[0]}:{dst[1]}", destination_principal=me,
-                            policy=decision.policy, reason=decision.reason)
         return decision
 
     async def _dial_app(self, src: Addr, dst: Addr) -> socket.socket:

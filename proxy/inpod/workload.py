@@ -202,10 +202,10 @@ class PodProxy:
                     log.warning("accept_failed", uid=self.uid, error=str(exc), suppressed=n)
                 await asyncio.sleep(0.05)
                 continue
-            if direction == "tunnel" and unmap(ipaddress.ip_address(peer[0])).is_loopback:
-                # HBONE comes from other pods' addresses, never from loopback: only a local
-                # process can be there, talking to the proxy's own port.
-                self.refuse(direction, "loop", sock, src=peer[:2], detail="loopback_client")
+            if direction == "tunnel" and (why := self._local_tunnel_client(peer)):
+                # HBONE comes from other pods, or from this proxy tunnelling the pod to
+                # itself; anything else local is a process talking to the proxy's own port.
+                self.refuse(direction, "loop", sock, src=peer[:2], detail=why)
                 continue
             # The pod's share of the process, and the process's cap, before any work: past
             # them the client gets a reset at once (as Envoy's max connections does).
@@ -218,6 +218,15 @@ class PodProxy:
             task = asyncio.create_task(self._serve(handler, sock))
             self._handlers.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._served)
+
+    def _local_tunnel_client(self, peer: tuple[str, int]) -> str | None:
+        ip = unmap(ipaddress.ip_address(peer[0]))
+        if ip.is_loopback:
+            return "loopback_client"
+        if str(ip) in self.ips and not (self.meshpath is not None
+                                        and self.meshpath.claim_self_dial(peer[:2])):
+            return "pod_ip_client"
+        return None
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._handlers.discard(task)
@@ -352,6 +361,9 @@ class PodProxy:
                                 **self._who("inbound", src[0], dst[0]), bytes_sent=0,
                                 bytes_received=0, duration_ms=0.0, reset=True,
                                 error=f"denied: {d.reason}")
+                else:
+                    log.warning("plaintext_denied", uid=self.uid, src=f"{src[0]}:{src[1]}",
+                                dst=f"{dst[0]}:{dst[1]}", **decided)
                 return
         await self._proxy(client, "inbound", src, dst, transparent=self.cfg.preserve_source,
                           **decided)

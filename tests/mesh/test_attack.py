@@ -167,11 +167,7 @@ def start_attackers(m: Mesh) -> list[subprocess.Popen[str]]:
     t = m.t
     targets = [[host, port] for host in ("127.0.0.1", t.a.ip4, t.b.ip4)
                for port in CAPTURE_PORTS]
-    # The pod's own 15008 is a real TLS server (the proxy may tunnel a pod to itself): a
-    # client that says nothing is closed after the short local handshake deadline (1 s),
-    # so it gets a process of its own instead of slowing the others down.
-    slow = [t.a.ip4, 15008]
-    groups = [[x for x in targets if x != slow]] * ATTACKERS + [[slow]]
+    groups = [targets] * ATTACKERS
 
     def run(group: list[list[Any]]) -> subprocess.Popen[str]:
         return subprocess.Popen(["nsenter", f"--net={t.a.path}", *NOBODY, "/usr/bin/python3",
@@ -228,6 +224,10 @@ def test_self_connect_flood_is_refused_and_bounded(mesh: Mesh) -> None:
     for target, outcomes in seen.items():
         assert sum(outcomes.values()) >= 5, json.dumps(seen)
         assert set(outcomes) <= {"reset", "refused", "closed"}, (target, outcomes)
+    # The pod's own 15008 resets a process of the pod at once (it is not one of the
+    # proxy's own tunnels): no TLS handshake is ever started for it.
+    own_tunnel = seen[f"{mesh.t.a.ip4}:15008"]
+    assert set(own_tunnel) == {"reset"}, own_tunnel
 
     # fds stayed bounded on both proxies, and the bystander never failed.
     for n in (n1, n2):
@@ -248,6 +248,8 @@ def test_self_connect_flood_is_refused_and_bounded(mesh: Mesh) -> None:
                            reason="loop") > 0
     assert n2.proxy_metric("meshnode_proxy_connections_refused_total", direction="inbound",
                            reason="loop") > 0
+    assert n1.proxy_metric("meshnode_proxy_connections_refused_total", direction="tunnel",
+                           reason="loop") > 0
     assert n2.proxy_metric("meshnode_hbone_streams_opened_total", direction="inbound",
                            source_principal=SLEEP_ID, response_code="400") > 0
     # Logged within the per-pod budget (burst 20 + 5/s, per event), the rest counted.
@@ -260,3 +262,17 @@ def test_self_connect_flood_is_refused_and_bounded(mesh: Mesh) -> None:
     assert n1.proxy_metric("meshnode_proxy_log_suppressed_total",
                            event="connection_refused") > 0
     assert mesh.call(), "c -> VIP -> b after the attack"
+
+
+def test_pod_reaches_its_own_service_through_its_own_tunnel(mesh: Mesh) -> None:
+    """The one legitimate local client of 15008: the proxy tunnelling a pod to itself (b
+    calls the service it serves, its only endpoint). Refusing the pod's processes there
+    must not refuse this."""
+    t = mesh.t
+    before = mesh.n2.proxy_metric("meshnode_hbone_streams_opened_total", direction="inbound",
+                                  source_principal=ECHO_ID, response_code="200")
+    for _ in range(3):
+        assert exchange(t.b, VIP, 80, PAYLOAD) == sha(PAYLOAD)
+    after = mesh.n2.proxy_metric("meshnode_hbone_streams_opened_total", direction="inbound",
+                                 source_principal=ECHO_ID, response_code="200")
+    assert after == before + 3  # through HBONE, echo -> echo, not a plaintext shortcut

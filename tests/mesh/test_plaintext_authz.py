@@ -231,6 +231,9 @@ def test_namespace_deny_all_resets_plaintext_and_hbone(clean: Mesh) -> None:
     hb = wait_for(lambda: [e for e in m.hbone_log() if e["status"] == 401], 5,
                   "node2's HBONE denial line")[-1]
     assert hb["authz"] == "denied_by_policy" and hb["policy"] == "default/deny-all"
+    # Each denial is one line, the access log's: no second warning repeating its fields.
+    assert m.n2.log_events("plaintext_denied") == []
+    assert m.n2.log_events("hbone_denied") == []
 
 
 def test_deny_by_ip_block_resets_only_the_named_client(clean: Mesh) -> None:
