@@ -22,6 +22,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -29,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 # The same tools, servers and ports as the proxy benchmark, so the two read alike.
-from bench.proxy_path import PORTS, in_netns, ping_pong, throughput
+from bench.proxy_path import PORTS, conn_rate, in_netns, ping_pong, throughput
 from bench.stats import md_table
+from bench.verdict import HEADERS, Target, machine_note, spread
 from core.bpf import PIN_DIR_ENV
 from testing.lab import Lab, Node
+
+METRICS = ("p50_us", "p90_us", "p99_us", "conn_s", "gbps", "proxy_cpu_us")
 
 
 def _manifests(a: Node, b: Node, vip: str) -> list[dict[str, Any]]:
@@ -49,13 +53,20 @@ def _manifests(a: Node, b: Node, vip: str) -> list[dict[str, Any]]:
                     labels={"app": "bench"}, ports=list(PORTS.values()))]
 
 
-def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
+ROUNDS = 3
+
+
+def measure_path(seconds: int = 3, rounds: int = ROUNDS) -> dict[str, Any]:
+    """The direct row and both mesh rows, `rounds` times, interleaved (each round measures
+    all three), so a disturbance hits one round of every row. Each row keeps its rounds;
+    its figures are their medians."""
     from testing.agent_harness import cni
     from testing.mesh_procs import ControlPlaneProc, MeshNode
     from testing.mesh_topology import VIP, build
     from testing.pins import private_pins
 
-    rows: dict[str, dict[str, Any]] = {}
+    per_round: dict[str, dict[str, list[Any]]] = {}
+    direct_rtt: list[float] = []
     servers: list[subprocess.Popen[bytes]] = []
     started: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="mnmesh-") as tmp, Lab("mb") as lab:
@@ -69,35 +80,37 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
             servers.append(subprocess.Popen(in_netns(t.b, ["iperf3", "-s", "-p",
                                                       str(PORTS["iperf"])]),
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            servers.append(subprocess.Popen(
+                in_netns(t.b, [sys.executable, "-m", "bench.netload", "serve",
+                               str(PORTS["echo"])]),
+                cwd=Path(__file__).resolve().parents[1]))
             time.sleep(1.0)
+            calibration = ping_pong(t.a, t.b.ip4, 2)["50.000"]
 
             def run_all(name: str, ip: str, proxies: tuple[int, ...] = ()) -> None:
-                # Latency on a shared 2-core VM moves by tens of µs between runs: the row is
-                # the median of `repeats` runs, and each run's p50/p99 is kept for the spread.
-                # CPU per round trip of each proxy is steadier (latency there is roughly the
-                # sum of every hop's CPU, as all four processes share two cores).
-                runs, cpu = [], []
-                for _ in range(repeats):
-                    before = [_cpu(pid) for pid in proxies]
-                    pp = ping_pong(t.a, ip, seconds)
-                    runs.append((pp["50.000"], pp["90.000"], pp["99.000"]))
-                    cpu.append([(_cpu(pid) - b) / pp["round_trips"] * 1e6
-                                for pid, b in zip(proxies, before, strict=True)])
-                rows[name] = {"p50_us": statistics.median(r[0] for r in runs),
-                              "p90_us": statistics.median(r[1] for r in runs),
-                              "p99_us": statistics.median(r[2] for r in runs),
-                              "runs": runs, "gbps": throughput(t.a, ip, seconds),
-                              **({"proxy_cpu_us": [statistics.median(c)
-                                                   for c in zip(*cpu, strict=True)]}
-                                 if proxies else {})}
+                # CPU per round trip of each proxy is steadier than latency (latency there
+                # is roughly the sum of every hop's CPU, as all four processes share two
+                # cores). The connection rate is short request/response exchanges: a new
+                # HBONE stream each, over the pooled mTLS connection between the nodes.
+                before = [_cpu(pid) for pid in proxies]
+                pp = ping_pong(t.a, ip, seconds)
+                cpu = [(_cpu(pid) - b) / pp["round_trips"] * 1e6
+                       for pid, b in zip(proxies, before, strict=True)]
+                got = per_round.setdefault(name, {m: [] for m in METRICS})
+                for m, v in zip(METRICS, (pp["50.000"], pp["90.000"], pp["99.000"],
+                                          conn_rate(t.a, ip, seconds),
+                                          throughput(t.a, ip, seconds), cpu), strict=True):
+                    got[m].append(v)
 
-            def mesh_row(row: str, backend: str, env: dict[str, dict[str, str]]) -> None:
+            def mesh_row(row: str, backend: str, env: dict[str, dict[str, str]],
+                         round_: int) -> None:
                 """Enroll both pods with `backend` on fresh nodes, measure through the
                 VIP, then unenroll them (CNI DEL, each agent removing its own capture) and
                 stop the nodes, leaving the pods as the direct row measured them."""
                 nodes = []
                 for name, node in (("node1", t.node1), ("node2", t.node2)):
-                    n = MeshNode(name, Path(tmp) / row / name, cp, node, backend=backend,
+                    n = MeshNode(name, Path(tmp) / f"{row}-{round_}" / name, cp, node,
+                                 backend=backend,
                                  env=env.get(name))
                     n.proxy.config.write_text(n.proxy.config.read_text() + "access_log: false\n")
                     started.append(n)  # before start(): a failed start still gets stopped
@@ -125,7 +138,6 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
                     n.stop()
                     started.remove(n)
 
-            run_all("direct", t.b.ip4)
             cp = ControlPlaneProc(Path(tmp) / "cp", t.cp)
             cp.write_manifests("mesh.yaml", *_manifests(t.a, t.b, VIP))
             started.append(cp)  # before start(): a failed start still gets stopped
@@ -139,18 +151,22 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
             # eBPF programs themselves (attached to the cgroup root, pinned per node) are
             # only loaded for the second row and detached at the end.
             clean = _capture_state(t.a, t.b)
-            mesh_row("mesh_hbone", "nftables", {})
-            assert _capture_state(t.a, t.b) == clean, "the nftables capture was left behind"
-            # The eBPF row pins into a private bpffs (mounted for it alone, so the nftables
-            # row ran without one). Each node is its own machine: its own pins, shared by its
-            # agent and proxy (as `meshnode demo --backend ebpf`); two nodes must not share
-            # a pods map.
+            # The eBPF rows pin into a private bpffs. Each node is its own machine: its own
+            # pins, shared by its agent and proxy (as `meshnode demo --backend ebpf`); two
+            # nodes must not share a pods map.
             with private_pins() as pins:
                 node_pins = {name: f"{pins}-{name}" for name in pods}
                 try:
-                    mesh_row("mesh_hbone_ebpf", "ebpf",
-                             {name: {PIN_DIR_ENV: p} for name, p in node_pins.items()})
-                    assert _capture_state(t.a, t.b) == clean, "the eBPF capture was left behind"
+                    for i in range(rounds):
+                        run_all("direct", t.b.ip4)
+                        direct_rtt.append(per_round["direct"]["p50_us"][-1])
+                        mesh_row("mesh_hbone", "nftables", {}, i)
+                        assert _capture_state(t.a, t.b) == clean, \
+                            "the nftables capture was left behind"
+                        mesh_row("mesh_hbone_ebpf", "ebpf",
+                                 {name: {PIN_DIR_ENV: p} for name, p in node_pins.items()}, i)
+                        assert _capture_state(t.a, t.b) == clean, \
+                            "the eBPF capture was left behind"
                 finally:
                     for p in reversed(started):  # nodes left by a failure, before the pins go
                         if isinstance(p, MeshNode):
@@ -162,7 +178,14 @@ def measure_path(seconds: int = 3, repeats: int = 3) -> dict[str, Any]:
             for s in servers:
                 s.terminate()
                 s.wait(10)
-    return {"seconds": seconds, "repeats": repeats, "rows": rows}
+    rows = {name: {**{m: statistics.median(v) for m, v in got.items() if m != "proxy_cpu_us"},
+                   **({"proxy_cpu_us": [statistics.median(c) for c in zip(*got["proxy_cpu_us"],
+                                                                            strict=True)]}
+                      if got["proxy_cpu_us"] and got["proxy_cpu_us"][0] else {}),
+                   "rounds": got}
+            for name, got in per_round.items()}
+    return {"seconds": seconds, "rounds": rounds, "calibration_us": calibration,
+            "direct_rtt_us": direct_rtt, "rows": rows}
 
 
 def _capture_state(*pods: Node) -> list[str]:
@@ -226,8 +249,31 @@ def measure(seconds: int = 3) -> dict[str, Any]:
     return {"path": measure_path(seconds), "snapshot": measure_snapshot()}
 
 
-def report(r: dict[str, Any]) -> str:
+def targets(r: dict[str, Any], proxy: dict[str, Any] | None) -> list[Target]:
+    """Issue 17's tunnel targets. Throughput is against the direct row of the same round.
+    The connection rate is against the one-hop plaintext rate of the proxy benchmark
+    (`proxy`, the same `make bench` run, another lab of the same shape): each normalised by
+    its own lab's direct rate of the same round index, so the two labs' differences cancel."""
     rows = r["path"]["rows"]
+    m, d = rows["mesh_hbone"]["rounds"], rows["direct"]["rounds"]
+    n = len(d["gbps"])
+    out = [Target("single-stream throughput through the mesh path ÷ direct",
+                  [m["gbps"][i] / d["gbps"][i] for i in range(n)], 0.35)]
+    if proxy is not None:
+        b, pd = proxy["rows"]["b_one_hop"]["rounds"], proxy["rows"]["a_direct"]["rounds"]
+        k = min(n, len(pd["conn_s"]))
+        out.insert(0, Target(
+            "connections/s through the mesh path (HBONE mTLS, two hops) ÷ one hop plaintext",
+            [(m["conn_s"][i] / d["conn_s"][i]) / (b["conn_s"][i] / pd["conn_s"][i])
+             for i in range(k)], 0.5))
+    return out
+
+
+def report(r: dict[str, Any], proxy: dict[str, Any] | None = None) -> str:
+    """`proxy`: the proxy benchmark's results of the same run, for the tunnel's connection
+    rate target (left out without it)."""
+    path = r["path"]
+    rows = path["rows"]
     d = rows["direct"]
     mesh = [(label, rows[key]) for key, label in (
         ("mesh_hbone", "mesh, nftables capture: a → VIP → node1 proxy → HBONE mTLS → node2 "
@@ -237,24 +283,31 @@ def report(r: dict[str, Any]) -> str:
               f"{x['p50_us'] - d['p50_us']:+.0f}", f"{x['p90_us'] - d['p90_us']:+.0f}",
               f"{x['p99_us'] - d['p99_us']:+.0f}",
               " / ".join(f"{c:.0f}" for c in x.get("proxy_cpu_us", ())) or "-",
+              spread(x["rounds"]["conn_s"]), f"{x['conn_s'] / d['conn_s']:.2f}",
               f"{x['gbps']:.2f}", f"{x['gbps'] / d['gbps']:.2f}"]
              for name, x in (("direct (pod a → pod b)", d), *mesh)]
-    spread = "; ".join(
+    runs = "; ".join(
         f"{label.split(':')[0].removeprefix('mesh, ')} "
-        + ", ".join(f"{p50:.0f}/{p90:.0f}/{p99:.0f}" for p50, p90, p99 in x["runs"])
+        + ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in zip(
+            x["rounds"]["p50_us"], x["rounds"]["p90_us"], x["rounds"]["p99_us"], strict=True))
         for label, x in mesh)
-    text = ("### The mesh path: two hops with mTLS (one run, same namespaces)\n\n"
-            "Latency: sockperf TCP ping-pong, 1 KiB, round trip in µs, the median of "
-            f"{r['path']['repeats']} runs of {r['path']['seconds']} s (the mesh runs' "
-            f"p50/p90/p99: {spread}). Throughput: one iperf3 stream, {r['path']['seconds']} s. "
-            "Proxy CPU: user + system time of each node proxy over the run, per round trip. "
-            "The two mesh rows differ only in how the pods' traffic is captured (nftables "
-            "rules or eBPF programs), measured one after the other against the same direct "
-            "row. ztunnel publishes about 170 µs p90 / 200 µs p99 added for its two hops.\n\n")
+    text = ("### The mesh path: two hops with mTLS (same namespaces, interleaved rounds)\n\n"
+            f"Every row measured once per round, {path['rounds']} rounds of "
+            f"{path['seconds']} s per measurement; each figure is the median of the rounds. "
+            f"Latency: sockperf TCP ping-pong, 1 KiB, round trip in µs (the mesh rounds' "
+            f"p50/p90/p99: {runs}). Connection rate: connect, 1-byte echo, close, 8 "
+            "concurrent clients, each connection a new HBONE stream over the pooled mTLS "
+            "connection between the nodes; median (min-max). Throughput: one iperf3 stream. "
+            "Proxy CPU: user + system time of each node proxy over the latency run, per "
+            "round trip. The two mesh rows differ only in how the pods' traffic is captured "
+            "(nftables rules or eBPF programs). ztunnel publishes about 170 µs p90 / 200 µs "
+            "p99 added for its two hops.\n\n")
     text += md_table(["path", "RTT p50 µs", "RTT p90 µs", "RTT p99 µs", "added p50 µs",
                       "added p90 µs", "added p99 µs",
-                      "proxy CPU µs per round trip (node1 / node2)", "Gbit/s", "vs direct"],
-                     table)
+                      "proxy CPU µs per round trip (node1 / node2)", "conn/s",
+                      "conn/s vs direct", "Gbit/s", "vs direct"], table)
+    text += "\n" + machine_note(path["calibration_us"], path["direct_rtt_us"]) + "\n\n"
+    text += md_table(HEADERS, [t.row() for t in targets(r, proxy)])
     snap = [[f"{int(n):,}", f"{x['bytes_per_workload']:.0f}", f"{x['apply_s']:.2f}",
              f"{x['channel_mb']:.1f}", f"{x['encode_s']:.2f}", f"{x['proxy_apply_s']:.2f}"]
             for n, x in r["snapshot"].items()]
@@ -267,7 +320,6 @@ def report(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    import sys
     res = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
     print(json.dumps(res, indent=2))
     print(report(res))

@@ -40,9 +40,23 @@ MESHNODE = "#1f77b4"
 DPI = 110
 
 
+def _spread(rows: dict[str, Any], keys: list[str], metric: str) -> list[list[float]] | None:
+    """Error bars from the rows' rounds: [below, above] the median (min, max), or None for
+    results recorded before rounds existed."""
+    if not all("rounds" in rows[k] for k in keys):
+        return None
+    lo, hi = [], []
+    for k in keys:
+        got, mid = rows[k]["rounds"][metric], rows[k][metric]
+        lo.append(mid - min(got))
+        hi.append(max(got) - mid)
+    return [lo, hi]
+
+
 def _bars(ax: Any, labels: list[str], values: list[float], colours: list[str],
-          fmt: str) -> None:
-    bars = ax.bar(range(len(values)), values, color=colours)
+          fmt: str, err: list[list[float]] | None = None) -> None:
+    bars = ax.bar(range(len(values)), values, color=colours, yerr=err, capsize=3,
+                  error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     for bar, v in zip(bars, values, strict=True):
         ax.annotate(fmt.format(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -79,14 +93,18 @@ def proxy_path(r: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("µs (lower is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    _bars(axes[1], labels, [rows[k]["conn_s"] for k, _ in keys], colours, "{:.0f}")
+    ks = [k for k, _ in keys]
+    _bars(axes[1], labels, [rows[k]["conn_s"] for k in ks], colours, "{:.0f}",
+          _spread(rows, ks, "conn_s"))
     axes[1].set_title("Connection rate (connect, echo, close; 8 clients)", fontsize=10)
     axes[1].set_ylabel("connections/s (higher is better)")
-    _bars(axes[2], labels, [rows[k]["gbps"] for k, _ in keys], colours, "{:.1f}")
+    _bars(axes[2], labels, [rows[k]["gbps"] for k in ks], colours, "{:.1f}",
+          _spread(rows, ks, "gbps"))
     axes[2].set_title("Throughput, one iperf3 stream", fontsize=10)
     axes[2].set_ylabel("Gbit/s (higher is better)")
     fig.suptitle("The proxy on the data path: meshnode (blue) vs direct (grey) and HAProxy "
-                 f"(orange), {r.get('seconds', '?')} s per measurement", fontsize=11)
+                 f"(orange), {r.get('seconds', '?')} s per measurement; medians of "
+                 f"{r.get('rounds', 1)} rounds, whiskers min-max", fontsize=11)
     return _save(fig, out / "proxy-path.png")
 
 
@@ -141,7 +159,7 @@ def mesh_path(r: dict[str, Any], out: Path) -> Path:
     keys = [k for k in names if k in rows]
     labels = [names[k] for k in keys]
     colours = ["#7f7f7f" if k == "direct" else MESHNODE for k in keys]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     x = range(len(keys))
     p50 = [rows[k]["p50_us"] for k in keys]
     p99 = [rows[k]["p99_us"] for k in keys]
@@ -153,9 +171,15 @@ def mesh_path(r: dict[str, Any], out: Path) -> Path:
     axes[0].set_xticks(list(x), labels, fontsize=8)
     axes[0].set_title("Round trip (µs; solid p50, light p99)", fontsize=10)
     axes[0].grid(axis="y", alpha=0.3)
-    _bars(axes[1], labels, [rows[k]["gbps"] for k in keys], colours, "{:.2f}")
-    axes[1].set_title("Throughput, one stream (Gbit/s)", fontsize=10)
-    fig.suptitle("The mesh path: two hops with mTLS", fontsize=11)
+    if all("conn_s" in rows[k] for k in keys):
+        _bars(axes[1], labels, [rows[k]["conn_s"] for k in keys], colours, "{:.0f}",
+              _spread(rows, keys, "conn_s"))
+    axes[1].set_title("Connection rate (connect, echo, close; 8 clients)", fontsize=10)
+    _bars(axes[2], labels, [rows[k]["gbps"] for k in keys], colours, "{:.2f}",
+          _spread(rows, keys, "gbps"))
+    axes[2].set_title("Throughput, one stream (Gbit/s)", fontsize=10)
+    fig.suptitle(f"The mesh path: two hops with mTLS; medians of {r['path'].get('rounds', 1)} "
+                 "rounds, whiskers min-max", fontsize=11)
     return _save(fig, out / "mesh-path.png")
 
 

@@ -46,7 +46,7 @@ def main() -> int:
             + "\n" + cni_add.report(results["cni"]) + "\n"
             + redirect_cost.report(results["redirect_cost"]) + "\n"
             + proxy_path.report(results["proxy"]) + "\n"
-            + mesh_path.report(results["mesh"]) + "\n"
+            + mesh_path.report(results["mesh"], results["proxy"]) + "\n"
             + controlplane_scale.report(results["controlplane"]))
     doc = DOC.read_text()
     head, _, rest = doc.partition(BEGIN)
