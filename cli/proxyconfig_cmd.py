@@ -1,4 +1,5 @@
-"""`meshnode proxy-config workloads|services|policies|certificates|connections`: what the
+"""`meshnode proxy-config workloads|services|policies|certificates|connections|traffic|egress`:
+what the
 node proxy holds, from its admin port (proxy/admin.py `/debug/<view>`), as `istioctl
 ztunnel-config` shows ztunnel's."""
 
@@ -77,6 +78,46 @@ def _connections(rows: Rows) -> str:
                        "DESTINATION IDENTITY", "PROTOCOL", "SENT", "RECEIVED", "AGE (S)"])
 
 
+def _traffic(rows: Rows) -> str:
+    """One line per route destination (service, route, subset, weight), then per cluster
+    (policy, pool usage, ejections): what `-o yaml` shows in full."""
+    out = []
+    for t in rows:
+        for r in t["routes"]:
+            for d in r["destinations"]:
+                out.append({"service": t["service"], "what": f"route {r['name'] or '-'} "
+                            f"({r['kind']})", "to": f"{d['service']}"
+                            + (f" subset {d['subset']}" if d["subset"] else "")
+                            + (f" port {d['port']}" if d["port"] else ""),
+                            "detail": f"{d['percent']:g}%"})
+        for c in t["clusters"]:
+            ejected = c["ejected"]
+            out.append({"service": t["service"], "what": "cluster", "to": c["name"],
+                        "detail": f"lb {c['lb']}, open {c['open']}/"
+                                  f"{_limit(c['max_connections'])}, overflows {c['overflows']}"
+                                  + (f", ejected {len(ejected)}: {_join(ejected)}"
+                                     if ejected else "")})
+        if not t["routes"] and not t["clusters"]:
+            out.append({"service": t["service"], "what": "rules", "to": "-",
+                        "detail": f"{len(t['subsets'])} subset(s), no connection yet"})
+    return table_text(out, ["service", "what", "to", "detail"],
+                      ["SERVICE", "ROUTE/CLUSTER", "DESTINATION", "WEIGHT/STATE"])
+
+
+def _limit(n: int) -> str:
+    return "unlimited" if n >= 2**32 - 1 else str(n)
+
+
+def _egress(rows: Rows) -> str:
+    return table_text([{**e, "name": e["name"] or "(mesh default)",
+                        "hosts": _join(f"{ln['port'] or '*'}: {h}" for ln in e["listeners"]
+                                       for h in ln["hosts"]) if e["listeners"] else "*/*",
+                        "selector": _join(f"{k}={v}" for k, v in e["selector"].items())}
+                       for e in rows],
+                      ["namespace", "name", "mode", "selector", "hosts"],
+                      ["NAMESPACE", "SIDECAR", "OUTBOUND POLICY", "SELECTOR", "EGRESS HOSTS"])
+
+
 VIEWS: dict[str, tuple[str, Callable[[Rows], str]]] = {
     "workloads": ("every workload the proxy knows (the mesh's, and the pods it serves)",
                   _workloads),
@@ -86,13 +127,17 @@ VIEWS: dict[str, tuple[str, Callable[[Rows], str]]] = {
                      _certificates),
     "connections": ("live relayed connections: source, destination, identities, bytes",
                     _connections),
+    "traffic": ("traffic rules per service: routes and weights, subsets, policies, pool "
+                "usage and ejections", _traffic),
+    "egress": ("Sidecar egress: imported hosts and outboundTrafficPolicy", _egress),
 }
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("proxy-config", aliases=["pc"],
                        help="what the node proxy holds: workloads, services, policies, "
-                            "certificates, connections (as istioctl ztunnel-config)")
+                            "certificates, connections, traffic, egress (as istioctl "
+                            "ztunnel-config)")
     vsub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
     for view, (helptext, _) in VIEWS.items():
         q = vsub.add_parser(view, help=helptext)

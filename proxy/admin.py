@@ -6,10 +6,12 @@
 - POST /quitquitquit   start a graceful shutdown (POST only, so a stray GET or a crawler
                        cannot stop the node's proxy)
 - GET  /server_info    version, pid, pod, uptime, readiness (`meshnode version`, `status`)
-- GET  /debug/workloads|services|policies|certificates|connections
+- GET  /debug/workloads|services|policies|certificates|connections|traffic|egress
                        the views of `meshnode proxy-config` (as `istioctl ztunnel-config`):
                        the mesh table's records, the certificates with their chains (never
-                       a key), and every live relayed connection; proxy_views() below
+                       a key), every live relayed connection, the traffic rules with the
+                       router's state (pool usage, ejections) and the Sidecar egress
+                       policies; VIEWS below
 
 It exposes internals and a shutdown switch, so it is only ever bound to loopback.
 
@@ -254,9 +256,75 @@ def connections_view(state: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda c: (c["pod"], c["id"]))
 
 
+def _percent(weight: int, total: int, n: int) -> float:
+    if n == 1:
+        return 100.0
+    return round(100.0 * weight / total, 2) if total else 0.0
+
+
+def traffic_view(state: Any) -> list[dict[str, Any]]:
+    """Per service with traffic rules: its VirtualService routes (matches, destinations with
+    their weights as shares), its DestinationRule (policy, subsets and how many endpoints
+    each selects), and the router's clusters for it: effective policy, connections open
+    against maxConnections, overflows, outlier detection per endpoint (ejected or not)."""
+    table = _table(state)
+    if table is None or not hasattr(table, "service_traffic"):
+        return []
+    from proxy.traffic.subsets import members
+
+    clusters: dict[str, list[dict[str, Any]]] = {}
+    for key, c in table.router.clusters():
+        od = c.get("outlier_detection") or {}
+        clusters.setdefault(key.service, []).append({
+            "name": str(key), "port": key.port, "subset": key.subset, "lb": c["lb"],
+            "max_connections": c["max_connections"], "connect_timeout": c["connect_timeout"],
+            "open": c["open"], "overflows": c["overflows"],
+            "ejected": sorted(uid for uid, h in od.items() if h["ejected"]),
+            "outlier_detection": od or None})
+    out = []
+    keys = sorted(set(table.service_traffic) | set(clusters))
+    for key in keys:
+        t = table.service_traffic.get(key)
+        svc = table.services.get(key)
+        eps = table.endpoints(svc) if svc is not None else ()
+        routes = []
+        for r in (t.routes if t is not None else ()):
+            total, n = r.total_weight, len(r.destinations)
+            routes.append({"name": r.name, "kind": _plain(r.kind),
+                           "matches": [{k: v for k, v in _plain(m).items() if v}
+                                       for m in r.matches],
+                           "destinations": [{"service": d.service, "subset": d.subset,
+                                             "port": d.port, "weight": d.weight,
+                                             "percent": _percent(d.weight, total, n)}
+                                            for d in r.destinations]})
+        subsets = [{"name": s.name, "labels": dict(s.labels),
+                    "endpoints": len(members(eps, s, table.labels)),
+                    "traffic_policy": _plain(s.traffic_policy)}
+                   for s in (t.subsets if t is not None else ())]
+        out.append({"service": key, "namespace": key.split("/", 1)[0],
+                    "virtual_service": t.virtual_service if t is not None else "",
+                    "destination_rule": t.destination_rule if t is not None else "",
+                    "routes": routes, "subsets": subsets,
+                    "traffic_policy": _plain(t.traffic_policy) if t is not None else None,
+                    "clusters": clusters.get(key, [])})
+    return out
+
+
+def egress_view(state: Any) -> list[dict[str, Any]]:
+    """The Sidecar egress policies: imported hosts per port, and outboundTrafficPolicy."""
+    table = _table(state)
+    if table is None or not hasattr(table, "egress"):
+        return []
+    return [{"key": key, "namespace": e.namespace, "name": e.name,
+             "mode": _plain(e.mode).upper(), "selector": dict(e.selector),
+             "listeners": [{"port": ln.port, "hosts": [str(h) for h in ln.hosts]}
+                           for ln in e.listeners]}
+            for key, e in sorted(table.egress.items())]
+
+
 VIEWS = {"workloads": workloads_view, "services": services_view,
          "policies": policies_view, "certificates": certificates_view,
-         "connections": connections_view}
+         "connections": connections_view, "traffic": traffic_view, "egress": egress_view}
 
 
 async def _view(request: web.Request) -> web.Response:

@@ -96,6 +96,34 @@ PENDING_CONNECTS = Gauge("meshnode_proxy_pending_connects", "Upstream dials not 
 LOG_SUPPRESSED = Counter("meshnode_proxy_log_suppressed",
                          "Error log lines dropped by the per-pod rate limit", ["event"])
 
+# Issue 16, traffic management. Kept apart from istio_tcp_*, whose label set is ztunnel's and
+# must stay so for Istio's dashboards; these say what the traffic rules did. Label values are
+# bounded by the config: `destination_service` is a service key ("ns/hostname", "unknown"
+# for a destination outside the registry), `route` a VirtualService route's name ("" when
+# no route matched), `subset` a DestinationRule subset ("" for the whole service), `cluster`
+# Istio's cluster name (outbound|port|subset|ns/hostname).
+TRAFFIC_CONNECTIONS = Counter("meshnode_proxy_traffic_connections",
+                              "Connections routed by traffic rules, by route and subset taken",
+                              ["destination_service", "route", "subset"])
+# `reason`: proxy/traffic/refusal.py's Reason (overflow, no_healthy_endpoint, connect_failed,
+# connect_timeout, registry_only, unknown_destination).
+TRAFFIC_REFUSED = Counter("meshnode_proxy_traffic_refused",
+                          "Connections the traffic rules refused (the client gets a reset)",
+                          ["reason", "destination_service"])
+TRAFFIC_RETRIES = Counter("meshnode_proxy_traffic_connect_retries",
+                          "Upstream connect attempts made after a failed one",
+                          ["destination_service"])
+TRAFFIC_EJECTIONS = Counter("meshnode_proxy_traffic_ejections",
+                            "Endpoints ejected by outlier detection", ["cluster"])
+TRAFFIC_EJECTED = Gauge("meshnode_proxy_traffic_ejected_endpoints",
+                        "Endpoints currently ejected by outlier detection", ["cluster"])
+# response_flags of a connection refused by traffic management, Envoy's (which Istio's
+# dashboards know): UO upstream overflow, UH no healthy upstream, NR no route; connect
+# failures keep CONNECT.
+UPSTREAM_OVERFLOW = "UO"
+NO_HEALTHY_UPSTREAM = "UH"
+NO_ROUTE = "NR"
+
 
 # -- the labels of one connection ---------------------------------------------------------------
 

@@ -21,8 +21,16 @@ from agent.identity.bundle import CertBundle
 from agent.identity.manager import IdentityManager
 from agent.xds.state import Change, XdsState
 from core.aio import cancel_and_wait, peer_credentials
-from core.mesh.channel import encode_policy, encode_service, encode_workload
+from core.mesh.channel import (
+    encode_egress,
+    encode_labels,
+    encode_policy,
+    encode_service,
+    encode_traffic,
+    encode_workload,
+)
 from core.mesh.model import DEFAULT_TRUST_DOMAIN, Policy, Service, Workload
+from core.mesh.traffic import EgressPolicy, ServiceTraffic, WorkloadLabels
 from core.wire.meshconfig import frame
 
 log = structlog.get_logger("meshconfig")
@@ -33,26 +41,49 @@ def snapshot(state: XdsState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict[
     return {"t": "snapshot", "trust_domain": trust_domain,
             "workloads": [encode_workload(w) for w in state.workloads.values()],
             "services": [encode_service(s) for s in state.services.values()],
-            "policies": [encode_policy(p) for p in state.policies.values()]}
+            "policies": [encode_policy(p) for p in state.policies.values()],
+            "traffic": [encode_traffic(t) for t in state.traffic.values()],
+            "egress": [encode_egress(e) for e in state.egress.values()],
+            "labels": [encode_labels(w) for w in state.labels.values()]}
+
+
+# Change.kind -> (the delta's list of upserts, its list of removed keys)
+_LISTS = {"workload": ("workloads", "removed_workloads"),
+          "service": ("services", "removed_services"),
+          "policy": ("policies", "removed_policies"),
+          "traffic": ("traffic", "removed_traffic"),
+          "egress": ("egress", "removed_egress"),
+          "labels": ("labels", "removed_labels")}
+
+
+def _encode(rec: object) -> dict[str, Any]:
+    if isinstance(rec, Workload):
+        return encode_workload(rec)
+    if isinstance(rec, Service):
+        return encode_service(rec)
+    if isinstance(rec, Policy):
+        return encode_policy(rec)
+    if isinstance(rec, ServiceTraffic):
+        return encode_traffic(rec)
+    if isinstance(rec, EgressPolicy):
+        return encode_egress(rec)
+    if isinstance(rec, WorkloadLabels):
+        return encode_labels(rec)
+    raise TypeError(f"no channel record for {type(rec).__name__}")
 
 
 def delta(changes: Sequence[Change]) -> dict[str, Any]:
-    msg: dict[str, Any] = {"t": "delta", "workloads": [], "services": [], "policies": [],
-                           "removed_workloads": [], "removed_services": [],
-                           "removed_policies": []}
+    """One applied discovery response as a delta. A removal is filed by its change's kind
+    (a removed traffic record is not a removed policy)."""
+    msg: dict[str, Any] = {"t": "delta"}
+    for upserts, removed in _LISTS.values():
+        msg[upserts], msg[removed] = [], []
     for c in changes:
-        if isinstance(c.new, Workload):
-            msg["workloads"].append(encode_workload(c.new))
-        elif isinstance(c.new, Service):
-            msg["services"].append(encode_service(c.new))
-        elif isinstance(c.new, Policy):
-            msg["policies"].append(encode_policy(c.new))
-        elif c.kind == "workload":
-            msg["removed_workloads"].append(c.key)
-        elif c.kind == "service":
-            msg["removed_services"].append(c.key)
+        upserts, removed = _LISTS[c.kind]
+        if c.new is not None:
+            msg[upserts].append(_encode(c.new))
         else:
-            msg["removed_policies"].append(c.key)
+            msg[removed].append(c.key)
     return msg
 
 

@@ -18,6 +18,28 @@ only those fields set; encoding it again gives the same JSON.
   match     {"namespaces" [[kind, value]], "principals", "service_accounts" [[ns, sa]],
              "source_ips" ["cidr"], "destination_ips", "destination_ports" [port], and
              their "not_" forms; empty fields left out}
+
+Traffic management (core/mesh/traffic.py; issue 16), Istio's numbers for enums, seconds for
+durations; a key left out reads as the record's default ("not set" for a policy part):
+
+  traffic   {"svc" (service key), "routes" [route], "subsets" [subset], "tp"? policy,
+             "vs"? (VirtualService "ns/name"), "dr"? (DestinationRule "ns/name")}
+  route     {"k" (RouteKind: 0 tcp, 1 tls), "d" [[service key, subset, port, weight]],
+             "m"? [l4match], "n"? (name)}
+  l4match   {"p"? port, "dn"? ["cidr"], "sl"? {label: value}, "sn"? namespace,
+             "sni"? [host]}
+  subset    {"n", "l"? {label: value}, "tp"? policy}
+  policy    {"lb"? lb, "cp"? pool, "od"? outlier, "pl"? [{"port", "lb"?, "cp"?, "od"?}]}
+  lb        {"s" (SimpleLb), "ch"? {"ip" (useSourceIp), "ring" (minimum ring size)}}
+  pool      {"max" (maxConnections), "ct" (connectTimeout, s)}
+  outlier   {"5xx", "gw" (consecutive gateway errors), "int" (interval, s), "base"
+             (baseEjectionTime, s), "maxp" (maxEjectionPercent), "minh" (minHealthPercent)}
+  egress    {"ns", "name"? (none: the mesh default), "mode" (OutboundMode: 0
+             REGISTRY_ONLY, 1 ALLOW_ANY), "ls" [{"port"?, "hosts" ["ns/dnsName"]}],
+             "sel"? {label: value} (workloadSelector)}
+  labels    {"uid", "l" {label: value}}
+
+A workload of a DNS-resolved ServiceEntry has no IPs and carries its host name, "hn".
 """
 
 from __future__ import annotations
@@ -48,6 +70,27 @@ from core.mesh.model import (
     Workload,
     WorkloadStatus,
 )
+from core.mesh.traffic import (
+    ConnectionPool,
+    ConsistentHash,
+    EgressHost,
+    EgressListener,
+    EgressPolicy,
+    L4Match,
+    L4Route,
+    LoadBalancer,
+    OutboundMode,
+    OutlierDetection,
+    PortTrafficPolicy,
+    RouteDestination,
+    RouteKind,
+    ServiceTraffic,
+    SimpleLb,
+    Subset,
+    TrafficPolicy,
+    WorkloadLabels,
+)
+from core.mesh.traffic import labels as label_pairs
 
 _s = sys.intern
 T = TypeVar("T")
@@ -74,7 +117,7 @@ def encode_workload(w: Workload) -> dict[str, Any]:
         out["loc"] = list(w.locality)  # [region, zone, subzone]
     # For the proxy's istio_tcp_* labels, only when set.
     for key, value in (("wn", w.workload_name), ("cn", w.canonical_name),
-                       ("cr", w.canonical_revision)):
+                       ("cr", w.canonical_revision), ("hn", w.hostname)):
         if value:
             out[key] = value
     return out
@@ -122,6 +165,109 @@ def encode_policy(p: Policy) -> dict[str, Any]:
             "action": int(p.action), "dry_run": p.dry_run,
             "groups": [[[encode_match(m) for m in rule.matches] for rule in group.rules]
                        for group in p.groups]}
+
+
+# ---- traffic management: model -> JSON -------------------------------------------------------
+
+def _lb(lb: LoadBalancer) -> dict[str, Any]:
+    out: dict[str, Any] = {"s": int(lb.simple)}
+    if lb.consistent_hash is not None:
+        out["ch"] = {"ip": lb.consistent_hash.use_source_ip,
+                     "ring": lb.consistent_hash.minimum_ring_size}
+    return out
+
+
+def _pool(p: ConnectionPool) -> dict[str, Any]:
+    return {"max": p.max_connections, "ct": p.connect_timeout}
+
+
+def _outlier(o: OutlierDetection) -> dict[str, Any]:
+    return {"5xx": o.consecutive_5xx_errors, "gw": o.consecutive_gateway_errors,
+            "int": o.interval, "base": o.base_ejection_time,
+            "maxp": o.max_ejection_percent, "minh": o.min_health_percent}
+
+
+def _parts(lb: LoadBalancer | None, pool: ConnectionPool | None,
+           outlier: OutlierDetection | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if lb is not None:
+        out["lb"] = _lb(lb)
+    if pool is not None:
+        out["cp"] = _pool(pool)
+    if outlier is not None:
+        out["od"] = _outlier(outlier)
+    return out
+
+
+def _traffic_policy(tp: TrafficPolicy) -> dict[str, Any]:
+    out = _parts(tp.load_balancer, tp.connection_pool, tp.outlier_detection)
+    if tp.port_level:
+        out["pl"] = [{"port": p.port, **_parts(p.load_balancer, p.connection_pool,
+                                               p.outlier_detection)} for p in tp.port_level]
+    return out
+
+
+def _l4match(m: L4Match) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.port:
+        out["p"] = m.port
+    if m.destination_subnets:
+        out["dn"] = _cidrs(m.destination_subnets)
+    if m.source_labels:
+        out["sl"] = dict(m.source_labels)
+    if m.source_namespace:
+        out["sn"] = m.source_namespace
+    if m.sni_hosts:
+        out["sni"] = list(m.sni_hosts)
+    return out
+
+
+def _route(r: L4Route) -> dict[str, Any]:
+    out: dict[str, Any] = {"k": int(r.kind),
+                           "d": [[d.service, d.subset, d.port, d.weight]
+                                 for d in r.destinations]}
+    if r.matches:
+        out["m"] = [_l4match(m) for m in r.matches]
+    if r.name:
+        out["n"] = r.name
+    return out
+
+
+def _subset(s: Subset) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": s.name}
+    if s.labels:
+        out["l"] = dict(s.labels)
+    if s.traffic_policy is not None:
+        out["tp"] = _traffic_policy(s.traffic_policy)
+    return out
+
+
+def encode_traffic(t: ServiceTraffic) -> dict[str, Any]:
+    out: dict[str, Any] = {"svc": t.service, "routes": [_route(r) for r in t.routes],
+                           "subsets": [_subset(s) for s in t.subsets]}
+    if t.traffic_policy is not None:
+        out["tp"] = _traffic_policy(t.traffic_policy)
+    if t.virtual_service:
+        out["vs"] = t.virtual_service
+    if t.destination_rule:
+        out["dr"] = t.destination_rule
+    return out
+
+
+def encode_egress(e: EgressPolicy) -> dict[str, Any]:
+    out: dict[str, Any] = {"ns": e.namespace, "mode": int(e.mode),
+                           "ls": [{**({"port": ln.port} if ln.port else {}),
+                                   "hosts": [str(h) for h in ln.hosts]}
+                                  for ln in e.listeners]}
+    if e.name:
+        out["name"] = e.name
+    if e.selector:
+        out["sel"] = dict(e.selector)
+    return out
+
+
+def encode_labels(w: WorkloadLabels) -> dict[str, Any]:
+    return {"uid": w.uid, "l": dict(w.labels)}
 
 
 # ---- JSON -> model (the proxy) -------------------------------------------------------------
@@ -189,7 +335,7 @@ class Decoder:
             services=self._services(d.get("svc")),
             network=_s(d.get("net", "")), cluster_id=_s(d.get("cl") or ""), locality=locality,
             workload_name=_s(d.get("wn") or ""), canonical_name=_s(d.get("cn") or ""),
-            canonical_revision=_s(d.get("cr") or ""))
+            canonical_revision=_s(d.get("cr") or ""), hostname=str(d.get("hn") or ""))
 
     def service(self, d: dict[str, Any]) -> Service:
         s = Service(name=str(d["name"]), namespace=str(d["ns"]), hostname=str(d["host"]),
@@ -239,3 +385,82 @@ def decode_policy(d: dict[str, Any]) -> Policy:
     return Policy(name=str(d["name"]), namespace=str(d["ns"]),
                   scope=PolicyScope(int(d["scope"])), action=PolicyAction(int(d["action"])),
                   groups=groups, dry_run=bool(d.get("dry_run", False)))
+
+
+# ---- traffic management: JSON -> model -------------------------------------------------------
+
+def _label_map(v: Any, what: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what}: labels must be an object")
+    return label_pairs({str(k): str(x) for k, x in v.items()})
+
+
+def _lb_in(d: dict[str, Any]) -> LoadBalancer:
+    ch = d.get("ch")
+    return LoadBalancer(SimpleLb(int(d.get("s", 0))),
+                        ConsistentHash(bool(ch.get("ip", True)), int(ch["ring"]))
+                        if ch is not None else None)
+
+
+def _pool_in(d: dict[str, Any]) -> ConnectionPool:
+    return ConnectionPool(int(d["max"]), float(d["ct"]))
+
+
+def _outlier_in(d: dict[str, Any]) -> OutlierDetection:
+    return OutlierDetection(int(d["5xx"]), int(d["gw"]), float(d["int"]), float(d["base"]),
+                            int(d["maxp"]), int(d.get("minh", 0)))
+
+
+def _parts_in(d: dict[str, Any]) -> tuple[LoadBalancer | None, ConnectionPool | None,
+                                          OutlierDetection | None]:
+    lb, cp, od = d.get("lb"), d.get("cp"), d.get("od")
+    return (_lb_in(lb) if lb is not None else None, _pool_in(cp) if cp is not None else None,
+            _outlier_in(od) if od is not None else None)
+
+
+def _traffic_policy_in(d: dict[str, Any]) -> TrafficPolicy:
+    return TrafficPolicy(*_parts_in(d), port_level=tuple(
+        PortTrafficPolicy(int(p["port"]), *_parts_in(p)) for p in d.get("pl", ())))
+
+
+def _l4match_in(d: dict[str, Any]) -> L4Match:
+    return L4Match(port=int(d.get("p", 0)), destination_subnets=_nets_in(d.get("dn", ())),
+                   source_labels=_label_map(d.get("sl", {}), "route match sourceLabels"),
+                   source_namespace=str(d.get("sn", "")),
+                   sni_hosts=tuple(str(h) for h in d.get("sni", ())))
+
+
+def decode_traffic(d: dict[str, Any]) -> ServiceTraffic:
+    """Raises ValueError (or KeyError/TypeError for a malformed record) naming the service."""
+    key = str(d["svc"])
+    try:
+        routes = tuple(L4Route(RouteKind(int(r["k"])),
+                               tuple(RouteDestination(str(svc), str(sub), int(port), int(w))
+                                     for svc, sub, port, w in r["d"]),
+                               tuple(_l4match_in(m) for m in r.get("m", ())),
+                               str(r.get("n", "")))
+                       for r in d.get("routes", ()))
+        subsets = tuple(Subset(str(s["n"]), _label_map(s.get("l", {}), "subset labels"),
+                               _traffic_policy_in(s["tp"]) if "tp" in s else None)
+                        for s in d.get("subsets", ()))
+        tp = _traffic_policy_in(d["tp"]) if "tp" in d else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"traffic {key}: {type(exc).__name__}: {exc}") from None
+    return ServiceTraffic(key, routes, subsets, tp, str(d.get("vs", "")), str(d.get("dr", "")))
+
+
+def decode_egress(d: dict[str, Any]) -> EgressPolicy:
+    ns, name = str(d["ns"]), str(d.get("name", ""))
+    try:
+        listeners = tuple(EgressListener(tuple(EgressHost.parse(str(h)) for h in ln["hosts"]),
+                                         int(ln.get("port", 0)))
+                          for ln in d.get("ls", ()))
+        return EgressPolicy(ns, name, OutboundMode(int(d.get("mode", OutboundMode.ALLOW_ANY))),
+                            listeners, _label_map(d.get("sel", {}), "workloadSelector"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"egress {ns}/{name or '-'}: {type(exc).__name__}: {exc}") from None
+
+
+def decode_labels(d: dict[str, Any]) -> WorkloadLabels:
+    uid = str(d["uid"])
+    return WorkloadLabels(uid, _label_map(d.get("l", {}), f"labels of {uid}"))

@@ -5,13 +5,16 @@ channel is local and private to meshnode (ZDS is the Istio-compatible one), the 
 only a few fields of each record, and JSON keeps both ends debuggable (`socat` shows it).
 Every message has a type `t`:
 
-- `snapshot`: `workloads`, `services`, `policies` (everything the agent holds; the proxy
-  replaces its table with it), sent first on every connection;
-- `delta`: upserts (`workloads`, `services`, `policies`) and removals (`removed_workloads`,
-  `removed_services`, `removed_policies`), one per applied discovery response;
+- `snapshot`: `workloads`, `services`, `policies`, `traffic`, `egress`, `labels`
+  (everything the agent holds; the proxy replaces its table with it), sent first on every
+  connection;
+- `delta`: upserts (the same six lists) and removals by key (`removed_workloads`,
+  `removed_services`, `removed_policies`, `removed_traffic`, `removed_egress`,
+  `removed_labels`), one per applied discovery response;
 - `cert`: `identity` + `key`, `chain`, `roots` (PEM text), or `identity` + `removed: true`.
 
-The records in `workloads`, `services` and `policies` are core/mesh/channel.py's.
+The records of those lists are core/mesh/channel.py's. A proxy older than the traffic lists
+ignores them (it reads the keys it knows).
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 The pod's redirect rules REDIRECT its UDP and TCP port-53 traffic to 15053, except traffic
 carrying the proxy mark. This proxy forwards each query to the resolver the pod actually
 asked (its original destination), from inside the pod's netns with the mark set so the
-rules let it out, and relays the answer back. Nothing is answered locally yet; this is the
-hook where name tables from the control plane will plug in later.
+rules let it out, and relays the answer back. A UDP query for a name of the mesh (a
+service's host name, e.g. a ServiceEntry host) is answered locally with the service's
+addresses when the pod proxy gives a lookup (proxy/inpod/dnsanswer.py), as Istio's DNS
+proxying does; over TCP every query is relayed.
 
 Original destination:
 - TCP: the accepted socket answers SO_ORIGINAL_DST (`proxy.origdst.original_dst`).
@@ -44,6 +46,7 @@ from core.aio import cancel_and_wait
 from core.netns import entered
 from core.ports import PROXY_MARK
 from proxy import bpf
+from proxy.inpod import dnsanswer
 from proxy.origdst import original_dst
 from proxy.sockets import socket_in
 
@@ -68,6 +71,8 @@ _ANSWERED = Counter("meshnode_proxy_dns_answered_total",
                     "DNS queries relayed back to the client", ["proto"])
 _FAILED = Counter("meshnode_proxy_dns_failed_total",
                   "DNS queries dropped: no upstream, unreachable or timed out", ["proto"])
+_LOCAL = Counter("meshnode_proxy_dns_local_answers_total",
+                 "DNS queries for a mesh name (a service host) answered by the proxy itself")
 
 
 @dataclass
@@ -167,7 +172,8 @@ class DnsProxy:
     def __init__(self, netns_fd: int, udp_sock: socket.socket, tcp_listener: socket.socket,
                  mark: int = PROXY_MARK, fallback: Sequence[Upstream] = (),
                  timeout: float = 5.0, name: str = "", bpf_pin_dir: str = "",
-                 refuse: Callable[[Upstream], bool] | None = None) -> None:
+                 refuse: Callable[[Upstream], bool] | None = None,
+                 lookup: dnsanswer.Lookup | None = None) -> None:
         # Our own reference: the caller may close its fd while we still make sockets there.
         self._netns_fd = os.dup(netns_fd)
         self._udp = udp_sock
@@ -180,6 +186,9 @@ class DnsProxy:
         # listeners (a query sent straight to 127.0.0.1:15053 names 15053 itself as its
         # resolver, and asking it would loop); it counts and logs the refusal.
         self._refuse = refuse or (lambda _up: False)
+        # The mesh's names (service host -> its VIPs), or None: relay every query.
+        self._lookup = lookup
+        self.local_answers = 0
         self.name = name or f"netns-inode:{os.fstat(self._netns_fd).st_ino}"
         self._local_port = int(udp_sock.getsockname()[1])
         self.udp = DnsCounters()
@@ -254,6 +263,7 @@ class DnsProxy:
             "udp": asdict(self.udp),
             "tcp": asdict(self.tcp),
             "cached_flows": len(self._cache),
+            "local_answers": self.local_answers,
         }
 
     # ---- helpers --------------------------------------------------------------------
@@ -365,6 +375,21 @@ class DnsProxy:
         _QUERIES.labels("udp").inc()
         host, port = _unmap(str(client[0])), int(client[1])
         answer: bytes | None = None
+        if self._lookup is not None:
+            answer = dnsanswer.answer(query, self._lookup)
+            if answer is not None:
+                try:
+                    self._udp.sendmsg([answer], self._reply_anc(local), 0, client)
+                except OSError as exc:
+                    self._log.warning("dns_udp_reply_failed", client=host, port=port,
+                                      error=str(exc))
+                    self._fail("udp")
+                    return
+                self.local_answers += 1
+                _LOCAL.inc()
+                self.udp.answered += 1
+                _ANSWERED.labels("udp").inc()
+                return
         try:
             found = await self._udp_upstreams(host, port, local)
             upstreams = [u for u in found if not self._refuse(u)]

@@ -38,6 +38,7 @@ from proxy.config import ProxyConfig
 from proxy.forward import Traffic, relay, reset
 from proxy.inpod.dns import DnsProxy
 from proxy.inpod.meshpath import PodMesh
+from proxy.inpod.trafficpath import Plan, PodTraffic
 from proxy.inpod.zds_client import WorkloadInfo
 from proxy.limits import NodeLimits, Refused
 from proxy.loopguard import capture_ports, loop_reason
@@ -100,6 +101,9 @@ class PodProxy:
         self.ebpf = False  # the inbound listener is registered with the eBPF backend
         self.started = time.time()
         self.meshpath = PodMesh(self, mesh) if mesh is not None else None
+        # Traffic management (issue 16): VirtualService, DestinationRule, Sidecar egress.
+        self.traffic = PodTraffic(self, self.meshpath, cfg.zero_copy) \
+            if self.meshpath is not None else None
         self._tracked: dict[int, int] = {}  # id(inbound HBONE stream) -> Conn id
         # Shared by every pod of the process (the manager passes its own); a pod proxy made
         # alone (tests) gets a set of its own.
@@ -151,7 +155,8 @@ class PodProxy:
         self.listeners["dns-tcp"] = tcp
         self.dns = DnsProxy(self.netns_fd, udp, tcp, mark=self.cfg.mark,
                             fallback=self.cfg.dns_fallback_addresses(), name=self.name,
-                            bpf_pin_dir=self.cfg.bpf_pins(), refuse=self._dns_loop)
+                            bpf_pin_dir=self.cfg.bpf_pins(), refuse=self._dns_loop,
+                            lookup=self.traffic.dns_lookup if self.traffic else None)
         await self.dns.start()
 
     def _dns_loop(self, upstream: tuple[str, int]) -> bool:
@@ -285,6 +290,10 @@ class PodProxy:
             self.refuse("outbound", "loop", client, src=src, dst=dst, detail=why)
             return
         if self.meshpath is not None:
+            plan = await self.traffic.plan(client, src, dst) if self.traffic else None
+            if plan is not None:
+                await self._outbound_routed(client, src, dst, plan)
+                return
             try:
                 target = self.meshpath.mesh.table.route(dst, self.meshpath.workload())
             except NoEndpoint as exc:
@@ -334,6 +343,26 @@ class PodProxy:
                          source_principal=me.spiffe_id if me else None,
                          destination_principal=w.spiffe_id if w else None)
 
+    async def _outbound_routed(self, client: socket.socket, src: tuple[str, int],
+                               dst: tuple[str, int], plan: Plan) -> None:
+        """A connection traffic management routes (proxy/inpod/trafficpath.py): a pool
+        slot, connect with retries, relay, and the end told to outlier detection."""
+        assert self.traffic is not None
+        conn = Conn(next(_ids), "outbound", src, dst)
+        conn.task = asyncio.current_task()
+        self.conns[conn.id] = conn
+        metrics.CONNECTIONS.inc()
+        opened = None
+        try:
+            got = await self.traffic.open(plan, client, src, conn)
+            if got is not None:
+                up, opened = got
+                plan.log["transport"] = "hbone" if up.target.hbone else "tcp"
+                await up.relay(client, conn.traffic, self.cfg.zero_copy)
+        finally:
+            self.traffic.closed(opened, conn.traffic)
+            self._closed(conn, plan.error, plan.flags, **plan.log)
+
     async def _inbound(self, client: socket.socket) -> None:
         dst = original_dst(client)
         peer = client.getpeername()[:2]
@@ -355,7 +384,10 @@ class PodProxy:
                 # Counted as ztunnel counts a denied connection: opened, then closed DENY.
                 metrics.ConnMetrics(self.inbound_labels(src[0], dst)).close(
                     flags=metrics.DENY)
-                if self.cfg.access_log and n is not None:
+                # One line per denial: the access log's, or a warning when that is off.
+                if n is None:
+                    return
+                if self.cfg.access_log:
                     access.info("connection", direction="inbound",
                                 src=f"{src[0]}:{src[1]}", dst=f"{dst[0]}:{dst[1]}", **decided,
                                 **self._who("inbound", src[0], dst[0]), bytes_sent=0,

@@ -5,7 +5,12 @@
   original destination; modes `strict` and `failover` with a routing preference pick by
   locality relative to the source workload, as ztunnel does: see `MeshTable.route`);
 - pod IP → workload (identity, whether it is reached through HBONE, locality);
-- policies for proxy/authz.py.
+- policies for proxy/authz.py;
+- traffic management (issue 16): per service its `ServiceTraffic` (VirtualService routes,
+  DestinationRule), per Sidecar its `EgressPolicy`, per workload the labels rules read. The
+  table is the traffic router's `MeshView` (proxy/traffic/router.py) and owns the router, so
+  cluster state (pool counts, ejections) lives as long as the proxy, across config changes.
+  A connection to a service without a traffic record keeps `route` (no rules: unchanged).
 
 The records are the mesh model's (core/mesh/model.py), read from the channel's JSON by
 core/mesh/channel.py.
@@ -18,11 +23,11 @@ each applied message, O(endpoints of that service), then costs O(1) per connecti
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.mesh.channel import Decoder
+from core.mesh.channel import Decoder, decode_egress, decode_labels, decode_traffic
 from core.mesh.model import (
     DEFAULT_TRUST_DOMAIN,
     HealthPolicy,
@@ -32,9 +37,13 @@ from core.mesh.model import (
     Service,
     Workload,
 )
+from core.mesh.traffic import EgressPolicy, ServiceTraffic, WorkloadLabels
 from core.spiffe import SpiffeId
 from proxy import authz
+from proxy.traffic.egress import Registry
 from proxy.traffic.locality import rank, scope_value
+from proxy.traffic.router import TrafficRouter
+from proxy.traffic.subsets import selects
 
 Addr = tuple[str, int]
 
@@ -67,11 +76,31 @@ class Target:
 _SCOPE_NAMES = {s.value: s.name.lower() for s in LbScope if s != LbScope.UNSPECIFIED_SCOPE}
 
 
+# The control plane's uid of a ServiceEntry endpoint (controlplane/ambient/workloads.py).
+_SERVICE_ENTRY_UID = "/networking.istio.io/ServiceEntry/"
+
+
+class _MeshAddresses:
+    """The addresses REGISTRY_ONLY lets through as in-mesh: pods' and WorkloadEntries', not a
+    ServiceEntry endpoint's (an external host: reachable only as the entry's service, on its
+    ports, or one entry would open every port of that host)."""
+
+    def __init__(self, by_ip: dict[str, Workload]) -> None:
+        self._by_ip = by_ip
+
+    def __contains__(self, ip: object) -> bool:
+        w = self._by_ip.get(ip) if isinstance(ip, str) else None
+        return w is not None and _SERVICE_ENTRY_UID not in w.uid
+
+
 class MeshTable:
     def __init__(self) -> None:
         self.version = 0  # bumped on every applied message (tests, config_dump)
         self._decode = Decoder()  # the channel's JSON -> core/mesh records
         self._reset()
+        # One per proxy, reading this table: its clusters outlive config changes, as
+        # Envoy's do (an unchanged cluster keeps its pool counts and ejections).
+        self.router = TrafficRouter(self)
 
     def _reset(self) -> None:
         self.trust_domain = DEFAULT_TRUST_DOMAIN
@@ -88,13 +117,28 @@ class MeshTable:
         # endpoints that source rotates over.
         self._usable_cache: dict[str, tuple[Workload, ...]] = {}
         self._picks: dict[tuple[str, tuple[str | None, ...]], tuple[Workload, ...]] = {}
+        # Traffic management: service key -> rules, Sidecar key -> egress policy, workload
+        # uid -> the labels rules read; services with an endpoint known by host name only
+        # (a DNS ServiceEntry), which only the router can connect to.
+        self.service_traffic: dict[str, ServiceTraffic] = {}
+        self.egress: dict[str, EgressPolicy] = {}
+        self.workload_labels: dict[str, Mapping[str, str]] = {}
+        self._by_name: set[str] = set()
+        self._registry: Registry | None = None
 
     # -- updates --------------------------------------------------------------------------
 
     def apply(self, msg: dict[str, Any]) -> None:
+        # Traffic records are decoded before anything changes: a bad one (a weight, a
+        # subset the conversion should have refused) rejects the message, and the last good
+        # routing stays in force.
+        rules = (tuple(decode_traffic(t) for t in msg.get("traffic", ())),
+                 tuple(decode_egress(e) for e in msg.get("egress", ())),
+                 tuple(decode_labels(w) for w in msg.get("labels", ())))
         # Any change may change which endpoints are usable or preferred.
         self._usable_cache.clear()
         self._picks.clear()
+        self._registry = None
         if msg["t"] == "snapshot":
             self._reset()  # a snapshot replaces everything
             self.trust_domain = msg.get("trust_domain") or self.trust_domain
@@ -110,7 +154,24 @@ class MeshTable:
             self._put_workload(self._decode.workload(w))
         for p in msg.get("policies", ()):
             self.policies[p["key"]] = self._decode.policy(p)
+        self._apply_traffic(msg, *rules)
         self.version += 1
+
+    def _apply_traffic(self, msg: dict[str, Any], traffic: tuple[ServiceTraffic, ...],
+                       egress: tuple[EgressPolicy, ...],
+                       labels: tuple[WorkloadLabels, ...]) -> None:
+        for key in msg.get("removed_traffic", ()):
+            self.service_traffic.pop(key, None)
+        for key in msg.get("removed_egress", ()):
+            self.egress.pop(key, None)
+        for uid in msg.get("removed_labels", ()):
+            self.workload_labels.pop(uid, None)
+        for t in traffic:
+            self.service_traffic[t.service] = t
+        for e in egress:
+            self.egress[e.key] = e
+        for w in labels:
+            self.workload_labels[w.uid] = dict(w.labels)
 
     def _put_workload(self, w: Workload) -> None:
         self._remove_workload(w.uid)
@@ -119,6 +180,8 @@ class MeshTable:
             self._by_ip[ip] = w
         for key, _ in w.services:
             self._endpoints.setdefault(key, {})[w.uid] = None
+            if not w.addresses and w.hostname:
+                self._by_name.add(key)  # until the next snapshot: the router path is exact
 
     def _remove_workload(self, uid: str) -> None:
         old = self.workloads.pop(uid, None)
@@ -154,6 +217,57 @@ class MeshTable:
 
     def first_workload(self, ips: Iterable[str]) -> Workload | None:
         return next((w for ip in ips if (w := self._by_ip.get(ip)) is not None), None)
+
+    # -- traffic management: the router's MeshView, and what it routes ----------------------
+
+    def service(self, key: str) -> Service | None:
+        return self.services.get(key)
+
+    def endpoints(self, service: Service) -> Sequence[Workload]:
+        return self._usable(service)
+
+    def labels(self, uid: str) -> Mapping[str, str]:
+        return self.workload_labels.get(uid, {})
+
+    def traffic(self, key: str) -> ServiceTraffic | None:
+        return self.service_traffic.get(key)
+
+    def routed_service(self, dst: Addr) -> Service | None:
+        """The service `dst` is a VIP of, when connections to it take the traffic router:
+        it has traffic rules, or endpoints known only by host name. None: `route`."""
+        if not self.service_traffic and not self._by_name:
+            return None  # the common case costs one test
+        svc = self._by_vip.get(dst[0])
+        if svc is None or (svc.key not in self.service_traffic and svc.key not in self._by_name):
+            return None
+        return svc
+
+    @property
+    def registry(self) -> Registry:
+        """The egress decision's index of services and workload addresses, rebuilt once
+        after each applied message that needs it."""
+        if self._registry is None:
+            self._registry = Registry(self.services.values(), _MeshAddresses(self._by_ip))
+        return self._registry
+
+    def egress_policy(self, w: Workload | None, namespace: str) -> EgressPolicy | None:
+        """The Sidecar that applies to a workload (Istio): the one of its namespace whose
+        workloadSelector matches its labels (the first by name when several do), else its
+        namespace's without a selector, else the mesh default; None: no Sidecar at all."""
+        if not self.egress:
+            return None
+        ns = w.namespace if w is not None else namespace
+        mine = self.labels(w.uid) if w is not None else {}
+        fallback = None
+        for key in sorted(self.egress):
+            e = self.egress[key]
+            if e.namespace != ns or not e.name:
+                continue
+            if e.selector and selects(e.selector, mine):
+                return e
+            if not e.selector and fallback is None:
+                fallback = e
+        return fallback or self.egress.get("mesh default")
 
     def route(self, dst: Addr, src: Workload | None = None) -> Target:
         """Where a connection the app made to `dst` goes. Raises NoEndpoint.
@@ -194,7 +308,7 @@ class MeshTable:
         if got is None:
             got = self._usable_cache[svc.key] = tuple(
                 w for uid in self._endpoints.get(svc.key, ())
-                if (w := self.workloads[uid]).addresses
+                if ((w := self.workloads[uid]).addresses or w.hostname)
                 and (w.healthy or svc.lb_health_policy == HealthPolicy.ALLOW_ALL))
         return got
 

@@ -187,6 +187,10 @@ class OutlierDetector:
 
     # -- queries ------------------------------------------------------------------------------
 
+    def ejections(self) -> int:
+        """Ejections ever made, over the endpoints still held."""
+        return sum(h.ejections for h in self._hosts.values())
+
     def ejected(self) -> frozenset[str]:
         self.advance()
         return frozenset(uid for uid, h in self._hosts.items() if h.ejected)

@@ -68,7 +68,13 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     workload: Workload
-    addr: tuple[str, int]       # its first address and the target port
+    addr: tuple[str, int]       # its first address and the target port; ("", port) for an
+                                # endpoint known by host name only: resolve `host` first
+
+    @property
+    def host(self) -> str:
+        """The name to resolve at connect time (a DNS ServiceEntry's), "" if addressed."""
+        return "" if self.addr[0] else self.workload.hostname
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +171,8 @@ class TrafficRouter:
     def pick(self, d: Decision, conn: Connection, tried: Sequence[str] = ()) -> Endpoint:
         w = self._clusters[d.cluster].pick(d.service, self._subset_members(d), conn.source,
                                            conn.src_ip, tried)
-        return Endpoint(w, (w.addresses[0], target_port(w, d.service, d.cluster.port)))
+        ip = w.addresses[0] if w.addresses else ""
+        return Endpoint(w, (ip, target_port(w, d.service, d.cluster.port)))
 
     # -- 3. connect, and the end --------------------------------------------------------------
 
@@ -216,7 +223,31 @@ class TrafficRouter:
         self.report(opened.decision, uid, Outcome.RESET if reset else Outcome.CLOSED)
         opened.lease.release()
 
+    # -- the proxy's timer ----------------------------------------------------------------------
+
+    def sweep(self) -> dict[ClusterKey, tuple[int, int]]:
+        """Run the outlier sweeps that are due (ejections end on time even for a cluster no
+        connection uses) and say, per cluster with outlier detection, (endpoints ejected
+        now, ejections ever). Drops the state of clusters no config names any more."""
+        out: dict[ClusterKey, tuple[int, int]] = {}
+        for key, c in list(self._clusters.items()):
+            traffic = self._mesh.traffic(key.service)
+            gone = traffic is None or bool(key.subset and traffic.subset(key.subset) is None)
+            if gone and not self.pools.open(key):
+                del self._clusters[key]  # its rules are gone and no connection holds it
+                continue
+            d = c.detector
+            if d is not None:
+                out[key] = (len(d.ejected()), d.ejections())
+        return out
+
     # -- debug --------------------------------------------------------------------------------
+
+    def clusters(self) -> list[tuple[ClusterKey, dict[str, Any]]]:
+        """Each cluster the router holds state for, with its dump (`dump`'s values)."""
+        return [(k, {**c.dump(), "open": self.pools.open(k),
+                     "overflows": self.pools.overflows.get(k, 0)})
+                for k, c in sorted(self._clusters.items(), key=lambda kv: str(kv[0]))]
 
     def dump(self) -> dict[str, Any]:
         return {str(k): {**c.dump(), "open": self.pools.open(k),
