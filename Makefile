@@ -40,3 +40,5 @@ proto: setup
 	sed -i -E 's/^from istio import /from meshpb.istio import /' \
 		meshpb/istio/*_pb2.py meshpb/istio/*_pb2.pyi meshpb/istio/*_pb2_grpc.py
 	rm -f meshpb/istio/workload_pb2_grpc.py meshpb/istio/authorization_pb2_grpc.py
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=meshpb --pyi_out=meshpb \
+		proto/meshnode/*.proto

@@ -18,12 +18,18 @@ from controlplane.resources import (
     Snapshot,
     policy_entry,
     service_entry,
+    traffic_entry,
     workload_entry,
 )
 from controlplane.store import ServedStore
+from controlplane.traffic.index import TrafficDelta, TrafficIndex
 from core.mesh.model import Workload
+from core.mesh.trafficpb import EGRESS_POLICY_TYPE, SERVICE_TRAFFIC_TYPE, WORKLOAD_LABELS_TYPE
+from meshpb.istio import workload_pb2 as wl
 
 Identity = tuple[str, str, str]  # (namespace, service account, node)
+TRAFFIC_TYPE_OF = {"traffic": SERVICE_TRAFFIC_TYPE, "egress": EGRESS_POLICY_TYPE,
+                   "labels": WORKLOAD_LABELS_TYPE}
 
 
 def _identity(w: Workload) -> Identity | None:
@@ -42,9 +48,17 @@ class AmbientStore(ServedStore):
         for key, s in index.services.items():
             addresses[key] = service_entry(s)
         policies = {key: policy_entry(p) for key, p in index.policies.items()}
-        super().__init__({ADDRESS_TYPE: addresses, AUTHORIZATION_TYPE: policies}, trust_domain)
+        snapshot: Snapshot = {ADDRESS_TYPE: addresses, AUTHORIZATION_TYPE: policies}
+        # Traffic management (controlplane/traffic): meshnode's own types, from the same
+        # objects, published as they change.
+        self.traffic = TrafficIndex(index.store, index)
+        for rec in self.traffic.records():
+            type_url, name, e = traffic_entry(rec)
+            snapshot.setdefault(type_url, {})[name] = e
+        super().__init__(snapshot, trust_domain)
         index.take()  # the state above already holds every change so far
         index.subscribe(self._on_delta)
+        self.traffic.subscribe(self._on_traffic)
 
     def has_identity_on_node(self, namespace: str, service_account: str, node: str) -> bool:
         return self._ids[(namespace, service_account, node)] > 0
@@ -80,4 +94,14 @@ class AmbientStore(ServedStore):
         removed = {ADDRESS_TYPE: d.removed_workloads | d.removed_services,
                    AUTHORIZATION_TYPE: set(d.removed_policies)}
         self.index.take()  # delivered here; nothing else reads the pending delta
+        self.publish(updated, removed)
+
+    def _on_traffic(self, d: TrafficDelta) -> None:
+        updated: Snapshot = {}
+        removed: dict[str, set[str]] = {}
+        for rec in d.updated:
+            type_url, name, e = traffic_entry(rec)
+            updated.setdefault(type_url, {})[name] = e
+        for kind, key in d.removed:
+            removed.setdefault(TRAFFIC_TYPE_OF[kind], set()).add(key)
         self.publish(updated, removed)

@@ -23,6 +23,7 @@ from controlplane.kube import manifests
 from controlplane.kube.informer import ListError, list_cluster
 from controlplane.kube.objects import ObjectStore
 from controlplane.kube.validate import validate
+from controlplane.traffic.index import TrafficIndex
 
 
 class CheckError(Exception):
@@ -36,7 +37,7 @@ def check_config(path: Path, options: Options | None = None) -> list[str]:
     for kind, objs in found.objects.items():
         for obj in objs:
             store.put(kind, obj)
-    return [*found.errors, *Index(store, options, watch=False).errors]
+    return [*found.errors, *_conversion_errors(store, options)]
 
 
 async def check_cluster(kubeconfig: str, options: Options | None = None) -> list[str]:
@@ -54,4 +55,11 @@ async def check_cluster(kubeconfig: str, options: Options | None = None) -> list
             problems.extend(str(p) for p in bad)
             if not bad:
                 store.put(kind, obj)
-    return [*problems, *Index(store, options, watch=False).errors]
+    return [*problems, *_conversion_errors(store, options)]
+
+
+def _conversion_errors(store: ObjectStore, options: Options | None) -> list[str]:
+    """The objects the conversions skip in whole or in part: the ambient index's (services,
+    workloads, policies), then traffic management's (controlplane/traffic)."""
+    index = Index(store, options, watch=False)
+    return [*index.errors, *TrafficIndex(store, index, watch=False).errors]

@@ -40,6 +40,11 @@ MESH_LOADED = Gauge(
     "meshnode_controlplane_mesh_last_reload_timestamp_seconds",
     "Unix time the served mesh was loaded (start or the last accepted reload)",
     registry=REGISTRY)
+TRAFFIC_REFUSED = Counter(
+    "meshnode_controlplane_traffic_objects_refused",
+    "VirtualServices, DestinationRules and Sidecars refused by the conversion (each new "
+    "reason counted once; the last good version of the object stays in force), by kind",
+    ["kind"], registry=REGISTRY)
 PUSH_LATENCY = Histogram(
     "meshnode_controlplane_push_latency_seconds",
     "From the change of the objects (the watch event, or the first inotify event of a file "
@@ -65,3 +70,5 @@ for _t in SERVED_TYPES:
         PUSHES.labels(type_url=_t, trigger=_trigger)
 for _reason in REFUSAL_REASONS:
     CSR_REFUSED.labels(reason=_reason)
+for _kind in ("VirtualService", "DestinationRule", "Sidecar"):
+    TRAFFIC_REFUSED.labels(kind=_kind)

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2
 
-from core.mesh import topb
+from core.mesh import topb, trafficpb
 from core.mesh.model import Policy, Service, Workload
 from meshpb.istio import authorization_pb2 as authz
 from meshpb.istio import workload_pb2 as wl
 
 ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
 AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
-SERVED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+# meshnode's own types (proto/meshnode/traffic.proto): only clients that subscribe to them
+# get them (a ztunnel asks for Istio's two types only, and is sent nothing new).
+SERVED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE, *trafficpb.TRAFFIC_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,7 @@ def entry(type_url: str, value: bytes, aliases: tuple[str, ...] = ()) -> Entry:
     return Entry(digest, sys.intern(type_url), value, aliases)
 
 
-def _body(msg: wl.Address | authz.Authorization) -> tuple[str, bytes]:
+def _body(msg: wl.Address | authz.Authorization | trafficpb.Message) -> tuple[str, bytes]:
     # Deterministic bytes keep content-hash versions stable (map field order otherwise varies).
     return (f"type.googleapis.com/{msg.DESCRIPTOR.full_name}",
             msg.SerializeToString(deterministic=True))
@@ -66,3 +68,10 @@ def service_entry(s: Service) -> Entry:
 
 def policy_entry(p: Policy) -> Entry:
     return entry(*_body(topb.policy(p)))
+
+
+def traffic_entry(rec: trafficpb.TrafficRecord) -> tuple[str, str, Entry]:
+    """(type URL, resource name, entry) of a traffic management record."""
+    msg = trafficpb.to_proto(rec)
+    return (f"type.googleapis.com/{msg.DESCRIPTOR.full_name}", trafficpb.resource_name(rec),
+            entry(*_body(msg)))

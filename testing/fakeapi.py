@@ -91,6 +91,11 @@ AUTHORIZATION_POLICIES = Resource("authorizationpolicies", "AuthorizationPolicy"
                                   "security.istio.io", custom=True)
 PEER_AUTHENTICATIONS = Resource("peerauthentications", "PeerAuthentication",
                                 "security.istio.io", custom=True)
+VIRTUAL_SERVICES = Resource("virtualservices", "VirtualService", "networking.istio.io",
+                            custom=True)
+DESTINATION_RULES = Resource("destinationrules", "DestinationRule", "networking.istio.io",
+                             custom=True)
+SIDECARS = Resource("sidecars", "Sidecar", "networking.istio.io", custom=True)
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 # /api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy[/<path>]: the pods/proxy subresource.
@@ -102,7 +107,8 @@ API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)  # --api-audie
 AGENT_RESOURCES = (PODS, NAMESPACES, NODES, DAEMONSETS)
 # Every kind the control plane reads (controlplane/kube/objects.py KINDS), Istio's CRDs too.
 CONTROLPLANE_RESOURCES = (NAMESPACES, NODES, PODS, SERVICES, ENDPOINT_SLICES, SERVICE_ENTRIES,
-                          WORKLOAD_ENTRIES, AUTHORIZATION_POLICIES, PEER_AUTHENTICATIONS)
+                          WORKLOAD_ENTRIES, AUTHORIZATION_POLICIES, PEER_AUTHENTICATIONS,
+                          VIRTUAL_SERVICES, DESTINATION_RULES, SIDECARS)
 
 
 @dataclass
@@ -345,7 +351,9 @@ class FakeApi:
         self.tokens.pop(token, None)
 
     def watch_count(self, resource: str) -> int:
-        return sum(1 for m, p, q in self.requests if p.endswith(resource) and "watch" in q)
+        # The path's last segment, not its end: "virtualservices" ends with "services".
+        return sum(1 for m, p, q in self.requests
+                   if p.rsplit("/", 1)[-1] == resource and "watch" in q)
 
     def live_watches(self, resource: str) -> int:
         return sum(1 for w in self.watches if w.resource == resource)

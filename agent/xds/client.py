@@ -8,8 +8,15 @@ Protocol (Envoy xds_protocol.rst, behaviour as ztunnel's `src/xds/client.rs`):
   `error_detail` naming each rejected resource. The good resources of a NACKed response are
   applied; a rejected resource keeps its last good record (and its old version, so a
   reconnect makes the server send it again);
-- ready once the first response of every type has been applied; it stays set across
+- ready once the first response of Istio's two types has been applied; it stays set across
   reconnects, because the last good state stays in force while the control plane is away;
+- meshnode's traffic management types (core/mesh/trafficpb.py) are subscribed too, and
+  *first*: a meshnode control plane answers a stream's requests in order, so their first
+  responses are applied before Istio's types make the agent ready (no moment where the proxy
+  runs without the mesh's REGISTRY_ONLY or routing rules). A control plane that does not
+  serve them (istiod, an older meshnode) does not answer those requests; they do not count
+  toward readiness, so such a control plane still makes the agent ready, and nothing of
+  traffic management is applied;
 - reconnect with exponential backoff and jitter; a stream that delivered anything resets the
   backoff (servers close streams on purpose, e.g. istiod's 30 min max connection age).
 """
@@ -22,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -30,16 +37,25 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from agent.xds.channel import ControlPlaneEndpoint, call_metadata, secure_channel
 from agent.xds.node import NodeInfo
-from agent.xds.state import XdsState
+from agent.xds.state import TrafficKind, XdsState
 from core.backoff import Backoff
+from core.mesh import trafficpb
 from core.mesh.frompb import Converter, ConvertError
 from core.mesh.model import Policy, Service, Workload
+from core.mesh.trafficpb import TrafficRecord
 
 log = structlog.get_logger("xds")
 
 ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
 AUTHORIZATION_TYPE = "type.googleapis.com/istio.security.Authorization"
-TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+# What readiness waits for (see the module's docstring).
+REQUIRED_TYPES = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+# XdsState's kind of each traffic management type.
+TRAFFIC_KINDS: dict[str, TrafficKind] = {trafficpb.SERVICE_TRAFFIC_TYPE: "traffic",
+                                         trafficpb.EGRESS_POLICY_TYPE: "egress",
+                                         trafficpb.WORKLOAD_LABELS_TYPE: "labels"}
+# Subscribed in this order: traffic management first.
+TYPES = (*trafficpb.TRAFFIC_TYPES, ADDRESS_TYPE, AUTHORIZATION_TYPE)
 INVALID_ARGUMENT = 3       # google.rpc.Code, in error_detail of a NACK
 MAX_ERRORS_LISTED = 50     # a NACK names at most this many resources, then counts the rest
 YIELD_EVERY = 2000         # resources converted between event-loop yields (large snapshots)
@@ -151,7 +167,8 @@ class DeltaAdsClient:
             await channel.close()
 
     def _initial_request(self, type_url: str) -> Any:
-        versions = self.state.versions("address" if type_url == ADDRESS_TYPE else "policy")
+        versions = self.state.versions(
+            TRAFFIC_KINDS.get(type_url) or ("address" if type_url == ADDRESS_TYPE else "policy"))
         return discovery_pb2.DeltaDiscoveryRequest(
             node=self._node, type_url=type_url, resource_names_subscribe=["*"],
             initial_resource_versions=versions)
@@ -167,9 +184,11 @@ class DeltaAdsClient:
         if resp.HasField("control_plane"):
             self.stats.control_plane = resp.control_plane.identifier
         if t == ADDRESS_TYPE:
-            errors = await self._apply(resp, self.convert.address, policies=False)
+            errors = await self._apply(resp, self.convert.address, "address")
         elif t == AUTHORIZATION_TYPE:
-            errors = await self._apply(resp, self.convert.policy, policies=True)
+            errors = await self._apply(resp, self.convert.policy, "policy")
+        elif t in TRAFFIC_KINDS:
+            errors = await self._apply(resp, trafficpb.DECODERS[t], TRAFFIC_KINDS[t])
         else:
             errors = [f"unknown type_url {t!r}"]
         req = discovery_pb2.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce)
@@ -188,19 +207,23 @@ class DeltaAdsClient:
             self.stats.last_ack_at = self.stats.last_response_at
         if t in TYPES and t not in self._seen_types:
             self._seen_types.add(t)
-            if self._seen_types.issuperset(TYPES):
+            if not self._ready.is_set() and self._seen_types.issuperset(REQUIRED_TYPES):
                 self._ready.set()
                 log.info("xds_ready", workloads=len(self.state.workloads),
-                         services=len(self.state.services), policies=len(self.state.policies))
+                         services=len(self.state.services), policies=len(self.state.policies),
+                         traffic=len(self.state.traffic), egress=len(self.state.egress),
+                         traffic_types=sorted(TRAFFIC_KINDS[x] for x in self._seen_types
+                                              if x in TRAFFIC_KINDS))
         return req
 
     async def _apply(self, resp: Any,
-                     conv: Callable[[str, str, bytes], Workload | Service | Policy],
-                     policies: bool) -> list[str]:
+                     conv: Callable[[str, str, bytes], Workload | Service | Policy
+                                    | TrafficRecord],
+                     kind: Literal["address", "policy"] | TrafficKind) -> list[str]:
         errors: list[str] = []
         t = resp.type_url
         names = Counter(r.name for r in resp.resources)
-        good: list[Workload | Service | Policy] = []
+        good: list[Workload | Service | Policy | TrafficRecord] = []
         reported: set[str] = set()
         for i, r in enumerate(resp.resources):
             if i and i % YIELD_EVERY == 0:
@@ -228,10 +251,12 @@ class DeltaAdsClient:
                 errors.append(f"{name}: {e!r}")
         removed = [*resp.removed_resources, *(n.name for n in resp.removed_resource_names)]
         try:
-            if policies:
+            if kind == "policy":
                 self.state.apply(good, removed_policies=removed)
-            else:
+            elif kind == "address":
                 self.state.apply(good, removed_addresses=removed)
+            else:
+                self.state.apply(good, removed_traffic=[(kind, n) for n in removed])
         except Exception as e:
             log.exception("xds_apply_failed", type_url=t)
             errors.append(f"apply failed: {e!r}")

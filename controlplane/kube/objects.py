@@ -51,9 +51,14 @@ AUTHORIZATION_POLICY = Kind("AuthorizationPolicy", "security.istio.io", "v1",
                             "authorizationpolicies")
 PEER_AUTHENTICATION = Kind("PeerAuthentication", "security.istio.io", "v1",
                            "peerauthentications")
+# Traffic management (controlplane/traffic).
+VIRTUAL_SERVICE = Kind("VirtualService", "networking.istio.io", "v1", "virtualservices")
+DESTINATION_RULE = Kind("DestinationRule", "networking.istio.io", "v1", "destinationrules")
+SIDECAR = Kind("Sidecar", "networking.istio.io", "v1", "sidecars")
 
 KINDS: tuple[Kind, ...] = (NAMESPACE, NODE, POD, SERVICE, ENDPOINT_SLICE, SERVICE_ENTRY,
-                           WORKLOAD_ENTRY, AUTHORIZATION_POLICY, PEER_AUTHENTICATION)
+                           WORKLOAD_ENTRY, AUTHORIZATION_POLICY, PEER_AUTHENTICATION,
+                           VIRTUAL_SERVICE, DESTINATION_RULE, SIDECAR)
 BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}
 # Istio serves its v1 kinds also as v1beta1/v1alpha3 (same schema): manifests written for
 # older Istio releases are read unchanged.
@@ -102,6 +107,9 @@ READS: dict[str, tuple[str, ...]] = {
     "WorkloadEntry": (*_META, _CREATED, "spec"),
     "AuthorizationPolicy": (*_META, _CREATED, "spec"),
     "PeerAuthentication": (*_META, _CREATED, "spec"),
+    "VirtualService": (*_META, _CREATED, "spec"),
+    "DestinationRule": (*_META, _CREATED, "spec"),
+    "Sidecar": (*_META, _CREATED, "spec"),
 }
 
 

@@ -13,9 +13,10 @@ import grpc
 import pytest
 
 from agent.xds.channel import ControlPlaneEndpoint
-from agent.xds.client import DeltaAdsClient, XdsClientConfig
+from agent.xds.client import TYPES, DeltaAdsClient, XdsClientConfig
 from agent.xds.node import NodeInfo
 from core.backoff import Backoff
+from core.mesh.trafficpb import TRAFFIC_TYPES
 from testing.fake_ads import (
     ADDRESS,
     AUTHZ,
@@ -61,9 +62,11 @@ async def harness(tmp: Path, root: Ca | None = None, backoff: Backoff | None = N
 
 
 async def initial(ads: ScriptedAds) -> tuple[Stream, dict[str, Any]]:
+    """The stream's first request of every type: traffic management's, then Istio's two.
+    This fake answers Istio's types only, as istiod does."""
     s = await ads.next_stream()
     reqs = {}
-    for _ in range(2):
+    for _ in range(len(TYPES)):
         r = await s.recv()
         reqs[r.type_url] = r
     return s, reqs
@@ -90,7 +93,7 @@ def go(tmp: Path, body: Callable[[ScriptedAds, DeltaAdsClient], Coroutine[Any, A
 def test_initial_requests_carry_node_wildcard_and_credentials(tmp_path: Path) -> None:
     async def body(ads: ScriptedAds, client: DeltaAdsClient) -> None:
         s, reqs = await initial(ads)
-        assert set(reqs) == {ADDRESS, AUTHZ}
+        assert list(reqs) == [*TRAFFIC_TYPES, ADDRESS, AUTHZ]
         for r in reqs.values():
             assert list(r.resource_names_subscribe) == ["*"]
             assert r.node.id == "ztunnel~10.9.0.1~meshnode-x.meshnode-system~" \

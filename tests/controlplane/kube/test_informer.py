@@ -59,6 +59,12 @@ WORLD: list[tuple[fakeapi.Resource, Obj]] = [
                                          spec={"action": "DENY", "rules": [{}]})),
     (fakeapi.PEER_AUTHENTICATIONS, obj(fakeapi.PEER_AUTHENTICATIONS, "strict",
                                        "istio-system", spec={"mtls": {"mode": "STRICT"}})),
+    (fakeapi.VIRTUAL_SERVICES, obj(fakeapi.VIRTUAL_SERVICES, "web", "shop", spec={
+        "hosts": ["web"], "tcp": [{"route": [{"destination": {"host": "web"}}]}]})),
+    (fakeapi.DESTINATION_RULES, obj(fakeapi.DESTINATION_RULES, "web", "shop", spec={
+        "host": "web", "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}})),
+    (fakeapi.SIDECARS, obj(fakeapi.SIDECARS, "default", "shop", spec={
+        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})),
 ]
 NAMES = {r.kind: (o["metadata"].get("namespace", ""), o["metadata"]["name"]) for r, o in WORLD}
 

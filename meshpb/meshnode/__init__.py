@@ -1,0 +1,1 @@
+"""Generated from proto/meshnode/*.proto by `make proto`; meshnode's own discovery types."""
