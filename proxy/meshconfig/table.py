@@ -22,6 +22,7 @@ each applied message, O(endpoints of that service), then costs O(1) per connecti
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ class MeshTable:
         self.workload_labels: dict[str, Mapping[str, str]] = {}
         self._by_name: set[str] = set()
         self._registry: Registry | None = None
+        # (namespace, workload uid) -> the Sidecar that applies: looked up per connection,
+        # changed only by a message (apply clears it).
+        self._egress_for: dict[tuple[str, str], EgressPolicy | None] = {}
 
     # -- updates --------------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class MeshTable:
         self._usable_cache.clear()
         self._picks.clear()
         self._registry = None
+        self._egress_for.clear()
         if msg["t"] == "snapshot":
             self._reset()  # a snapshot replaces everything
             self.trust_domain = msg.get("trust_domain") or self.trust_domain
@@ -257,6 +262,12 @@ class MeshTable:
         if not self.egress:
             return None
         ns = w.namespace if w is not None else namespace
+        memo = (ns, w.uid if w is not None else "")
+        if memo not in self._egress_for:
+            self._egress_for[memo] = self._find_egress(w, ns)
+        return self._egress_for[memo]
+
+    def _find_egress(self, w: Workload | None, ns: str) -> EgressPolicy | None:
         mine = self.labels(w.uid) if w is not None else {}
         fallback = None
         for key in sorted(self.egress):
@@ -267,7 +278,12 @@ class MeshTable:
                 return e
             if not e.selector and fallback is None:
                 fallback = e
-        return fallback or self.egress.get("mesh default")
+        if fallback is not None:
+            return fallback
+        default = self.egress.get("mesh default")
+        # The mesh default is the root namespace's Sidecar, where Istio reads "." in an
+        # egress host as the workload's own namespace: "./*" imports each workload's own.
+        return dataclasses.replace(default, namespace=ns) if default is not None else None
 
     def route(self, dst: Addr, src: Workload | None = None) -> Target:
         """Where a connection the app made to `dst` goes. Raises NoEndpoint.

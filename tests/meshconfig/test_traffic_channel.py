@@ -5,6 +5,7 @@ MeshView (which connections take the router, which Sidecar applies). No root nee
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from pathlib import Path
@@ -248,5 +249,19 @@ def test_the_sidecar_that_applies() -> None:
                WorkloadLabels(sleep.uid, labels({"app": "sleep"})))
     assert t.egress_policy(t.workloads[sleep.uid], "default") == sel
     assert t.egress_policy(t.workloads[other.uid], "default") == ns
-    assert t.egress_policy(None, "prod") == mesh
+    # The mesh default, read for a workload of "prod": its "." means "prod" (Istio's root
+    # namespace Sidecar), so "./*" imports the workload's own namespace.
+    assert t.egress_policy(None, "prod") == dataclasses.replace(mesh, namespace="prod")
     assert _table(svc).egress_policy(None, "default") is None
+
+
+def test_the_mesh_defaults_dot_is_the_workloads_namespace() -> None:
+    from proxy.traffic.egress import imported
+    mesh = EgressPolicy("", mode=OutboundMode.REGISTRY_ONLY,
+                        listeners=(EgressListener((EgressHost.parse("./*"),)),))
+    svc = echo()  # in "default"
+    t = _table(svc, mesh)
+    own, other = t.egress_policy(None, svc.namespace), t.egress_policy(None, "prod")
+    assert own is not None and other is not None
+    assert imported(own, svc, 80)
+    assert not imported(other, svc, 80)
