@@ -9,6 +9,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins busybox-static
   haproxy iperf3 sockperf socat python3-venv python3-dev
   prometheus
+  golang-go
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -61,3 +62,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -c 'import google.rpc.status_pb2, envoy.service.discovery.v3.ads_pb2_grpc'
   echo "$want" > "$stamp"
 fi
+
+# The CNI plugin is a static Go binary (cni/build.sh): built here, copied to nodes by the
+# agent's installer; rebuilt only when its sources changed.
+cni/build.sh

@@ -14,7 +14,8 @@ DEFAULT_AGENT_SOCKET = "/var/run/meshnode/cni.sock"
 # Kept outside net.d on purpose (as istio-cni does with its kubeconfig): a write there would
 # wake every other CNI's watcher on the node.
 DEFAULT_STATE_FILE = Path("/var/run/meshnode/cni-install-state.json")
-# The plugin as shipped in this repository (`cni/meshnode-cni`).
+# The plugin as shipped: the static binary `cni/meshnode-cni`, built from cni/cmd by
+# cni/build.sh (`make setup`; the image builds it into this same place).
 DEFAULT_PLUGIN_SOURCE = Path(__file__).resolve().parents[2] / "cni" / PLUGIN_TYPE
 
 

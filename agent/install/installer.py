@@ -151,7 +151,8 @@ class Installer:
                 log.warning("cni_install_plugin_source_missing", source=str(cfg.plugin_source),
                             keeping=str(cfg.binary_path))
             else:
-                raise InstallError(f"plugin source {cfg.plugin_source} not found")
+                raise InstallError(f"plugin source {cfg.plugin_source} not found (build it "
+                                   "with cni/build.sh, or `make setup`)")
             changes += self._chain_into_primary()
             self._installed_once = True
             if changes:

@@ -80,20 +80,26 @@ class CniServer:
         except Exception as exc:  # never let one request take the agent down
             log.exception("request_failed", cmd=cmd)
             reply = Reply.failed(TryAgain(f"internal error: {type(exc).__name__}: {exc}"))
+        # The reply first: the plugin (and the pod's sandbox) waits for it, not for our
+        # bookkeeping. `ms` is the time until the reply was handed to the socket.
+        try:
+            writer.write((json.dumps(reply.to_json()) + "\n").encode())
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the plugin gave up (timeout): enrollment state is already consistent
+        ms = round((time.monotonic() - started) * 1e3, 2)
         metrics.PLUGIN_REQUESTS.labels(cmd, "ok" if reply.ok else "error").inc()
         # The plugin's activity, in the agent's log (the plugin itself logs to the runtime).
         pod = raw.get("pod")
         pod = pod if isinstance(pod, dict) else {}
         log.info("plugin_request", cmd=cmd, container=raw.get("container_id", ""),
                  pod=f"{pod.get('namespace', '')}/{pod.get('name', '')}", ok=reply.ok,
-                 detail=reply.detail, ms=round((time.monotonic() - started) * 1e3, 2))
+                 detail=reply.detail, ms=ms)
         try:
-            writer.write((json.dumps(reply.to_json()) + "\n").encode())
-            await writer.drain()
             writer.close()
             await writer.wait_closed()
         except (ConnectionError, OSError):
-            pass  # the plugin gave up (timeout): enrollment state is already consistent
+            pass
 
     async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
@@ -101,6 +107,10 @@ class CniServer:
             req = json.loads(line)
         except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
             raise InvalidConfig(f"malformed request: {exc}") from None
+        except RecursionError:
+            # Nesting deeper than json.loads can follow: refused like any other bad request
+            # rather than logged as an internal error with a traceback.
+            raise InvalidConfig("malformed request: nested too deeply") from None
         if not isinstance(req, dict):
             raise InvalidConfig("malformed request: not a JSON object")
         return req

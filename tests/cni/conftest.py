@@ -1,15 +1,14 @@
 """Harness for the meshnode-cni plugin tests.
 
-The plugin runs for real: as a subprocess (exactly what a runtime does) or, for bulk
-fuzzing, by calling its main() in-process with in-memory streams. The agent is replaced by
-`FakeAgent`, a real unix-socket server that records requests and answers as told.
+The plugin runs for real: the static binary `cni/meshnode-cni` (built from cni/cmd by
+cni/build.sh, once per session if its sources changed), exec'd as a runtime execs it, with
+env and stdin. The agent is replaced by `FakeAgent`, a real unix-socket server that records
+requests and answers as told.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -20,14 +19,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-PLUGIN = Path(__file__).resolve().parents[2] / "cni" / "meshnode-cni"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "cni" / "build.sh"
+PLUGIN = ROOT / "cni" / "meshnode-cni"
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LEGACY = ("0.3.0", "0.3.1", "0.4.0")
 ERROR_KEYS = {"cniVersion", "code", "msg", "details"}
@@ -173,6 +172,15 @@ class FakeAgent:
             conn.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plugin_binary() -> Path:
+    """The binary under test, rebuilt first if its sources are newer (needs `go`: make setup)."""
+    proc = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"cni/build.sh failed:\n{proc.stdout}{proc.stderr}"
+    assert os.access(PLUGIN, os.X_OK), PLUGIN
+    return PLUGIN
+
+
 @pytest.fixture
 def sockdir() -> Iterator[str]:
     # Not tmp_path: sun_path is 108 bytes and pytest's per-test paths can be longer.
@@ -255,26 +263,3 @@ def run_plugin(
     elapsed = time.monotonic() - start
     logs = check_streams(proc.returncode, proc.stdout, proc.stderr)
     return Run(proc.returncode, proc.stdout, proc.stderr, elapsed, logs)
-
-
-@lru_cache(maxsize=1)
-def plugin_module() -> ModuleType:
-    """The plugin file imported as module `meshnode_cni` (it has no .py suffix)."""
-    loader = importlib.machinery.SourceFileLoader("meshnode_cni", str(PLUGIN))
-    spec = importlib.util.spec_from_loader("meshnode_cni", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-def run_inprocess(env: dict[str, str], stdin: bytes | Any = b"", **kwargs: Any) -> Run:
-    import io
-
-    stdin_stream = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
-    out, err = io.BytesIO(), io.BytesIO()
-    start = time.monotonic()
-    rc = plugin_module().main(environ=env, stdin=stdin_stream, stdout=out, stderr=err, **kwargs)
-    elapsed = time.monotonic() - start
-    logs = check_streams(rc, out.getvalue(), err.getvalue())
-    return Run(rc, out.getvalue(), err.getvalue(), elapsed, logs)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -23,7 +24,6 @@ from .conftest import (
     bridge_prev_result,
     check_streams,
     make_conf,
-    run_inprocess,
     run_plugin,
 )
 
@@ -44,12 +44,16 @@ def test_version_does_not_wait_for_stdin() -> None:
     # A runtime may leave stdin open for VERSION; the plugin must not block on it.
     r, w = os.pipe()
     try:
-        with os.fdopen(r, "rb") as stdin:
-            run = run_inprocess({"CNI_COMMAND": "VERSION"}, stdin, stdin_timeout=30)
+        start = time.monotonic()
+        proc = subprocess.run([str(PLUGIN)], stdin=r, env={"CNI_COMMAND": "VERSION"},
+                              capture_output=True, timeout=20, check=False)
+        elapsed = time.monotonic() - start
     finally:
+        os.close(r)
         os.close(w)
-    assert run.rc == 0 and run.elapsed < 5
-    assert run.json["cniVersion"] == "1.1.0"
+    check_streams(proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0 and elapsed < 5
+    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
 
 
 # --------------------------------------------------------------------------- ADD
@@ -210,6 +214,9 @@ def test_only_add_carries_a_deadline(agent: FakeAgent, command: str) -> None:
         b'{"ok": NaN}\n',
         b"\xff\xfe\n",
         b"x" * 70000,  # over the reply limit, no newline
+        b'{"ok": true, "x": ' + b"[" * 600 + b"]" * 600 + b"}\n",  # nested too deep
+        b'{"ok": true}{"ok": true}\n',  # two documents on one line
+        b'{"ok": false, "ok": true, "ok": "yes"}\n',  # the last of repeated keys counts
     ],
 )
 def test_add_fails_closed_on_malformed_reply(agent: FakeAgent, reply: bytes) -> None:
@@ -220,6 +227,51 @@ def test_add_fails_closed_on_malformed_reply(agent: FakeAgent, reply: bytes) -> 
     err = run.error
     assert err["code"] == 11
     assert "malformed" in err["msg"] or "without replying" in err["msg"]
+
+
+def test_deadline_covers_a_trickling_reply(sockdir: str) -> None:
+    """An agent (or an impostor) that keeps the reply coming one byte at a time cannot hold
+    the ADD past timeout_seconds: the deadline is for the whole exchange, not per read."""
+    path = os.path.join(sockdir, "trickle.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        try:
+            while not stop.wait(0.05):
+                conn.sendall(b" ")  # whitespace: never a complete line
+        except OSError:
+            pass
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conf = make_conf("1.0.0", path, bridge_prev_result("1.0.0"), timeout_seconds=0.5)
+    try:
+        run = run_plugin(attachment_env("ADD"), conf)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert run.error["code"] == 11
+    assert "did not answer in time" in run.error["msg"]
+    assert "no reply within 0.5s" in run.error["msg"]
+    assert 0.45 < run.elapsed < 5
+
+
+def test_agent_socket_is_a_path_even_with_a_leading_at(agent: FakeAgent, sockdir: str) -> None:
+    # "@name" is an abstract socket to some APIs; here it is a file name, relative to the cwd.
+    os.rename(agent.path, os.path.join(sockdir, "@cni.sock"))
+    conf = make_conf("1.0.0", "@cni.sock", bridge_prev_result("1.0.0"))
+    proc = subprocess.run([str(PLUGIN)], input=json.dumps(conf).encode(), cwd=sockdir,
+                          env=attachment_env("ADD"), capture_output=True, timeout=20, check=False)
+    check_streams(proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout
+    assert len(agent.requests) == 1
 
 
 def test_add_fails_closed_when_agent_hangs_up(agent: FakeAgent) -> None:
@@ -589,15 +641,22 @@ def test_huge_stdin_is_refused_quickly() -> None:
 
 
 def test_stdin_left_open_times_out() -> None:
+    # The shipped binary's own 30 s limit: no test-only knob in the plugin.
     r, w = os.pipe()
     try:
         os.write(w, b'{"cniVersion": "1.0.0"')  # partial config, writer never closes
-        with os.fdopen(r, "rb") as stdin:
-            run = run_inprocess(attachment_env("ADD"), stdin, stdin_timeout=0.2)
+        start = time.monotonic()
+        proc = subprocess.run([str(PLUGIN)], stdin=r, env=attachment_env("ADD"),
+                              capture_output=True, timeout=60, check=False)
+        elapsed = time.monotonic() - start
     finally:
+        os.close(r)
         os.close(w)
-    assert run.error["code"] == 6
-    assert "timed out" in run.error["msg"]
+    check_streams(proc.returncode, proc.stdout, proc.stderr)
+    err = json.loads(proc.stdout)
+    assert err["code"] == 6
+    assert "timed out" in err["msg"] and err["details"] == "stdin was not closed within 30 seconds"
+    assert 29 < elapsed < 45
 
 
 @pytest.mark.parametrize(
@@ -695,6 +754,30 @@ def test_unwritable_log_file_is_not_fatal(agent: FakeAgent) -> None:
     conf = make_conf("1.0.0", agent.path, prev, log_file="/nonexistent-dir/plugin.log")
     run = run_plugin(attachment_env("ADD"), conf)
     assert run.rc == 0 and run.json == prev
+
+
+def test_log_file_that_is_a_fifo_does_not_block(agent: FakeAgent, sockdir: str) -> None:
+    # Nobody reads the FIFO: opening it for writing would block forever.
+    fifo = os.path.join(sockdir, "plugin.log")
+    os.mkfifo(fifo)
+    prev = bridge_prev_result("1.0.0")
+    run = run_plugin(attachment_env("ADD"), make_conf("1.0.0", agent.path, prev, log_file=fifo))
+    assert run.rc == 0 and run.json == prev
+    assert run.elapsed < 5
+    assert [r["msg"] for r in run.logs] == ["pod captured"]  # stderr still has the record
+
+
+def test_closed_stderr_and_stdout_keep_the_exchange_clean(agent: FakeAgent) -> None:
+    """With fds 1 and 2 closed, the agent's socket must not become one of them (and receive
+    the plugin's output or logs); the agent sees one well-formed request."""
+    conf = make_conf("1.0.0", agent.path, bridge_prev_result("1.0.0"))
+    proc = subprocess.run(["/bin/sh", "-c", 'exec "$0" >&- 2>&-', str(PLUGIN)],
+                          input=json.dumps(conf).encode(), env=attachment_env("ADD"),
+                          capture_output=True, timeout=20, check=False)
+    assert proc.returncode == 0
+    assert proc.stdout == b"" and proc.stderr == b""
+    [request] = agent.requests
+    assert request["cmd"] == "ADD" and request["container_id"] == CONTAINER_ID
 
 
 def test_closed_stdout_does_not_crash() -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.install import atomic, binary
+from agent.install.config import DEFAULT_PLUGIN_SOURCE
 from tests.install import make_env
+
+BUILD = Path(__file__).resolve().parents[2] / "cni" / "build.sh"
 
 
 def test_copy_is_0755_and_identical(tmp_path: Path) -> None:
@@ -114,3 +118,19 @@ def test_temp_names_are_not_config_names(tmp_path: Path) -> None:
     assert atomic.is_temp_name(tmp.name)
     assert not conflist.is_config_name(tmp.name)
     assert tmp.parent == tmp_path
+
+
+def test_shipped_plugin_installs_and_runs(tmp_path: Path) -> None:
+    """The real plugin (the static binary the installer ships), copied as a node gets it,
+    answers VERSION from its new place: nothing beside it is needed."""
+    build = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=600, check=False)
+    assert build.returncode == 0, build.stderr
+    dest = tmp_path / "bin" / "meshnode-cni"
+    dest.parent.mkdir()
+    assert binary.install_binary(DEFAULT_PLUGIN_SOURCE, dest) is True
+    assert dest.read_bytes() == DEFAULT_PLUGIN_SOURCE.read_bytes()
+    proc = subprocess.run([str(dest)], env={"CNI_COMMAND": "VERSION"}, capture_output=True,
+                          timeout=10, check=False)
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert proc.stdout == (b'{"cniVersion": "1.1.0", "supportedVersions": '
+                           b'["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}\n')

@@ -17,7 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
 CODE_DIRS = ("core", "agent", "proxy", "controlplane", "cli", "demo", "testing")
-PLUGIN = ROOT / "cni" / "meshnode-cni"  # stdlib Python without a .py suffix
+PLUGIN_SRC = ROOT / "cni" / "cmd" / "meshnode-cni"  # the Go plugin's sources
+# The plugin's log calls: log.info("msg", ...), log.warn(...), log.error(...).
+GO_LOG = re.compile(r'\blog\.(?:info|warn|error)\(\s*"((?:[^"\\]|\\.)*)"')
 
 METRIC_TYPES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal",
@@ -124,7 +126,11 @@ def all_metrics() -> list[Metric]:
 
 def all_events() -> list[Event]:
     events = [e for text, where in _sources() for e in events_in(text, where)]
-    events += events_in(PLUGIN.read_text(), str(PLUGIN.relative_to(ROOT)))
+    for path in sorted(PLUGIN_SRC.glob("*.go")):
+        text = path.read_text()
+        where = str(path.relative_to(ROOT))
+        events += [Event(m.group(1), f"{where}:{text.count(chr(10), 0, m.start()) + 1}")
+                   for m in GO_LOG.finditer(text)]
     return events
 
 
