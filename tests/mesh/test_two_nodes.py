@@ -21,9 +21,9 @@ import pytest
 
 from core.netns import netns_inode
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni
 from testing.lab import Lab
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, connect, exchange, outcome, sha
 
@@ -85,39 +85,24 @@ def serial_of(node: MeshNode, identity: str) -> str:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("mesh")
-    lab = Lab("ms")
-    started: list[Any] = []
-    try:
+    with Lab("ms") as lab, MeshStack(tmp) as s:
         t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *manifests(t))
-        started.append(cp)  # before start(): a failed start still gets its process stopped
-        cp.start()
+        cp = s.control_plane(t.cp, *manifests(t))
         # node1's certificates live 40 s: renewed every ~20 s, so the rotation test sees one.
-        n1 = MeshNode("node1", tmp / "node1", cp, t.node1, cert_ttl_seconds=40)
-        started.append(n1)
-        n1.start()
-        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
-        started.append(n2)
-        n2.start()
+        n1 = s.node("node1", t.node1, cp, cert_ttl_seconds=40)
+        n2 = s.node("node2", t.node2, cp)
         # Every process runs in its own node's netns (the control plane in its own).
         for proc, where in ((cp.proc, t.cp), (n1.agent.proc, t.node1), (n1.proxy.proc, t.node1),
                             (n2.agent.proc, t.node2), (n2.proxy.proc, t.node2)):
             assert proc is not None, where.name
             assert netns_inode(f"/proc/{proc.pid}/ns/net") == netns_inode(where.path), \
                 f"pid {proc.pid} is not in {where.name}"
-        for node, pod, name in ((n1, t.a, "sleep"), (n2, t.b, "echo")):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
-        echo = EchoServer(t.b, 8080)
-        started.append(echo)
+        s.enroll(n1, t.a, "sleep")
+        s.enroll(n2, t.b, "echo")
+        echo = s.keep(EchoServer(t.b, 8080))
         wait_for(lambda: SLEEP_ID in certs_of(n1) and ECHO_ID in certs_of(n2), 15,
                  "both proxies to hold their pod's certificate")
         yield Mesh(t, cp, n1, n2, echo)
-    finally:
-        for p in reversed(started):
-            p.close() if isinstance(p, EchoServer) else p.stop()
-        lab.close()
 
 
 def test_vip_to_remote_pod_over_mtls_names_the_source(mesh: Mesh) -> None:
