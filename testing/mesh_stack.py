@@ -56,7 +56,7 @@ class MeshStack:
 
     def keep(self, thing: T) -> T:
         """Stop (or close) `thing` when the stack closes; returns it."""
-        stop = getattr(thing, "stop", None) or thing.close
+        stop = getattr(thing, "stop", None) or getattr(thing, "close")  # noqa: B009
         self._stack.callback(stop)
         return thing
 
