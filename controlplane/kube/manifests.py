@@ -167,9 +167,31 @@ def _yaml_documents(text: str) -> Iterator[tuple[int, Any]]:
             node = loader.get_node()
             if node is None:
                 continue
+            _no_duplicate_keys(node)
             yield node.start_mark.line + 1, _json_keys(loader.construct_document(node))
     finally:
         loader.dispose()
+
+
+def _no_duplicate_keys(root: yaml.Node) -> None:
+    """Refuse a mapping that names a key twice, as kubectl's strict decoder does. YAML
+    loaders keep the last one silently: two objects pasted without `---` between them would
+    read as the second alone, and the first would vanish without a word."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f'mapping key "{key.value}" already defined at line '
+                            f"{seen[key.value]}", key.start_mark)
+                    seen[key.value] = key.start_mark.line + 1
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _json_keys(v: Any) -> Any:

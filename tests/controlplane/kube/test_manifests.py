@@ -205,6 +205,13 @@ def test_manifests_are_read_with_the_c_parser() -> None:
      "mapping values are not allowed in this context"),
     ("apiVersion: v1\nkind: Namespace\n\tmetadata: {}\n", 3,
      "found a tab character that violates indentation"),
+    # Two objects pasted without `---`: kubectl's strict decoder refuses the repeated key
+    # (a plain YAML loader would keep the second object and drop the first unseen).
+    ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n"
+     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: y\n", 5,
+     'mapping key "apiVersion" already defined at line 8'),
+    ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    a: '1'\n"
+     "    a: '2'\n", 7, 'mapping key "a" already defined at line 13'),
 ])
 def test_parse_errors_name_the_file_and_line(tmp_path: Path, text: str, line: int,
                                              reason: str) -> None:
