@@ -61,6 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.stats import md_table, pct  # noqa: E402
+from controlplane import heap  # noqa: E402
 from testing.controlplane_child import ControlPlaneChild, cpu, node_tokens  # noqa: E402
 
 ADDRESS = "type.googleapis.com/istio.workload.Address"
@@ -335,6 +336,9 @@ async def _cluster(pods: int, cfg: Config, tmp: Path) -> dict[str, Any]:
         await streams.open(tokens)
         out["connect_s"] = time.monotonic() - t
         out["connect_cpu_s"] = cp.cpu() - cpu0
+        # The control plane returns the reconnects' freed heap to the system a second after
+        # the last big request (controlplane/heap.py): read its RSS as it settles, not mid-way.
+        await asyncio.sleep(heap.DELAY + 1.0)
         connected = await cp.gc()
         out["connected_rss"], out["connected_heap"] = connected["rss"], connected.get("heap")
         out["rounds"] = [await _round(api, cluster, streams, cp, cfg.churn, cfg.seconds,

@@ -4,6 +4,10 @@ Each index delta becomes the changed Address and Authorization entries, publishe
 the work per change is proportional to the change, not to the mesh. The CA's question (does
 this identity run on that node?) is answered from a count kept per (namespace, service
 account, node), updated with the same deltas.
+
+A workload is kept once: as the bytes the index compares and the ADS streams send (the
+entry's value is the index's own bytes object, `Index.wire`); the count reads the identity a
+workload had from those bytes when it changes, rather than keep every Workload record for it.
 """
 
 from __future__ import annotations
@@ -36,15 +40,20 @@ def _identity(w: Workload) -> Identity | None:
     return (w.namespace, w.service_account, w.node) if w.node and w.service_account else None
 
 
+def _served_identity(e: Entry) -> Identity | None:
+    """The identity of a served workload entry (a service's has none)."""
+    w = wl.Address.FromString(e.value).workload
+    return (w.namespace, w.service_account, w.node) if w.node and w.service_account else None
+
+
 class AmbientStore(ServedStore):
     def __init__(self, index: Index, trust_domain: str) -> None:
         self.index = index
         self._ids: Counter[Identity] = Counter()
-        self._workloads: dict[str, Workload] = {}
         addresses: dict[str, Entry] = {}
         for uid, w in index.workloads.items():
-            addresses[uid] = workload_entry(w)
-            self._count(uid, w)
+            addresses[uid] = workload_entry(w, index.wire[uid])
+            self._count(None, w)
         for key, s in index.services.items():
             addresses[key] = service_entry(s)
         policies = {key: policy_entry(p) for key, p in index.policies.items()}
@@ -68,24 +77,23 @@ class AmbientStore(ServedStore):
         """(workloads, services, policies) served now."""
         return len(self.index.workloads), len(self.index.services), len(self.index.policies)
 
-    def _count(self, uid: str, w: Workload | None) -> None:
-        old = self._workloads.pop(uid, None)
-        if old is not None and (i := _identity(old)) is not None:
+    def _count(self, old: Entry | None, w: Workload | None) -> None:
+        """Count `w` (None: nothing) instead of the workload served as `old` (None: none)."""
+        if old is not None and (i := _served_identity(old)) is not None:
             self._ids[i] -= 1
             if self._ids[i] <= 0:
                 del self._ids[i]
-        if w is not None:
-            self._workloads[uid] = w
-            if (i := _identity(w)) is not None:
-                self._ids[i] += 1
+        if w is not None and (i := _identity(w)) is not None:
+            self._ids[i] += 1
 
     def _on_delta(self, d: Delta) -> None:
         addresses: dict[str, Entry] = {}
+        served = self.snapshot.get(ADDRESS_TYPE, {})
         for uid, w in d.workloads.items():
-            addresses[uid] = workload_entry(w)
-            self._count(uid, w)
+            addresses[uid] = workload_entry(w, self.index.wire[uid])
+            self._count(served.get(uid), w)
         for uid in d.removed_workloads:
-            self._count(uid, None)
+            self._count(served.get(uid), None)
         for key, s in d.services.items():
             addresses[key] = service_entry(s)
         updated: Snapshot = {ADDRESS_TYPE: addresses,

@@ -57,9 +57,14 @@ def _body(msg: wl.Address | authz.Authorization | trafficpb.Message) -> tuple[st
             msg.SerializeToString(deterministic=True))
 
 
-def workload_entry(w: Workload) -> Entry:
+def workload_entry(w: Workload, value: bytes | None = None) -> Entry:
+    """`value`: `w`'s Address bytes if already made (the ambient index keeps them: the entry
+    then shares that one bytes object)."""
     # Aliases: ztunnel looks a workload up on demand as `network/ip`.
-    return entry(*_body(topb.address(w)), tuple(f"{w.network}/{ip}" for ip in w.addresses))
+    aliases = tuple(f"{w.network}/{ip}" for ip in w.addresses)
+    if value is None:
+        return entry(*_body(topb.address(w)), aliases)
+    return entry(ADDRESS_TYPE, value, aliases)  # an Address's Any type URL is the xDS type's
 
 
 def service_entry(s: Service) -> Entry:

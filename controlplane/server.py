@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import gc
 import ipaddress
 import signal
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import grpc
 import structlog
 from aiohttp import web
 
-from controlplane import http, nodeauth, pki
+from controlplane import heap, http, nodeauth, pki
 from controlplane.ads import AdsService
 from controlplane.ambient.index import Index
 from controlplane.ambient.options import Options
@@ -161,9 +162,12 @@ class ControlPlane:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             # A reconnecting agent's first request lists every resource it holds (~6 MB at
-            # 100k workloads); gRPC's TCP reader otherwise keeps a buffer that size per
-            # connection for good, ~1.5 MiB resident per node. 256 KiB reads it in pieces.
-            ("grpc.experimental.tcp_max_read_buffer_size", 256 * 1024),
+            # 100k workloads); gRPC's TCP reader grows its read buffers to fit and keeps
+            # them per connection for good: ~1.5 MiB resident per node by default, ~130 KiB
+            # more than an idle connection with 256 KiB, nothing more with 8 KiB (measured;
+            # docs/benchmarks.md). Every other message is small (ACKs), so reading the rare
+            # big one in 8 KiB pieces costs syscalls once per reconnect, not latency.
+            ("grpc.experimental.tcp_max_read_buffer_size", 8 * 1024),
         ])
         server.add_generic_rpc_handlers([self.ads.handler(), self.ca.handler()])
         key_pem, chain_pem = pki.server_cert(self.root, *_split_names(self.config.server_names))
@@ -184,6 +188,7 @@ class ControlPlane:
                                   f"{exc.strerror or exc}") from None
                 raise
         await self._start_source()
+        _settle()
         workloads, services, policies = self.store.counts
         log.info("controlplane_serving", address=self.config.address, port=self.port,
                  metrics_address=self.config.metrics_address, metrics_port=self.metrics_port,
@@ -277,6 +282,18 @@ class ControlPlane:
         finally:
             await self.stop(drain_seconds)
         log.info("controlplane_stopped")
+
+
+def _settle() -> None:
+    """After the source's first read: what was read lives as long as the process. Collected
+    once and then frozen (gc.freeze: out of the cyclic collector's walks), so that a full
+    collection during churn walks only what changed since, not every object of 100,000
+    workloads (a pause of the event loop that every stream would see as push latency).
+    Frozen objects are still freed when no longer referenced; only a reference cycle among
+    them would stay. Then the free heap the read left is returned (controlplane/heap.py)."""
+    gc.collect()
+    gc.freeze()
+    heap.trim()
 
 
 def _check_listen(key: str, value: str) -> tuple[str, int]:

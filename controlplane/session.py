@@ -284,12 +284,18 @@ def _changed(st: TypeState, entries: dict[str, Entry]) -> tuple[list[str], list[
     for n, old in st.pending.items():
         held = old if st.synced else st.known.get(n)
         e = entries.get(n)
+        wanted = st.wildcard or n in st.names or (
+            e is not None and any(a in st.names for a in e.aliases))
         if e is not None:
-            if held != e.version and (st.wildcard or n in st.names
-                                      or any(a in st.names for a in e.aliases)):
+            if held != e.version and wanted:
                 send.append(n)
         elif held is not None and (st.wildcard or n in st.names):
             removed.append(n)
+        if not wanted and not st.synced and held is not None:
+            # No longer subscribed (an alias that resolves to it no more): forgotten, as the
+            # whole comparison forgets it (`_against_wanted`), so that a later wildcard
+            # subscription does not send a removal the comparison would not.
+            del st.known[n]
     return sorted(send), sorted(removed)
 
 

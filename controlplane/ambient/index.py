@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -57,6 +57,8 @@ from controlplane.kube.objects import (
     ObjectStore,
 )
 from controlplane.kube.objects import SERVICE as SERVICE_KIND
+from core.mesh import topb
+from core.mesh.frompb import Converter
 from core.mesh.model import NO_LOCALITY, Policy, Service, Workload
 
 log = structlog.get_logger("controlplane.ambient")
@@ -122,6 +124,40 @@ class Notes:
     errors: list[str] = field(default_factory=list)   # parts skipped, the rest converted
 
 
+def encode(w: Workload) -> bytes:
+    """A workload as served: its istio.workload.Address, deterministic protobuf bytes (equal
+    workloads give equal bytes, so the bytes are what the index compares)."""
+    out: bytes = topb.address(w).SerializeToString(deterministic=True)
+    return out
+
+
+class Workloads(Mapping[str, Workload]):
+    """The index's workloads by uid, read from the bytes it keeps (`Index.wire`): a record
+    decoded on each access (for tests, `--check` and debugging; the ADS server serves the
+    bytes as they are). A hundred thousand Workload records next to their bytes would be
+    half a kilobyte per workload kept twice."""
+
+    def __init__(self, wire: dict[str, bytes]) -> None:
+        self._wire = wire
+        self._conv: Converter | None = None
+
+    def __getitem__(self, uid: str) -> Workload:
+        if self._conv is None:
+            self._conv = Converter()
+        w = self._conv.address(uid, "", self._wire[uid])
+        assert isinstance(w, Workload)
+        return w
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._wire
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._wire)
+
+    def __len__(self) -> int:
+        return len(self._wire)
+
+
 def _ref(kind: str, ns: str, name: str) -> str:
     """`Kind ns/name`, or `Kind name` for a cluster-scoped kind (as objects.ref)."""
     k = BY_KIND.get(kind)
@@ -133,7 +169,9 @@ class Index:
                  watch: bool = True) -> None:
         self.store = store
         self.opts = options or Options()
-        self.workloads: dict[str, Workload] = {}
+        # uid -> the workload's served bytes (`encode`); `workloads` reads them as records.
+        self.wire: dict[str, bytes] = {}
+        self.workloads: Mapping[str, Workload] = Workloads(self.wire)
         self.services: dict[str, Service] = {}
         self.policies: dict[str, Policy] = {}
         self.pending = Delta()              # every change since the last take()
@@ -180,10 +218,11 @@ class Index:
         self._network = ""
         self._ns_meta: dict[str, tuple[dict[str, str], str]] = {}  # labels, traffic distr.
         self._node_locality: dict[str, tuple[str, str, str]] = {}
-        self._names: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        self._labels: dict[Src, dict[str, str] | None] = {}  # shared maps: never changed
-        self._pod_node: dict[Key, str] = {}
-        self._node_pods: dict[str, set[Key]] = defaultdict(set)
+        # kind -> namespace -> name -> the one record kept per object: a Pod's (labels, node),
+        # a WorkloadEntry's or ServiceEntry's labels (None: malformed, the conversion says
+        # why), None for the other kinds. Labels maps and pod records are shared (`sharing`):
+        # a pod costs one dict slot here, not a key tuple and a slot in a table per fact.
+        self._names: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         # services
         self._infos: dict[Src, tuple[ServiceInfo, ...]] = {}
         self._se_resolution: dict[Key, str] = {}
@@ -200,8 +239,9 @@ class Index:
         self._authz_selecting: dict[str, set[str]] = defaultdict(set)
         self._pas: dict[Key, peerauth.PeerAuth] = {}
         self._pas_by_ns: dict[str, set[str]] = defaultdict(set)
-        # outputs per source: a uid, or a tuple of them (a source with one workload, a pod,
-        # is the rule: no tuple for it)
+        # outputs per source: a uid, or a tuple of them (a source with one workload is the
+        # rule: no tuple for it). A pod whose workload has its usual uid (`pod_uid`) has no
+        # entry: its uid is known from its name.
         self._src_uids: dict[Src, str | tuple[str, ...]] = {}
 
     def _note(self, book: dict[tuple[str, Src], list[str]], stage: str, src: Src,
@@ -240,21 +280,24 @@ class Index:
     # ---- outputs ----------------------------------------------------------------------------
 
     def _set_workloads(self, src: Src, new: list[Workload]) -> None:
-        old = self._src_uids.get(src, ())
+        usual = workloads.pod_uid(self.opts, src[1], src[2]) if src[0] == POD.kind else None
+        old = self._src_uids.get(src, usual or ())
         if isinstance(old, str):
             old = (old,)
-        fresh = {w.uid: self.sharing.workload(w, src[2]) for w in new}
+        fresh = {w.uid: w for w in new}
+        wire = self.wire
         for uid in old:
-            if uid not in fresh and uid in self.workloads:
-                del self.workloads[uid]
+            if uid not in fresh and uid in wire:
+                del wire[uid]
                 self._delta.workloads.pop(uid, None)
                 self._delta.removed_workloads.add(uid)
         for uid, w in fresh.items():
-            if self.workloads.get(uid) != w:
-                self.workloads[uid] = w
+            b = encode(w)
+            if wire.get(uid) != b:
+                wire[uid] = b
                 self._delta.workloads[uid] = w
                 self._delta.removed_workloads.discard(uid)
-        if fresh:
+        if fresh and (len(fresh) > 1 or usual not in fresh):
             self._src_uids[src] = next(iter(fresh)) if len(fresh) == 1 else tuple(fresh)
         else:
             self._src_uids.pop(src, None)
@@ -280,8 +323,9 @@ class Index:
 
     def _full(self) -> None:
         """Convert everything (the start, and a change of the local network)."""
-        old = (self.workloads, self.services, self.policies)
-        self.workloads, self.services, self.policies = {}, {}, {}
+        old = (dict(self.wire), self.services, self.policies)
+        self.wire.clear()
+        self.services, self.policies = {}, {}
         self._delta = Delta()  # scratch: the delta is the difference, computed below
         self._reset()
         self._read_network()
@@ -311,8 +355,12 @@ class Index:
             srcs |= {(kind.kind, *_key(o)) for o in self.store.list(kind)}
         self._sources(srcs)
         # What differs from before is the change (at the start: everything).
-        d = self._delta = Delta()
-        _diff(old[0], self.workloads, d.workloads, d.removed_workloads)
+        converted, d = self._delta, Delta()
+        self._delta = d
+        d.removed_workloads.update(k for k in old[0] if k not in self.wire)
+        # Every workload converted above is in `converted` (the table started empty).
+        d.workloads.update({k: converted.workloads[k] for k, b in self.wire.items()
+                            if old[0].get(k) != b})
         _diff(old[1], self.services, d.services, d.removed_services)
         _diff(old[2], self.policies, d.policies, d.removed_policies)
         self.recomputed = {"full": 1}
@@ -361,7 +409,10 @@ class Index:
                         hosts |= self._update_infos(sk, name, n, self.store.get(sk, name, n))
         elif kind == NODE:
             if self._update_node(name, obj):
-                srcs |= {(POD.kind, pns, p) for pns, p in self._node_pods.get(name, ())}
+                # A scan of every pod's record (milliseconds for 100k pods) rather than a
+                # table of pods per node kept for it: nodes change topology (almost) never.
+                srcs |= {(POD.kind, pns, p) for pns, pods in self._names[POD.kind].items()
+                         for p, rec in pods.items() if rec[1] == name}
         elif kind in (POD, WORKLOAD_ENTRY):
             self._update_names(kind, ns, name, obj)
             srcs.add((k, ns, name))
@@ -459,29 +510,27 @@ class Index:
 
     def _update_names(self, kind: Kind, ns: str, name: str, obj: dict[str, Any] | None) -> None:
         """Namespace membership, labels, a pod's node and uid, a slice's service and pods."""
-        k = kind.kind
-        src = (k, ns, name)
+        by_ns = self._names[kind.kind]
         if obj is None:
-            _discard(self._names[k], ns, name)
+            names = by_ns.get(ns)
+            if names is not None:
+                names.pop(name, None)
+                if not names:
+                    del by_ns[ns]
         else:
-            self._names[k][ns].add(name)
-        if kind in (POD, WORKLOAD_ENTRY, SERVICE_ENTRY):
-            self._labels.pop(src, None)
-            if obj is not None:
+            rec: Any = None
+            if kind in (POD, WORKLOAD_ENTRY, SERVICE_ENTRY):
                 try:
-                    self._labels[src] = self.sharing.labels(
-                        workloads.entry_labels(obj) if kind == WORKLOAD_ENTRY
-                        else read.labels_of(obj))
+                    rec = self.sharing.labels(workloads.entry_labels(obj)
+                                              if kind == WORKLOAD_ENTRY else read.labels_of(obj))
                 except read.Bad:
-                    self._labels[src] = None  # the conversion reports it
-        if kind == POD:
-            key = (ns, name)  # one tuple for both tables
-            old_node = self._pod_node.pop(key, None)
-            if old_node is not None:
-                _discard(self._node_pods, old_node, key)
-            if obj is not None and (node := _pod_node(obj)):
-                self._pod_node[key] = node = sys.intern(node)
-                self._node_pods[node].add(key)
+                    rec = None  # the conversion reports it
+                if kind == POD:
+                    rec = self.sharing.pod(rec, sys.intern(_pod_node(obj)))
+            names = by_ns.get(ns)
+            if names is None:
+                names = by_ns[ns] = {}
+            names[name] = rec
         if kind == ENDPOINT_SLICE:
             old = self._slice_meta.pop((ns, name), None)
             if old is not None:
@@ -610,8 +659,8 @@ class Index:
         for k in kinds:
             by_ns = self._names[k]
             for ns in (list(by_ns) if nss is None else nss):
-                for name in by_ns.get(ns, ()):
-                    labels = self._labels.get((k, ns, name))
+                for name, rec in by_ns.get(ns, {}).items():
+                    labels = rec[0] if k == POD.kind else rec
                     if labels is None or read.selects(selector, labels):
                         out.add((k, ns, name))
         return out

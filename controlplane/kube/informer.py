@@ -37,7 +37,7 @@ import structlog
 
 from controlplane import heap
 from controlplane.kube import tokenreview
-from controlplane.kube.objects import KINDS, Kind, Obj, ObjectStore, project
+from controlplane.kube.objects import KINDS, Kind, Obj, ObjectStore, Packed, packed
 from core.k8s.client import ApiCall, ApiError, KubeClient
 from core.k8s.client import in_cluster as in_cluster
 from core.k8s.reflector import Reflector, name_key
@@ -66,13 +66,17 @@ def absent_ok(kind: Kind) -> bool:
     return kind.group.endswith(".istio.io")
 
 
-def slim(kind: Kind) -> Callable[[Obj], Obj]:
+def slim(kind: Kind) -> Callable[[Any], Any]:
     """The object as stored: apiVersion and kind set, only the fields the conversion reads
-    (`objects.project`: managedFields, container specs, status timestamps dropped). A new
-    object; the original is not changed. Made as each object is read, so a big list's raw
-    objects are dropped before anything is converted."""
-    def transform(obj: Obj) -> Obj:
-        return project(kind, {**obj, "apiVersion": kind.api_version, "kind": kind.kind})
+    (`objects.project`: managedFields, container specs, status timestamps dropped), packed
+    (`objects.Packed`); the original is not changed. Made as each object is read (a list's
+    as its page arrives), so a big list's raw objects are dropped before the next page, and
+    it is held packed until the store has it. An unusable object (no name, not a mapping)
+    is left as it is, for the reflector to report."""
+    def transform(obj: Any) -> Any:
+        if isinstance(obj, Packed) or name_key(obj, kind.namespaced) is None:
+            return obj
+        return packed(kind, {**obj, "apiVersion": kind.api_version, "kind": kind.kind})
     return transform
 
 
@@ -108,9 +112,11 @@ class KubeInformers:
         client, store, path = self.client, self.store, kind.path
 
         def key(obj: Any) -> Key | None:
+            if isinstance(obj, Packed):  # listed: made by `slim` as its page arrived
+                return obj.ns, obj.name
             return name_key(obj, kind.namespaced)
 
-        def on_event(event: str, obj: Obj, old: Obj | None) -> None:
+        def on_event(event: str, obj: Any, old: Obj | None) -> None:
             if event == "DELETED":
                 k = key(obj)
                 if k is not None:
@@ -125,8 +131,10 @@ class KubeInformers:
         def watch(rv: str, timeout: int) -> AsyncIterator[bytes]:
             return client.watch(path, rv, timeout)
 
-        return Reflector(resource_name(kind), lambda: client.list(path), watch, on_event,
-                         watch_timeout, key=key, transform=slim(kind), on_relist=on_relist,
+        transform = slim(kind)
+        return Reflector(resource_name(kind), lambda: client.list(path, each=transform), watch,
+                         on_event, watch_timeout, key=key, transform=transform,
+                         on_relist=on_relist,
                          cache=False, absent_ok=absent_ok(kind),
                          absent_recheck=absent_recheck)
 

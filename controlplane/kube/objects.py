@@ -13,6 +13,7 @@ bytes. So a change of only unread fields (resourceVersion, a status timestamp) i
 
 from __future__ import annotations
 
+import builtins
 import marshal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -209,35 +210,103 @@ def ref(kind: Kind, obj: Obj) -> str:
 Listener = Callable[[Kind, str, str, Obj | None], None]
 
 
-def _pack(obj: Obj) -> bytes | Obj:
+# A field the object does not have, in a packed mapping (marshal writes it in one byte).
+_ABSENT = ...
+
+
+class _Unshaped(Exception):
+    """The object holds a tuple where its shape has a mapping: it is packed as it is."""
+
+
+def _positional(v: Any, s: _Shape) -> Any:
+    """`v` (projected with shape `s`) with every mapping of known fields written as the tuple
+    of its values in the shape's order (`_ABSENT` for a missing one): the field names, most
+    of a small object's bytes, are the shape's, not stored with each object."""
+    if s.each:
+        return [_positional_item(x, s) for x in v] if isinstance(v, list) else v
+    return _positional_item(v, s)
+
+
+def _positional_item(v: Any, s: _Shape) -> Any:
+    if s.keys is not None or s.fields is None:
+        return v
+    if isinstance(v, tuple):  # JSON and YAML never make one; would read back as a mapping
+        raise _Unshaped
+    if not isinstance(v, dict):
+        return v
+    return tuple(_positional(v[k], child) if k in v else _ABSENT
+                 for k, child in s.fields.items())
+
+
+def _mapping(v: Any, s: _Shape) -> Any:
+    """The inverse of `_positional`."""
+    if s.each:
+        return [_mapping_item(x, s) for x in v] if isinstance(v, list) else v
+    return _mapping_item(v, s)
+
+
+def _mapping_item(v: Any, s: _Shape) -> Any:
+    if s.keys is not None or s.fields is None or not isinstance(v, tuple):
+        return v
+    return {k: _mapping(x, child) for (k, child), x in zip(s.fields.items(), v, strict=True)
+            if x is not _ABSENT}
+
+
+def _pack(kind: Kind, obj: Obj, projected: bool = True) -> bytes | Obj:
     """One bytes string (marshal: compact, and fast to read back), or the object itself if
-    it holds what marshal cannot write (a manifest's YAML timestamp is a datetime).
-    Equal objects may pack to different bytes (back-references depend on reference
-    counts): `put` compares them unpacked then."""
+    it holds what marshal cannot write (a manifest's YAML timestamp is a datetime). A
+    projected object is packed positionally (`_positional`: about half the bytes of its
+    mapping for a pod). Equal objects may pack to different bytes (back-references depend
+    on reference counts): `put` compares them unpacked then."""
     try:
+        if projected:
+            try:
+                return marshal.dumps(_positional(obj, _SHAPES[kind.kind]))
+            except _Unshaped:
+                pass
         return marshal.dumps(obj)
     except ValueError:
         return obj
 
 
-def _unpack(packed: bytes | Obj) -> Obj:
-    if isinstance(packed, bytes):
-        obj: Obj = marshal.loads(packed)
-        return obj
-    return packed
+def _unpack(kind: Kind, packed: bytes | Obj) -> Obj:
+    if not isinstance(packed, bytes):
+        return packed
+    got = marshal.loads(packed)
+    obj: Obj = _mapping(got, _SHAPES[kind.kind]) if isinstance(got, tuple) else got
+    return obj
+
+
+class Packed:
+    """An object as the store keeps it, made where it is read (`packed`): its key and its
+    projection, packed. The API-server source makes these as each page of a list arrives,
+    so a big list is held as small strings of bytes, not as decoded objects, until the
+    store has it (the decoded objects die young, and what stays is not strewn between
+    their holes in the heap)."""
+
+    __slots__ = ("data", "name", "ns")
+
+    def __init__(self, ns: str, name: str, data: bytes | Obj) -> None:
+        self.ns, self.name, self.data = ns, name, data
+
+
+def packed(kind: Kind, obj: Obj) -> Packed:
+    """`obj` as `ObjectStore.put` would keep it (its projection, packed)."""
+    return Packed(*key_of(obj), _pack(kind, project(kind, obj)))
 
 
 class ObjectStore:
-    """Current objects per kind, keyed by (namespace, name). Sources call `put`/`delete`
+    """Current objects per kind, keyed by namespace then name. Sources call `put`/`delete`
     (or `replace` after a full relist); listeners hear every real change, so a relist that
     finds nothing new pushes nothing.
 
     What is kept of an object is its projection (`project`; `project=False` keeps it whole,
     for comparing the two), packed; `get` and `list` give a fresh dict each time, and
-    listeners the projection put."""
+    listeners the projection put. Objects are kept per namespace, so a pod costs its
+    packed bytes and a slot in its namespace's table (no (namespace, name) tuple each)."""
 
     def __init__(self, project: bool = True) -> None:
-        self._objs: dict[str, dict[tuple[str, str], bytes | Obj]] = {k.kind: {} for k in KINDS}
+        self._objs: dict[str, dict[str, dict[str, bytes | Obj]]] = {k.kind: {} for k in KINDS}
         self._listeners: list[Listener] = []
         self._project = project
 
@@ -248,44 +317,62 @@ class ObjectStore:
         for fn in self._listeners:
             fn(kind, ns, name, obj)
 
-    def put(self, kind: Kind, obj: Obj) -> None:
-        ns, name = key_of(obj)
-        if self._project:
-            obj = project(kind, obj)
-        packed = _pack(obj)
-        objs = self._objs[kind.kind]
-        old = objs.get((ns, name))
+    def put(self, kind: Kind, obj: Obj | Packed) -> None:
+        if isinstance(obj, Packed):
+            ns, name, data = obj.ns, obj.name, obj.data
+            # Already projected; the listeners (and the comparison below) read a copy.
+            proj = _unpack(kind, data)
+        else:
+            ns, name = key_of(obj)
+            proj = project(kind, obj) if self._project else obj
+            data = _pack(kind, proj, self._project)
+        by_ns = self._objs[kind.kind]
+        objs = by_ns.get(ns)
+        old = None if objs is None else objs.get(name)
         # Equal bytes are the same object; unequal bytes may still be (marshal writes an
         # interned string differently), so the objects decide.
-        if old is not None and (old == packed or _unpack(old) == obj):
+        if old is not None and (old == data or _unpack(kind, old) == proj):
             return
-        objs[(ns, name)] = packed
-        self._emit(kind, ns, name, obj)
+        if objs is None:
+            objs = by_ns[ns] = {}
+        objs[name] = data
+        self._emit(kind, ns, name, proj)
 
     def delete(self, kind: Kind, ns: str, name: str) -> None:
-        if self._objs[kind.kind].pop((ns, name), None) is not None:
+        by_ns = self._objs[kind.kind]
+        objs = by_ns.get(ns)
+        if objs is not None and objs.pop(name, None) is not None:
+            if not objs:
+                del by_ns[ns]
             self._emit(kind, ns, name, None)
 
-    def replace(self, kind: Kind, objs: Iterable[Obj]) -> int:
+    def replace(self, kind: Kind, objs: Iterable[Obj | Packed]) -> int:
         """The whole current list of one kind: deletes what is gone, puts the rest; how many
         there are. Each object is let go of once put (a relist of a big cluster is not held
         whole while it is converted)."""
-        fresh = {key_of(o): o for o in objs}
+        fresh = {(o.ns, o.name) if isinstance(o, Packed) else key_of(o): o for o in objs}
         count = len(fresh)
-        for ns, name in [k for k in self._objs[kind.kind] if k not in fresh]:
+        for ns, name in [k for k in self.keys(kind) if k not in fresh]:
             self.delete(kind, ns, name)
         for key in list(fresh):
             self.put(kind, fresh.pop(key))
         return count
 
     def get(self, kind: Kind, ns: str, name: str) -> Obj | None:
-        packed = self._objs[kind.kind].get((ns, name))
-        return None if packed is None else _unpack(packed)
+        objs = self._objs[kind.kind].get(ns)
+        data = None if objs is None else objs.get(name)
+        return None if data is None else _unpack(kind, data)
 
     def list(self, kind: Kind, ns: str | None = None) -> Iterator[Obj]:
-        for (ons, _), packed in self._objs[kind.kind].items():
-            if ns is None or ons == ns:
-                yield _unpack(packed)
+        by_ns = self._objs[kind.kind]
+        for names in (list(by_ns.values()) if ns is None else [by_ns.get(ns, {})]):
+            for data in list(names.values()):
+                yield _unpack(kind, data)
+
+    def keys(self, kind: Kind) -> builtins.list[tuple[str, str]]:
+        """(namespace, name) of every object of a kind (a list: safe to change the store
+        while reading it)."""
+        return [(ns, n) for ns, names in self._objs[kind.kind].items() for n in names]
 
     def count(self, kind: Kind) -> int:
-        return len(self._objs[kind.kind])
+        return sum(map(len, self._objs[kind.kind].values()))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,11 +167,14 @@ class KubeClient:
             auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
 
     async def list(self, path: str, params: Mapping[str, str] | None = None,
-                   page_size: int = LIST_PAGE) -> Listing:
+                   page_size: int = LIST_PAGE,
+                   each: Callable[[Any], Any] | None = None) -> Listing:
         """Every object of a collection (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`,
         or below `namespaces/<ns>/`), page by page (`limit`/`continue`: one consistent
         snapshot, and the API server never builds one huge answer). An expired continue token
-        is ApiError(410): list again."""
+        is ApiError(410): list again. `each`, if given, makes the items: it is applied to
+        every object as its page arrives, and the page's decoded objects are dropped before
+        the next page is read (a big collection is never held decoded whole)."""
         items: list[Any] = []
         token = ""
         while True:
@@ -183,8 +186,15 @@ class KubeClient:
             resp = await self.raw(self._get(path, query, aiohttp.ClientTimeout(total=60)))
             data = await read_json(resp)
             page = listing(data)
-            items.extend(page.items)
             token = str((data.get("metadata") or {}).get("continue") or "")
+            data = None
+            if each is None:
+                items.extend(page.items)
+            else:
+                raw = page.items
+                raw.reverse()
+                while raw:
+                    items.append(each(raw.pop()))
             if not token:
                 return Listing(items=items, resource_version=page.resource_version)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controlplane import session as session_mod
@@ -235,6 +235,10 @@ first = st.sampled_from([
 
 @settings(max_examples=300, deadline=None)
 @given(first, st.lists(st.one_of(publish, subscribe, wake), max_size=25))
+# Found by the search: a name held through an alias, gone once no longer subscribed, must
+# not come back as a removal when the wildcard is subscribed again.
+@example({}, [("request", ["/c"], []), ("request", [], ["*"]), ("publish", {}, {"c"}),
+              ("wake", None, None), ("request", ["*"], [])])
 def test_fed_and_unfed_sessions_send_the_same(start: dict[str, Any],
                                               steps: list[tuple[str, Any, Any]]) -> None:
     async def main() -> None:

@@ -53,9 +53,9 @@ def projection_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     projected = ObjectStore()
-    for kind_name, objs in ever._objs.items():
+    for kind_name in ever._objs:
         kind = BY_KIND[kind_name]
-        for key in objs:
+        for key in ever.keys(kind):
             obj = ever.get(kind, *key)
             assert obj is not None
             projected.put(kind, obj)

@@ -346,9 +346,9 @@ def test_deleting_everything_leaves_nothing_behind() -> None:
     index = Index(store)
     put(store, namespace("lonely", {"istio.io/dataplane-mode": "ambient"},
                          {"networking.istio.io/traffic-distribution": "PreferClose"}))
-    for kind in list(store._objs):  # every kind
-        for key in list(store._objs[kind]):
-            store.delete(next(k for k in [*KINDS] if k.kind == kind), *key)
+    for kind in KINDS:
+        for key in store.keys(kind):
+            store.delete(kind, *key)
     assert index.state() == build(store)
     assert not index.workloads and not index.services and not index.policies
     kept = {name: v for name, v in vars(index).items()

@@ -24,6 +24,7 @@ from controlplane.kube.objects import (
     READS,
     SERVICE_ENTRY,
     ObjectStore,
+    packed,
     project,
 )
 
@@ -145,3 +146,59 @@ def test_what_marshal_cannot_write_is_kept_as_it_is() -> None:
     store.subscribe(lambda kind, ns, name, obj: events.append(name))
     store.put(SERVICE_ENTRY, dict(se))
     assert events == []
+
+
+@pytest.mark.parametrize("obj", [
+    POD_OBJ,
+    # wrong shapes everywhere the conversion reports them: kept, and read back, as they are
+    {"apiVersion": "v1", "kind": "Pod",
+     "metadata": {"name": "p", "namespace": "ns", "labels": ["not", "a", "mapping"],
+                  "annotations": {"other": "x", "weird": 5}, "ownerReferences": "x"},
+     "spec": "not a mapping", "status": {"conditions": [7, {"type": "Scheduled"}, None],
+                                         "podIPs": {"ip": "10.0.0.1"}, "podIP": None}},
+    # a field present as null is not a field absent
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns",
+                                                     "labels": None}, "spec": {}},
+    # a tuple where a mapping is read (only Python callers make one): packed as it is
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
+     "spec": ("nodeName", "n1")},
+], ids=["api-pod", "malformed", "null", "tuple"])
+def test_the_store_gives_back_exactly_the_projection(obj: dict[str, Any]) -> None:
+    store = ObjectStore()
+    heard: list[Any] = []
+    store.subscribe(lambda kind, ns, name, o: heard.append(o))
+    store.put(POD, obj)
+    ns, name = store.keys(POD)[0]
+    assert store.get(POD, ns, name) == project(POD, obj) == heard[0]
+    # made where the list is read (the API-server source): the same bytes, the same object
+    listed = ObjectStore()
+    listed.put(POD, packed(POD, obj))
+    assert listed.get(POD, ns, name) == project(POD, obj)
+
+
+def test_a_pod_is_packed_without_its_field_names() -> None:
+    [(ns, name)] = [(POD_OBJ["metadata"]["namespace"], POD_OBJ["metadata"]["name"])]
+    data = packed(POD, POD_OBJ).data
+    assert isinstance(data, bytes)
+    assert b"serviceAccountName" not in data and b"metadata" not in data
+    assert len(data) < len(marshal.dumps(project(POD, POD_OBJ))) * 0.7
+    store = ObjectStore()
+    store.put(POD, packed(POD, POD_OBJ))
+    assert store.keys(POD) == [(ns, name)] and store.count(POD) == 1
+
+
+def test_a_relist_of_packed_objects_changes_only_what_changed() -> None:
+    store = ObjectStore()
+    store.put(POD, POD_OBJ)
+    gone = {**POD_OBJ, "metadata": {**POD_OBJ["metadata"], "name": "gone"}}
+    store.put(POD, gone)
+    events: list[tuple[str, bool]] = []
+    store.subscribe(lambda kind, ns, name, o: events.append((name, o is not None)))
+    moved = {**POD_OBJ, "spec": {**POD_OBJ["spec"], "nodeName": "n9"}}
+    fresh = {**POD_OBJ, "metadata": {**POD_OBJ["metadata"], "name": "fresh"}}
+    # the same pod again (unchanged), one moved, one new, one gone
+    assert store.replace(POD, [packed(POD, POD_OBJ), packed(POD, fresh)]) == 2
+    assert sorted(events) == [("fresh", True), ("gone", False)]
+    events.clear()
+    store.replace(POD, [packed(POD, moved), packed(POD, fresh)])
+    assert events == [("web-7d4b9-x2x4z", True)]
