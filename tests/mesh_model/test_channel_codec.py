@@ -66,7 +66,8 @@ def test_workload_on_the_wire() -> None:
         "uid": "u1", "name": "p", "ns": "ns", "ips": ["10.0.0.1", "fd00::1"], "node": "n1",
         "id": "spiffe://td/ns/ns/sa/sa", "hbone": True, "healthy": False,
         "pol": ["ns/allow"], "svc": {"ns/a.svc": [[80, 8080]]}, "net": "net1", "cl": "c1",
-        "loc": ["r", "z", ""], "wn": "deploy", "cn": "app", "cr": "v1"}
+        "loc": ["r", "z", ""], "wn": "deploy", "cn": "app", "cr": "v1",
+        "hn": "p.example"}  # a DNS ServiceEntry's endpoint is dialled by its host name
     bare = Workload(uid="u2", name="q", namespace="ns", addresses=("10.0.0.2",),
                     cluster_id="Kubernetes")
     assert channel.encode_workload(bare) == {
@@ -99,7 +100,8 @@ def test_decode_gives_back_what_the_channel_carries() -> None:
     assert (w.services, w.network, w.cluster, w.locality) == (
         WL.services, "net1", "c1", ("r", "z", ""))
     assert (w.workload_name, w.canonical_name, w.canonical_revision) == ("deploy", "app", "v1")
-    assert w.hostname == "" and w.capacity == 1 and w.version == ""  # not on the channel
+    assert w.hostname == "p.example"
+    assert w.capacity == 1 and w.version == ""  # not on the channel
     s = d.service(wire(channel.encode_service(SVC)))
     assert s.vips == (Vip("", "10.96.0.1"),)  # CIDR VIPs do not travel
     assert (s.key, s.ports, s.lb_mode, s.lb_routing_preference, s.lb_health_policy) == (
