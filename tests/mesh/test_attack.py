@@ -30,9 +30,9 @@ import pytest
 import yaml
 
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni
 from testing.lab import Lab
-from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_procs import MeshNode, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, exchange, sha
 
@@ -117,33 +117,19 @@ def with_dns_capture(node: MeshNode) -> None:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("attack")
-    lab = Lab("at")
-    started: list[Any] = []
-    try:
+    with Lab("at") as lab, MeshStack(tmp) as s:
         t = build(lab, pod_c=True)
         assert t.c is not None
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *manifests(t))
-        started.append(cp)  # before start(): a failed start still gets its process stopped
-        cp.start()
-        n1 = MeshNode("node1", tmp / "node1", cp, t.node1)
-        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
-        for n in (n1, n2):
-            with_dns_capture(n)
-            started.append(n)
-            n.start()
-        for node, pod, name in ((n1, t.a, "sleep"), (n1, t.c, "curl"), (n2, t.b, "echo")):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
-        echo = EchoServer(t.b, 8080)
-        started.append(echo)
+        cp = s.control_plane(t.cp, *manifests(t))
+        n1 = s.node("node1", t.node1, cp, configure=with_dns_capture)
+        n2 = s.node("node2", t.node2, cp, configure=with_dns_capture)
+        s.enroll(n1, t.a, "sleep")
+        s.enroll(n1, t.c, "curl")
+        s.enroll(n2, t.b, "echo")
+        s.keep(EchoServer(t.b, 8080))
         wait_for(lambda: {SLEEP_ID, CURL_ID} <= certs_of(n1) and ECHO_ID in certs_of(n2), 15,
                  "both proxies to hold their pods' certificates")
         yield Mesh(t, n1, n2)
-    finally:
-        for p in reversed(started):
-            p.close() if isinstance(p, EchoServer) else p.stop()
-        lab.close()
 
 
 def fds(node: MeshNode) -> int:

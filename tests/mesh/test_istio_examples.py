@@ -59,9 +59,10 @@ from typing import Any
 import pytest
 
 from testing import mesh_manifests as k8s
-from testing.agent_harness import REPO, cni
+from testing.agent_harness import REPO
 from testing.lab import Lab, Node
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import Topology, add_pod, build
 from tests.mesh.apps import EchoServer, outcome, sha
 
@@ -158,41 +159,25 @@ def manifests(t: Topology, d: Node, e: Node) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
     tmp: Path = tmp_path_factory.mktemp("istio-examples")
-    netns = Lab("ie")
-    started: list[Any] = []
-    try:
+    with Lab("ie") as netns, MeshStack(tmp) as s:
         t = build(netns, pod_c=True)
         assert t.c is not None
         d = add_pod(t, "d", t.node2, 46)
         e = add_pod(t, "e", t.node2, 47)
         x = add_pod(t, "x", t.node2, 45)  # never enrolled: a client outside the mesh
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("lab.yaml", *manifests(t, d, e))
-        started.append(cp)  # before start(): a failed start still gets its process stopped
-        cp.start()
-        n1 = MeshNode("node1", tmp / "node1", cp, t.node1)
-        started.append(n1)
-        n1.start()
-        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
-        started.append(n2)
-        n2.start()
+        cp = s.control_plane(t.cp, *manifests(t, d, e), name="lab.yaml")
+        n1 = s.node("node1", t.node1, cp)
+        n2 = s.node("node2", t.node2, cp)
         for node, pod, ns, name in ((n1, t.a, "default", "sleep"), (n1, t.c, "dev", "sleep"),
                                     (n2, t.b, "foo", "httpbin"), (n2, d, "foo", "finance"),
                                     (n2, e, "istio-system", "istio-ingressgateway")):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{ns}-{name}", [pod.ip4],
-                    namespace=ns, name=name, uid=f"uid-{ns}-{name}")
-            assert r.code == 0, r.stdout
+            s.enroll(node, pod, name, f"c-{ns}-{name}", namespace=ns, uid=f"uid-{ns}-{name}")
         for pod, port in ((t.b, 8080), (t.b, 9080), (d, 8080), (d, 9080), (e, 8080)):
-            server = EchoServer(pod, port)
-            started.append(server)
+            s.keep(EchoServer(pod, port))
         wait_for(lambda: {SLEEP_ID, DEV_SLEEP_ID} <= certs_of(n1)
                  and {HTTPBIN_ID, FINANCE_ID, GATEWAY_ID} <= certs_of(n2), 15,
                  "both proxies to hold their pods' certificates")
         yield Examples(t, d, e, x, cp, n1, n2)
-    finally:
-        for p in reversed(started):
-            p.close() if isinstance(p, EchoServer) else p.stop()
-        netns.close()
 
 
 @pytest.fixture

@@ -35,9 +35,9 @@ import pytest
 
 from core.netns import entered
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni
 from testing.lab import Lab, Node
 from testing.mesh_procs import ControlPlaneProc, MeshNode, NameServer, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import VIP, Topology, build
 
 # Root is required, not optional: tests/conftest.py fails kernel suites run without it.
@@ -135,35 +135,19 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("locality")
-    lab = Lab("ml")
-    started: list[Any] = []
-    try:
+    with Lab("ml") as lab, MeshStack(tmp) as s:
         t = build(lab, pod_c=True)
         assert t.c is not None
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *manifests(t, 0))
-        started.append(cp)  # before start(): a failed start still gets its process stopped
-        cp.start()
-        n1 = MeshNode("node1", tmp / "node1", cp, t.node1)
-        started.append(n1)
-        n1.start()
-        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
-        started.append(n2)
-        n2.start()
+        cp = s.control_plane(t.cp, *manifests(t, 0))
+        n1 = s.node("node1", t.node1, cp)
+        n2 = s.node("node2", t.node2, cp)
         for node, pod, name in ((n1, t.a, "sleep"), (n1, t.c, NEAR), (n2, t.b, FAR)):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
+            s.enroll(node, pod, name)
         for pod, name in ((t.c, NEAR), (t.b, FAR)):
-            server = NameServer(pod, name, 8080)
-            started.append(server)
-            server.start()
+            s.keep(NameServer(pod, name, 8080)).start()
         wait_for(lambda: {SLEEP_ID, ECHO_ID} <= certs_of(n1) and ECHO_ID in certs_of(n2), 15,
                  "both proxies to hold their pods' certificates")
         yield Mesh(t, cp, n1, n2)
-    finally:
-        for p in reversed(started):
-            p.stop()
-        lab.close()
 
 
 def test_without_preference_both_endpoints_are_reached(mesh: Mesh) -> None:

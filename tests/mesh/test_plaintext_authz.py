@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni
 from testing.lab import Lab, Node
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import Topology, build
 from tests.mesh.apps import EchoServer, connect, sha
 
@@ -136,37 +136,22 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("pzmesh")
-    lab = Lab("pz")
-    started: list[Any] = []
-    try:
+    with Lab("pz") as lab, MeshStack(tmp) as s:
         t = build(lab)
         # A client outside the mesh: its own netns behind node2, never enrolled.
         outsider = lab.node("x")
         lab.link(outsider, t.node2, subnet=45, ipv6=False)  # x = .45.1, node2 = .45.2
         Lab.route(outsider, "default", "198.18.45.2")
         Lab.route(t.node1, "198.18.45.0/24", "198.18.42.2")  # a's tunnel replies, if any
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *manifests(t))
-        started.append(cp)  # before start(): a failed start still gets its process stopped
-        cp.start()
-        n1 = MeshNode("node1", tmp / "node1", cp, t.node1)
-        started.append(n1)
-        n1.start()
-        n2 = MeshNode("node2", tmp / "node2", cp, t.node2)
-        started.append(n2)
-        n2.start()
-        for node, pod, name in ((n1, t.a, "sleep"), (n2, t.b, "echo")):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
-        echo = EchoServer(t.b, PORT)
-        started.append(echo)
+        cp = s.control_plane(t.cp, *manifests(t))
+        n1 = s.node("node1", t.node1, cp)
+        n2 = s.node("node2", t.node2, cp)
+        s.enroll(n1, t.a, "sleep")
+        s.enroll(n2, t.b, "echo")
+        echo = s.keep(EchoServer(t.b, PORT))
         wait_for(lambda: SLEEP_ID in certs_of(n1) and ECHO_ID in certs_of(n2), 15,
                  "both proxies to hold their pod's certificate")
         yield Mesh(t, outsider, cp, n1, n2, echo)
-    finally:
-        for p in reversed(started):
-            p.close() if isinstance(p, EchoServer) else p.stop()
-        lab.close()
 
 
 @pytest.fixture
