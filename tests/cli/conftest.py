@@ -22,9 +22,9 @@ import yaml
 
 from core.ports import AGENT_STATS_PORT
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni
 from testing.lab import Lab
 from testing.mesh_procs import ControlPlaneProc, MeshNode, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import EchoServer, connect
 
@@ -61,46 +61,26 @@ def _listen_on_node_ip(node: MeshNode) -> None:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("climesh")
-    lab = Lab("cl")
-    started: list[Any] = []
-    conn: socket.socket | None = None
-    try:
+    with Lab("cl") as lab, MeshStack(tmp) as s:
         t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *k8s.two_nodes(),
-                           k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
-                           k8s.pod("sleep", t.a.ip4, "node1", service_account="sleep",
-                                   labels={"app": "sleep"}),
-                           k8s.pod("echo", t.b.ip4, "node2", service_account="echo",
-                                   labels={"app": "echo"}, ports=[8080]),
-                           POLICY)
-        started.append(cp)
-        cp.start()
-        nodes = []
-        for name, where in (("node1", t.node1), ("node2", t.node2)):
-            n = MeshNode(name, tmp / name, cp, where)
-            _listen_on_node_ip(n)
-            started.append(n)
-            n.start()
-            nodes.append(n)
-        n1, n2 = nodes
-        for node, pod, name in ((n1, t.a, "sleep"), (n2, t.b, "echo")):
-            r = cni("ADD", node.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
-        echo = EchoServer(t.b, 8080)
-        started.append(echo)
+        cp = s.control_plane(t.cp, *k8s.two_nodes(),
+                             k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
+                             k8s.pod("sleep", t.a.ip4, "node1", service_account="sleep",
+                                     labels={"app": "sleep"}),
+                             k8s.pod("echo", t.b.ip4, "node2", service_account="echo",
+                                     labels={"app": "echo"}, ports=[8080]),
+                             POLICY)
+        n1 = s.node("node1", t.node1, cp, _listen_on_node_ip)
+        n2 = s.node("node2", t.node2, cp, _listen_on_node_ip)
+        s.enroll(n1, t.a, "sleep")
+        s.enroll(n2, t.b, "echo")
+        s.keep(EchoServer(t.b, 8080))
         wait_for(lambda: SLEEP_ID in certs_of(n1) and ECHO_ID in certs_of(n2), 20,
                  "both proxies to hold their pod's certificate")
-        conn = connect(t.a, VIP, 80)
+        conn = s.keep(connect(t.a, VIP, 80))  # closed first, before the processes stop
         payload = b"x" * 50_000
         conn.sendall(payload)
         got = 0
         while got < len(payload):
             got += len(conn.recv(65536))
         yield Mesh(t, cp, n1, n2, conn, len(payload))
-    finally:
-        if conn is not None:
-            conn.close()
-        for p in reversed(started):
-            p.close() if isinstance(p, EchoServer) else p.stop()
-        lab.close()

@@ -45,9 +45,10 @@ import yaml
 
 from core.netns import inside
 from testing import mesh_manifests as k8s
-from testing.agent_harness import cni, stop_process
+from testing.agent_harness import stop_process
 from testing.lab import Lab, Node
 from testing.mesh_procs import ControlPlaneProc, MeshNode, NameServer, certs_of, wait_for
+from testing.mesh_stack import MeshStack
 from testing.mesh_topology import VIP, Topology, build
 from tests.mesh.apps import exchange, outcome, sha
 from tests.telemetry.test_dashboards import DASHBOARDS, GRAFANA_VARS, dashboard_queries
@@ -201,62 +202,52 @@ def totals(*traffics: dict[str, tuple[int, int]]) -> dict[str, int]:
     return out
 
 
+def _default_metrics_listeners(mn: MeshNode) -> None:
+    """The daemons' default metrics listeners (0.0.0.0:15022, 0.0.0.0:15020), in the
+    node's netns, instead of the harness's loopback ones."""
+    for path in (mn.agent.config, mn.proxy.config):
+        cfg = yaml.safe_load(path.read_text())
+        del cfg["metrics_address"]
+        path.write_text(yaml.safe_dump(cfg))
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("telemetry")
-    lab = Lab("tm")
-    started: list[Any] = []
     try:
-        t = build(lab)
-        cp = ControlPlaneProc(tmp / "cp", t.cp)
-        cp.write_manifests("mesh.yaml", *k8s.two_nodes(),
-                           k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
-                           deployment_pod(SLEEP_POD, t.a.ip4, "node1", "sleep", "v1"),
-                           deployment_pod(ECHO_POD, t.b.ip4, "node2", "echo", "v2", [8080]))
-        started.append(cp)
-        cp.start()
-        nodes = []
-        for name, where in (("node1", t.node1), ("node2", t.node2)):
-            mn = MeshNode(name, tmp / name, cp, where, cert_ttl_seconds=86400)
-            # The daemons' default metrics listeners (0.0.0.0:15022, 0.0.0.0:15020), in the
-            # node's netns, instead of the harness's loopback ones.
-            for path in (mn.agent.config, mn.proxy.config):
-                cfg = yaml.safe_load(path.read_text())
-                del cfg["metrics_address"]
-                path.write_text(yaml.safe_dump(cfg))
-            started.append(mn)
-            mn.start()
-            nodes.append(mn)
-        n1, n2 = nodes
-        for mn, pod, name in ((n1, t.a, SLEEP_POD), (n2, t.b, ECHO_POD)):
-            r = cni("ADD", mn.agent.socket, pod.path, f"c-{name}", [pod.ip4], name=name)
-            assert r.code == 0, r.stdout
-        server = NameServer(t.b, "echo-v2", 8080).start()
-        started.append(server)
-        wait_for(lambda: SLEEP_ID in certs_of(n1) and ECHO_ID in certs_of(n2), 15,
-                 "both proxies to hold their pod's certificate")
-        prom = Prometheus(tmp / "prometheus", t.cp, {
-            "meshnode-proxy": [PROXY["node1"], PROXY["node2"]],
-            "meshnode-agent": [f"{NODE1}:15022", f"{NODE2}:15022"],
-            "meshnode-controlplane": ["127.0.0.1:15014"]})
-        started.append(prom)
-        prom.start()
-        m = Mesh(t, cp, n1, n2, prom)
-        # Warm-up: every series the measured traffic moves exists before it, at a known
-        # value, in at least two scrapes.
-        m.send(WARMUP)
-        m.wait_counted(totals(WARMUP)["conns"])
-        for node in PROXY:
-            m.before[node] = m.last_scrape(node, m.last_scrape(node))
-        m.send(TEST)
-        m.wait_counted(totals(WARMUP, TEST)["conns"])
-        for node in PROXY:
-            m.after[node] = m.last_scrape(node)
-        yield m
+        with Lab("tm") as lab, MeshStack(tmp) as s:
+            t = build(lab)
+            cp = s.control_plane(
+                t.cp, *k8s.two_nodes(),
+                k8s.service("echo", VIP, [(80, 8080)], selector={"app": "echo"}),
+                deployment_pod(SLEEP_POD, t.a.ip4, "node1", "sleep", "v1"),
+                deployment_pod(ECHO_POD, t.b.ip4, "node2", "echo", "v2", [8080]))
+            n1, n2 = (s.node(name, where, cp, _default_metrics_listeners,
+                             cert_ttl_seconds=86400)
+                      for name, where in (("node1", t.node1), ("node2", t.node2)))
+            s.enroll(n1, t.a, SLEEP_POD)
+            s.enroll(n2, t.b, ECHO_POD)
+            s.keep(NameServer(t.b, "echo-v2", 8080)).start()
+            wait_for(lambda: SLEEP_ID in certs_of(n1) and ECHO_ID in certs_of(n2), 15,
+                     "both proxies to hold their pod's certificate")
+            prom = s.keep(Prometheus(tmp / "prometheus", t.cp, {
+                "meshnode-proxy": [PROXY["node1"], PROXY["node2"]],
+                "meshnode-agent": [f"{NODE1}:15022", f"{NODE2}:15022"],
+                "meshnode-controlplane": ["127.0.0.1:15014"]}))
+            prom.start()
+            m = Mesh(t, cp, n1, n2, prom)
+            # Warm-up: every series the measured traffic moves exists before it, at a known
+            # value, in at least two scrapes.
+            m.send(WARMUP)
+            m.wait_counted(totals(WARMUP)["conns"])
+            for node in PROXY:
+                m.before[node] = m.last_scrape(node, m.last_scrape(node))
+            m.send(TEST)
+            m.wait_counted(totals(WARMUP, TEST)["conns"])
+            for node in PROXY:
+                m.after[node] = m.last_scrape(node)
+            yield m
     finally:
-        for p in reversed(started):
-            p.stop()
-        lab.close()
         shutil.rmtree(tmp / "prometheus", ignore_errors=True)
 
 
