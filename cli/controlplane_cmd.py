@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cluster-id", default="Kubernetes", metavar="ID",
                    help="this cluster's id, the first part of every workload uid (istiod's "
                         "--clusterID; default Kubernetes)")
+    p.add_argument("--outbound-traffic-policy", choices=("ALLOW_ANY", "REGISTRY_ONLY"),
+                   default="ALLOW_ANY", metavar="MODE",
+                   help="the mesh-wide outboundTrafficPolicy (Istio's MeshConfig "
+                        "outboundTrafficPolicy.mode): ALLOW_ANY passes connections to "
+                        "destinations outside the registry through, REGISTRY_ONLY refuses "
+                        "them; a Sidecar's own outboundTrafficPolicy wins (default ALLOW_ANY)")
     p.add_argument("--address", default="0.0.0.0:15012",
                    help="listen address for ADS and the CA, TLS (default 0.0.0.0:15012)")
     p.add_argument("--metrics-address", default="127.0.0.1:15014", metavar="HOST:PORT",
@@ -75,6 +81,7 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
         SourceError,
     )
     from core.k8s.client import in_cluster
+    from core.mesh.traffic import OutboundMode
 
     # Before anything is read or bound. Port 0 (any free port) is fine: the bound ports are
     # logged in `controlplane_serving`.
@@ -96,7 +103,8 @@ def cmd_controlplane(a: argparse.Namespace) -> int:
     cfg = ControlPlaneConfig(
         config=Path(a.config) if a.config else None,
         kubeconfig=a.kubeconfig, in_cluster=chosen_in_cluster and not a.print_node_token,
-        ambient=Options(cluster_id=a.cluster_id, root_namespace=a.root_namespace),
+        ambient=Options(cluster_id=a.cluster_id, root_namespace=a.root_namespace,
+                        outbound_traffic_policy=OutboundMode[a.outbound_traffic_policy]),
         address=a.address, trust_domain=a.trust_domain,
         root_cert=Path(a.root_cert) if a.root_cert else None,
         root_key=Path(a.root_key) if a.root_key else None,

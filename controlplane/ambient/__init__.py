@@ -8,6 +8,7 @@ docs/control-plane.md ("Kubernetes and Istio objects -> workload API").
   read.py       typed reading of plain-dict objects; `Bad` names the field and the reason
   labels.py     what labels and annotations mean: enrollment, tunnel, canonical names, locality
   services.py   Service, ServiceEntry -> Service; one served service per hostname/namespace
+  autoallocate.py  VIPs for ServiceEntry hosts without addresses (stateless, 240.240.0.0/16)
   workloads.py  Pod, WorkloadEntry, ServiceEntry endpoints, EndpointSlice -> Workload
   policies.py   AuthorizationPolicy -> Policy
   peerauth.py   PeerAuthentication -> the static STRICT policy and per-workload DENY policies

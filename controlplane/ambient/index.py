@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from controlplane.ambient import autoallocate, peerauth, policies, read, services, workloads
 from controlplane.ambient import labels as lbl
-from controlplane.ambient import peerauth, policies, read, services, workloads
 from controlplane.ambient.options import Options
 from controlplane.ambient.policies import AuthzInfo
 from controlplane.ambient.services import SERVICE, ServiceInfo
@@ -230,6 +230,7 @@ class Index:
         self._winners: dict[tuple[str, str], ServiceInfo] = {}   # (ns, host)
         self._host_nss: dict[str, set[str]] = defaultdict(set)
         self._selecting: dict[str, set[str]] = defaultdict(set)  # ns -> hosts w/ selector
+        self._alloc = autoallocate.Allocator()  # VIPs of ServiceEntry hosts without any
         # endpoint slices
         self._slice_meta: dict[Key, tuple[str | None, frozenset[tuple[str, str, str]]]] = {}
         self._slices_by_svc: dict[Key, set[str]] = defaultdict(set)
@@ -623,11 +624,13 @@ class Index:
                         self._selecting[ns].add(host)
                     else:
                         _discard(self._selecting, ns, host)
-                self._set_service(f"{ns}/{host}", None if new_info is None else
-                                  new_info.service)
+                self._alloc.stage(f"{ns}/{host}", autoallocate.claim_of(new_info))
                 for info in (old_info, new_info):
                     if info is not None:
                         affected |= self._served_by(ns, info)
+        # Served with their auto-allocated VIPs; a key whose VIPs moved is served anew.
+        for key, svc in self._alloc.commit(self._network):
+            self._set_service(key, svc)
         return affected
 
     def _served_by(self, ns: str, info: ServiceInfo) -> set[Src]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.mesh.model import DEFAULT_CLUSTER, DEFAULT_TRUST_DOMAIN
+from core.mesh.traffic import OutboundMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +35,7 @@ class Options:
     # by default in istiod).
     service_entry_selects_pods: bool = True
     service_selects_workload_entries: bool = True
+    # meshConfig.outboundTrafficPolicy.mode (ALLOW_ANY unless set; `meshnode controlplane
+    # --outbound-traffic-policy`): what a Sidecar that says nothing, or no Sidecar, does
+    # with destinations outside the registry. A root-namespace Sidecar's mode wins.
+    outbound_traffic_policy: OutboundMode = OutboundMode.ALLOW_ANY

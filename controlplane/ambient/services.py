@@ -41,6 +41,8 @@ class ServiceInfo:
     selector: tuple[tuple[str, str], ...]       # () selects nothing by labels
     port_names: tuple[PortName, ...]
     created: datetime = datetime.min
+    # A ServiceEntry host that gets auto-allocated VIPs (autoallocate.py) when served.
+    auto_allocate: bool = False
 
     @property
     def key(self) -> str:
@@ -204,17 +206,51 @@ def _vip(v: Any, field: str, network: str) -> Vip:
     return Vip(network, str(net.network_address), None if single else net.prefixlen)
 
 
+AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
+
+
+def _status_addresses(obj: dict[str, Any], network: str) -> dict[str, tuple[Vip, ...]]:
+    """Host -> the addresses istiod's allocator wrote in `status.addresses` (when istiod runs
+    in the cluster too); an unreadable one is skipped, as istiod does."""
+    status = obj.get("status")
+    found = status.get("addresses") if isinstance(status, dict) else None
+    out: dict[str, tuple[Vip, ...]] = {}
+    for a in found if isinstance(found, list) else ():
+        if not isinstance(a, dict) or not isinstance(a.get("host"), str):
+            continue
+        try:
+            ip = read.ip(a.get("value"), "status.addresses")
+        except read.Bad:
+            continue
+        out[a["host"]] = (*out.get(a["host"], ()), Vip(network, ip))
+    return out
+
+
+def auto_allocates(obj: dict[str, Any], spec: dict[str, Any], res: str, host: str) -> bool:
+    """Whether a host of this entry gets auto-allocated VIPs (istiod's ShouldV2AutoAllocateIP
+    and keepHost): no spec.addresses; resolution not NONE (its connections pass through to
+    the address the app dialled, so a VIP would lead nowhere); not opted out with the label;
+    not a wildcard host, unless the resolution is DYNAMIC_DNS."""
+    if res == "NONE" or spec.get("addresses"):
+        return False
+    if read.labels_of(obj).get(AUTOALLOCATE_LABEL, "").lower() == "false":
+        return False
+    return not host.startswith("*") or res == "DYNAMIC_DNS"
+
+
 def service_entry_infos(obj: dict[str, Any], ns_annotations: dict[str, str], network: str,
                         opts: Options) -> tuple[ServiceInfo, ...]:
     """One service per host. Addresses (IPs or CIDRs) are every host's VIPs; a port's
     targetPort defaults to its number; resolution NONE is PASSTHROUGH (health ALLOW_ALL).
-    Auto-allocated addresses (status, written by istiod's allocator) are not read."""
+    A host without addresses gets auto-allocated ones (`auto_allocates`): those istiod wrote
+    in the entry's status if any, else the index allocates (autoallocate.py)."""
     name = read.name(obj)
     ns = read.namespace(obj)
     spec = read.spec(obj)
     res = resolution(spec)
     vips = tuple(_vip(a, f"spec.addresses[{i}]", network)
                  for i, a in enumerate(read.items(spec.get("addresses"), "spec.addresses")))
+    allocated = _status_addresses(obj, network)
     ports, names = [], []
     for i, p in enumerate(read.items(spec.get("ports"), "spec.ports")):
         f = f"spec.ports[{i}]"
@@ -241,11 +277,13 @@ def service_entry_infos(obj: dict[str, Any], ns_annotations: dict[str, str], net
     for i, host in enumerate(read.strings(spec.get("hosts"), "spec.hosts")):
         if not host:
             raise read.Bad(f"spec.hosts[{i}]", "empty host")
-        svc = Service(name=name, namespace=ns, hostname=host, vips=vips, ports=tuple(ports),
-                      subject_alt_names=sans, lb_mode=mode, lb_routing_preference=pref,
-                      lb_health_policy=health)
+        auto = auto_allocates(obj, spec, res, host)
+        host_vips = allocated.get(host, ()) if auto else vips
+        svc = Service(name=name, namespace=ns, hostname=host, vips=host_vips,
+                      ports=tuple(ports), subject_alt_names=sans, lb_mode=mode,
+                      lb_routing_preference=pref, lb_health_policy=health)
         out.append(ServiceInfo(svc, SERVICE_ENTRY, (ns, name), tuple(sorted(selector.items())),
-                               tuple(names), read.created(obj)))
+                               tuple(names), read.created(obj), auto and not host_vips))
     return tuple(out)
 
 

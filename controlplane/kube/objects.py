@@ -103,8 +103,9 @@ READS: dict[str, tuple[str, ...]] = {
                 "spec.publishNotReadyAddresses", "spec.ipFamilies", "spec.selector"),
     "EndpointSlice": (*_META, "addressType", "ports", "endpoints[].addresses",
                       "endpoints[].conditions", "endpoints[].targetRef"),
-    # Istio's kinds are read whole but for their status (few objects, every field matters).
-    "ServiceEntry": (*_META, _CREATED, "spec"),
+    # Istio's kinds are read whole but for their status (few objects, every field matters);
+    # of a ServiceEntry's, the addresses istiod's allocator wrote (services.py).
+    "ServiceEntry": (*_META, _CREATED, "spec", "status.addresses"),
     "WorkloadEntry": (*_META, _CREATED, "spec"),
     "AuthorizationPolicy": (*_META, _CREATED, "spec"),
     "PeerAuthentication": (*_META, _CREATED, "spec"),

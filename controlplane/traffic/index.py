@@ -86,11 +86,12 @@ def _order(obj: dict[str, Any]) -> tuple[datetime, str, str]:
 
 class TrafficIndex:
     def __init__(self, store: ObjectStore, ambient: Index, *,
-                 mesh_mode: OutboundMode = OutboundMode.ALLOW_ANY, watch: bool = True) -> None:
+                 mesh_mode: OutboundMode | None = None, watch: bool = True) -> None:
         self.store = store
         self.ambient = ambient
         self.opts = ambient.opts
-        self.mesh_mode = mesh_mode
+        # MeshConfig's outboundTrafficPolicy (the control plane's --outbound-traffic-policy).
+        self.mesh_mode = self.opts.outbound_traffic_policy if mesh_mode is None else mesh_mode
         self.traffic: dict[str, ServiceTraffic] = {}
         self.egress: dict[str, EgressPolicy] = {}
         self.labels: dict[str, WorkloadLabels] = {}

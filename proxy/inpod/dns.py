@@ -3,10 +3,11 @@
 The pod's redirect rules REDIRECT its UDP and TCP port-53 traffic to 15053, except traffic
 carrying the proxy mark. This proxy forwards each query to the resolver the pod actually
 asked (its original destination), from inside the pod's netns with the mark set so the
-rules let it out, and relays the answer back. A UDP query for a name of the mesh (a
-service's host name, e.g. a ServiceEntry host) is answered locally with the service's
-addresses when the pod proxy gives a lookup (proxy/inpod/dnsanswer.py), as Istio's DNS
-proxying does; over TCP every query is relayed.
+rules let it out, and relays the answer back. A query for a name of the mesh (a service's
+host name, e.g. a ServiceEntry host) is answered locally with the service's addresses when
+the pod proxy gives a lookup (proxy/inpod/dnsanswer.py), as Istio's DNS proxying does, over
+UDP and over TCP (proxy/inpod/dnstcp.py reads TCP message by message); without a lookup a
+TCP connection is relayed byte for byte.
 
 Original destination:
 - TCP: the accepted socket answers SO_ORIGINAL_DST (`proxy.origdst.original_dst`).
@@ -46,7 +47,7 @@ from core.aio import cancel_and_wait
 from core.netns import entered
 from core.ports import PROXY_MARK
 from proxy import bpf
-from proxy.inpod import dnsanswer
+from proxy.inpod import dnsanswer, dnstcp
 from proxy.origdst import original_dst
 from proxy.sockets import socket_in
 
@@ -77,8 +78,8 @@ _LOCAL = Counter("meshnode_proxy_dns_local_answers_total",
 
 @dataclass
 class DnsCounters:
-    """Per-pod counts. For TCP, one connection counts as one query (we relay bytes and do
-    not split the stream into messages)."""
+    """Per-pod counts. For TCP, one connection counts as one query, answered if the client
+    got any answer on it."""
 
     queries: int = 0
     answered: int = 0
@@ -385,8 +386,7 @@ class DnsProxy:
                                       error=str(exc))
                     self._fail("udp")
                     return
-                self.local_answers += 1
-                _LOCAL.inc()
+                self._local_answer()
                 self.udp.answered += 1
                 _ANSWERED.labels("udp").inc()
                 return
@@ -465,6 +465,16 @@ class DnsProxy:
                 self._log.warning("dns_tcp_no_original_dst", error=str(exc))
                 targets = list(self._fallback)
             targets = [t for t in targets if not self._refuse(t)]
+            # A connection straight to 15053 (the proxy would be its own resolver) is
+            # closed at once, answered or not: the loop guard's "no answer", and no fd held.
+            if self._lookup is not None and targets:
+                answered = await self._answer_tcp(conn, targets)
+                if answered:
+                    self.tcp.answered += 1
+                    _ANSWERED.labels("tcp").inc()
+                else:
+                    self._fail("tcp")
+                return
             up: socket.socket | None = None
             for target in targets:
                 up = await self._connect_tcp(target)
@@ -480,6 +490,28 @@ class DnsProxy:
             _ANSWERED.labels("tcp").inc()
         else:
             self._fail("tcp")
+
+    async def _answer_tcp(self, conn: socket.socket, targets: list[Upstream]) -> bool:
+        """Message by message (dnstcp.py): mesh names answered here, the rest relayed to
+        the first target that connects, dialled at the first such query. Whether the client
+        got any answer."""
+        assert self._lookup is not None
+
+        async def connect() -> socket.socket | None:
+            for target in targets:
+                up = await self._connect_tcp(target)
+                if up is not None:
+                    return up
+            return None
+
+        session = dnstcp.TcpSession(conn, self._lookup, connect, self._local_answer,
+                                    self._timeout)
+        await session.run()
+        return session.answers > 0
+
+    def _local_answer(self) -> None:
+        self.local_answers += 1
+        _LOCAL.inc()
 
     async def _connect_tcp(self, target: Upstream) -> socket.socket | None:
         assert self._loop is not None

@@ -121,6 +121,8 @@ def test_app_protocol(port: dict[str, Any], want: int) -> None:
 SE = Service(name="name", namespace="ns", hostname="a.example.com",
              vips=(Vip(NW, "1.2.3.4"),), ports=(Port(80, 80, wl.HTTP11),))
 HTTP = [{"number": 80, "name": "http", "protocol": "HTTP"}]
+# Opted out of auto-allocated VIPs (tests/controlplane/ambient/test_autoallocate.py).
+NO_AUTO = {"networking.istio.io/enable-autoallocate-ip": "false"}
 PASSTHROUGH: dict[str, Any] = {"lb_mode": LbMode.PASSTHROUGH,
                                "lb_health_policy": HealthPolicy.ALLOW_ALL}
 
@@ -144,7 +146,7 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], list[Service]]] = [
                    resolution="DNS"),
      [replace(SE, name="s", hostname="s.example.com", canonical=True)]),
     ("targetPort kept; protocol from the protocol field only",
-     service_entry("t", hosts=["t.example.com"], resolution="STATIC", ports=[
+     service_entry("t", hosts=["t.example.com"], resolution="STATIC", labels=NO_AUTO, ports=[
          {"number": 80, "name": "http", "targetPort": 8080},
          {"number": 443, "name": "https-x", "protocol": "TLS"},
          {"number": 81, "name": "http-y"}]),
@@ -152,7 +154,7 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], list[Service]]] = [
          Port(80, 8080, wl.UNKNOWN), Port(443, 443, wl.TLS), Port(81, 81, wl.UNKNOWN)))]),
     ("traffic distribution annotation",
      service_entry("d", hosts=["d.example.com"], resolution="DNS", ports=HTTP,
-                   annotations={TD: "PreferSameNode"}),
+                   annotations={TD: "PreferSameNode"}, labels=NO_AUTO),
      [replace(SE, name="d", hostname="d.example.com", vips=(), canonical=True, **lb(NODE))]),
 ]
 
