@@ -19,6 +19,7 @@ from bench import (
     proxy_path,
     redirect_apply,
     redirect_cost,
+    traffic_path,
 )
 from testing.pins import private_pins
 
@@ -33,7 +34,8 @@ def main() -> int:
         results = {"redirect": redirect_apply.measure(pods), "cni": cni_add.measure(pods),
                    "redirect_cost": redirect_cost.measure(),
                    "proxy": proxy_path.measure(seconds),
-                   "mesh": mesh_path.measure(seconds)}
+                   "mesh": mesh_path.measure(seconds),
+                   "traffic": traffic_path.measure(seconds)}
     # No root, no lab: the control plane and its streams on this machine (about 6 min at
     # the scale; MESHNODE_BENCH_CP_* scale it down).
     results["controlplane"] = controlplane_scale.measure()
@@ -47,6 +49,7 @@ def main() -> int:
             + redirect_cost.report(results["redirect_cost"]) + "\n"
             + proxy_path.report(results["proxy"]) + "\n"
             + mesh_path.report(results["mesh"], results["proxy"]) + "\n"
+            + traffic_path.report(results["traffic"]) + "\n"
             + controlplane_scale.report(results["controlplane"]))
     doc = DOC.read_text()
     head, _, rest = doc.partition(BEGIN)

@@ -3,7 +3,9 @@
 TCP semantics survive the tunnel, as RFC 9113 §8.5 asks of a CONNECT proxy: EOF from the
 socket becomes END_STREAM and END_STREAM becomes shutdown(SHUT_WR) (half-close, both ways);
 a reset on the socket becomes RST_STREAM(CONNECT_ERROR) and a RST_STREAM, or the loss of the
-tunnel's connection, becomes a TCP reset (SO_LINGER 0) on the socket.
+tunnel's connection, becomes a TCP reset (SO_LINGER 0) on the socket. Which side did it first
+is recorded (Traffic.reset_by, as proxy/forward.py): `sock_is_a` says whether the socket is
+the side that opened the connection (the client) or the upstream.
 
 Driven by readiness callbacks, not coroutines (as proxy/forward.py's splice pump): the
 socket stays registered for reads, and one wake-up does recv (into a buffer that leaves room
@@ -28,7 +30,7 @@ import contextlib
 import socket
 import threading
 
-from proxy.forward import Traffic, reset
+from proxy.forward import CLIENT, PROXY, UPSTREAM, ResetBy, Traffic, reset
 from proxy.hbone.frames import HEADER
 from proxy.hbone.h2link import Stream, StreamReset
 
@@ -52,24 +54,26 @@ def _frame_buffer() -> tuple[memoryview, memoryview]:
 
 
 class _Relay:
-    """Both directions of one tunnelled connection; `done` resolves with True on a reset."""
+    """Both directions of one tunnelled connection; `done` resolves with the side that reset
+    it ("" when both directions ended cleanly)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, stream: Stream,
                  t: Traffic, sock_is_a: bool) -> None:
         self.loop, self.sock, self.stream, self.t = loop, sock, stream, t
         self.sock_is_a = sock_is_a  # Traffic counts a->b / b->a by who opened the connection
+        self.sock_side, self.stream_side = (CLIENT, UPSTREAM) if sock_is_a else (UPSTREAM, CLIENT)
         self.fd = sock.fileno()
         self.reading = False
         self.writing = False
         self.up_done = False    # the socket's EOF was forwarded as END_STREAM
         self.down_done = False  # the peer's END_STREAM was forwarded as SHUT_WR
-        self.done: asyncio.Future[bool] = loop.create_future()
+        self.done: asyncio.Future[ResetBy] = loop.create_future()
 
     def start(self) -> None:
         self.sock.setblocking(False)  # recv/send below must never block the loop
         self.stream.sink = self
         if self.stream.error is not None:
-            self._finish(True)
+            self._finish(self.stream_side)
             return
         self._want_read(True)
         self.on_data()  # whatever arrived before we were attached (then maybe EOF)
@@ -88,7 +92,7 @@ class _Relay:
         try:
             self._read_once()
         except Exception:  # a bug here must reset the connection, not leave it hanging
-            self._finish(True)
+            self._finish(PROXY)
 
     def _read_once(self) -> None:
         s = self.stream
@@ -96,7 +100,7 @@ class _Relay:
         if self.done.done():
             return
         if s.error is not None or link.lost is not None:
-            self._finish(True)
+            self._finish(self.stream_side)
             return
         if link.paused:
             self._want_read(False)  # on_writable (resume_writing) turns it back on
@@ -104,7 +108,7 @@ class _Relay:
         window = s.sendable()
         if window <= 0:
             if s.error is not None or s.local_ended:
-                self._finish(True)
+                self._finish(self.stream_side)
             else:
                 self._want_read(False)  # on_writable (WINDOW_UPDATE) turns it back on
             return
@@ -115,7 +119,7 @@ class _Relay:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._finish(True)
+            self._finish(self.sock_side)
             return
         if n == 0:
             self._want_read(False)
@@ -144,7 +148,7 @@ class _Relay:
         try:
             self._drain()
         except Exception:  # as in _readable
-            self._finish(True)
+            self._finish(PROXY)
 
     def _drain(self) -> None:
         if self.done.done():
@@ -158,7 +162,7 @@ class _Relay:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._finish(True)
+                self._finish(self.sock_side)
                 return
             if sent:
                 self._count(sent, False)
@@ -182,7 +186,7 @@ class _Relay:
             self._maybe_finish()
 
     def on_reset(self) -> None:
-        self._finish(True)
+        self._finish(self.stream_side)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -194,9 +198,14 @@ class _Relay:
 
     def _maybe_finish(self) -> None:
         if self.up_done and self.down_done:
-            self._finish(False)
+            self._finish("")
 
-    def _finish(self, was_reset: bool) -> None:
+    def upstream_ended(self) -> bool:
+        """Whether the upstream's EOF was seen: the peer's END_STREAM when the stream is the
+        upstream, the socket's EOF when the socket is."""
+        return self.down_done if self.sock_is_a else self.up_done
+
+    def _finish(self, by: ResetBy) -> None:
         if self.done.done():
             return
         self._want_read(False)
@@ -204,7 +213,7 @@ class _Relay:
             self.writing = False
             self.loop.remove_writer(self.fd)
         self.stream.sink = None
-        self.done.set_result(was_reset)
+        self.done.set_result(by)
 
 
 async def relay(sock: socket.socket, stream: Stream, traffic: Traffic | None = None,
@@ -215,11 +224,14 @@ async def relay(sock: socket.socket, stream: Stream, traffic: Traffic | None = N
     r = _Relay(asyncio.get_running_loop(), sock, stream, t, sock_is_a)
     try:
         r.start()
-        if await r.done:
-            t.reset = True
+        by = await r.done
+        t.upstream_ended = r.upstream_ended()
+        if by:
+            t.ended_by(by)
     except BaseException:  # cancelled (idle sweep, pod going away): reset both sides
-        r._finish(True)
-        t.reset = True
+        r._finish(PROXY)
+        t.upstream_ended = r.upstream_ended()
+        t.ended_by(PROXY)
         raise
     finally:
         if t.reset:

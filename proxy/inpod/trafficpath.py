@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.mesh.model import Service, Workload
-from core.mesh.traffic import RouteKind
+from core.mesh.traffic import RouteKind, ServiceTraffic
 from core.spiffe import SpiffeError, parse
 from proxy import metrics
 from proxy.forward import Traffic, relay, reset
@@ -97,11 +97,19 @@ class Upstream:
         self.sock = sock
         self.stream = stream
         self._labels = labels  # the HBONE stream's (direction, source, peer)
+        self.log: dict[str, Any] = {}  # the plan's access-log fields (open sets it)
 
     async def relay(self, client: socket.socket, traffic: Traffic, zero_copy: bool) -> None:
-        if self.sock is not None:
-            await relay(client, self.sock, traffic, zero_copy=zero_copy)
-            return
+        try:
+            if self.sock is not None:
+                await relay(client, self.sock, traffic, zero_copy=zero_copy)
+            else:
+                await self._relay_hbone(client, traffic)
+        finally:
+            if traffic.reset_by:  # who reset it: only the upstream's counts for outliers
+                self.log["reset_by"] = traffic.reset_by
+
+    async def _relay_hbone(self, client: socket.socket, traffic: Traffic) -> None:
         try:
             await hbone_relay.relay(client, self.stream, traffic, sock_is_a=True)
         finally:
@@ -117,8 +125,7 @@ class Upstream:
             self.stream.reset()
 
 
-def _has_tls_routes(table: Any, svc: Service) -> bool:
-    t = table.traffic(svc.key)
+def _has_tls_routes(t: ServiceTraffic | None) -> bool:
     return t is not None and any(r.kind == RouteKind.TLS for r in t.routes)
 
 
@@ -171,6 +178,26 @@ class PodTraffic:
         self.pod = pod
         self.meshpath = meshpath
         self.zero_copy = zero_copy
+        # Per connection, only lookups: whether a service's rules have `tls` routes (by the
+        # rules object), and the connection counter's series per (service, route, subset).
+        self._tls: dict[str, tuple[ServiceTraffic | None, bool]] = {}
+        self._counted: dict[tuple[str, str, str], Any] = {}
+
+    def _peeks_sni(self, svc: Service) -> bool:
+        t = self.table.traffic(svc.key)
+        got = self._tls.get(svc.key)
+        if got is None or got[0] is not t:
+            got = self._tls[svc.key] = (t, _has_tls_routes(t))
+        return got[1]
+
+    def _count(self, svc: Service, d: Decision) -> None:
+        key = (svc.key, d.route, d.subset)
+        series = self._counted.get(key)
+        if series is None:
+            if len(self._counted) > 4096:  # routes renamed by config generations
+                self._counted.clear()
+            series = self._counted[key] = metrics.TRAFFIC_CONNECTIONS.labels(*key)
+        series.inc()
 
     @property
     def table(self) -> Any:
@@ -197,7 +224,7 @@ class PodTraffic:
             if svc is None:
                 return None  # allowed: the existing path (a VIP, a pod, passthrough)
         assert svc is not None
-        if _has_tls_routes(table, svc):
+        if self._peeks_sni(svc):
             conn = Connection(conn.dst_ip, conn.dst_port, conn.src_ip, conn.source,
                               conn.source_labels, await peek_sni(client))
         try:
@@ -234,7 +261,7 @@ class PodTraffic:
             self._refuse(plan, client, plan.refused)
             return None
         assert d is not None and svc is not None
-        metrics.TRAFFIC_CONNECTIONS.labels(svc.key, d.route, d.subset).inc()
+        self._count(svc, d)
         if d.passthrough:  # PASSTHROUGH: the original destination, one attempt
             try:
                 up = await self._attempt(Endpoint(_NOBODY, conn.dst), d, src,
@@ -243,7 +270,7 @@ class PodTraffic:
                 self._failed(plan, client, conn, svc,
                              Refused(Reason.CONNECT_FAILED, str(exc) or "timeout"))
                 return None
-            self._opened(conn, up)
+            self._opened(conn, up, plan)
             return up, None
         try:
             opened = await self.table.router.open(
@@ -255,7 +282,7 @@ class PodTraffic:
         if retries:
             metrics.TRAFFIC_RETRIES.labels(svc.key).inc(retries)
             plan.log["attempts"] = len(opened.attempts)
-        self._opened(conn, opened.value)
+        self._opened(conn, opened.value, plan)
         return opened.value, opened
 
     def pod_timeout(self) -> float:
@@ -267,7 +294,8 @@ class PodTraffic:
             conn.dst[0], Target(conn.dst, None, svc)))
         self._refuse(plan, client, exc)
 
-    def _opened(self, conn: Any, up: Upstream) -> None:
+    def _opened(self, conn: Any, up: Upstream, plan: Plan) -> None:
+        up.log = plan.log
         conn.dst = up.target.addr
         conn.stats = metrics.ConnMetrics(self.pod.outbound_labels(
             up.target.addr[0], up.target, mtls=up.target.hbone))
@@ -317,8 +345,12 @@ class PodTraffic:
     # -- 3. the end --------------------------------------------------------------------------
 
     def closed(self, opened: Opened[Upstream] | None, traffic: Traffic) -> None:
+        """Tell the router how the connection ended. Only the upstream's own reset is a 5xx
+        for outlier detection: a client resetting its connections, the idle timeout, or a
+        reset answering bytes sent after the upstream closed would let any client in any
+        pod eject a healthy endpoint."""
         if opened is not None:
-            self.table.router.closed(opened, reset=traffic.reset)
+            self.table.router.closed(opened, reset=traffic.upstream_failed)
 
 
 _NOBODY = Workload(uid="", name="", namespace="", addresses=())

@@ -41,8 +41,13 @@ class ClusterKey:
         return f"outbound|{self.port}|{self.subset}|{self.service}"
 
 
+_AVOID_NOTHING: list[frozenset[str]] = [frozenset()]
+
+
 def _avoid_levels(tried: Sequence[str]) -> list[frozenset[str]]:
     """What to leave out, strongest first: every endpoint tried, the last one, nothing."""
+    if not tried:
+        return _AVOID_NOTHING  # a first attempt: every connection, so no allocation
     levels = [frozenset(tried), frozenset(tried[-1:]), frozenset()]
     return [s for i, s in enumerate(levels) if s not in levels[:i]]
 
@@ -77,8 +82,9 @@ class Cluster:
         if members is not self._seen:
             d.set_hosts(w.uid for w in members)
             self._seen, self._healthy = members, None
-        ejected = d.ejected()  # runs due sweeps, so `epoch` is current
+        d.advance()  # runs due sweeps, so `epoch` is current
         if self._healthy is None or self._healthy[0] != d.epoch:
+            ejected = d.ejected()
             healthy = tuple(w for w in members if w.uid not in ejected)
             if members and 100 * len(healthy) < d.config.min_health_percent * len(members):
                 healthy = tuple(members)  # panic: below min_health_percent, ignore ejections
@@ -97,7 +103,8 @@ class Cluster:
             raise Refused(Reason.NO_HEALTHY_ENDPOINT,
                           f"{self.key}: all {len(members)} endpoints are ejected")
         for avoid in _avoid_levels(tried):
-            candidates = preferred(svc, src, [w for w in healthy if w.uid not in avoid])
+            candidates = preferred(svc, src, [w for w in healthy if w.uid not in avoid]
+                                   if avoid else healthy)
             if candidates:
                 return self._balance(candidates, src_ip)
         who = "the source" if src is not None else "an unknown source"

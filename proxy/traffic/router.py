@@ -9,6 +9,12 @@ package's parts; the proxy's connect path calls it (the next step wires it):
    active counts LEAST_REQUEST reads (active.py);
 3. `closed`: the connection's end (reset or not) for outlier detection, the slot back.
 
+The route and the decision for each of its destinations are computed once per (service,
+dialled address, source workload, SNI) and reused while the records they were computed from
+are the same objects (the mesh view replaces a record, never edits it): a connection then
+costs a dict lookup, a few identity tests and its weighted draw, instead of walking every
+route's matches (bench/traffic_path.py measures the difference).
+
 Refusals raise Refused with a Reason (overflow, no_healthy_endpoint, connect_failed,
 connect_timeout, unknown_destination). It routes connections to a service VIP and a port of
 that service; other destinations are the egress decision's (egress.py). Pure given its
@@ -23,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from core.mesh.model import LbMode, Service, Workload
-from core.mesh.traffic import ConnectionPool, RouteDestination, ServiceTraffic, SimpleLb
+from core.mesh.traffic import (
+    ConnectionPool,
+    L4Route,
+    RouteDestination,
+    ServiceTraffic,
+    SimpleLb,
+)
 from proxy.traffic.active import ActiveConnections
 from proxy.traffic.cluster import Cluster, ClusterKey
 from proxy.traffic.outlier import Clock, Outcome
@@ -36,6 +48,10 @@ from proxy.traffic.subsets import members
 
 T = TypeVar("T")
 _Members = tuple[Sequence[Workload], tuple[Workload, ...]]
+# (service key, dialled ip, dialled port, source uid, SNI). The SNI is the client's to choose,
+# so the cache is bounded: past ROUTED_CACHE entries it starts over (correct, just slower).
+_RoutedKey = tuple[str, str, int, str, str]
+ROUTED_CACHE = 4096
 
 
 class MeshView(Protocol):
@@ -86,6 +102,21 @@ class Opened(Generic[T]):
     lease: Lease
 
 
+@dataclass(slots=True)
+class _Routed:
+    """One (service, dialled address, source, SNI)'s route, and the decision for each of the
+    route's destinations once drawn, with the records they were computed from."""
+
+    traffic: ServiceTraffic | None
+    service: Service
+    source: Workload | None
+    labels: Mapping[str, str]
+    route: L4Route | None
+    decisions: dict[RouteDestination, Decision | Refused]
+    # Other services a decision read: (key, the service, its traffic) as they were.
+    others: list[tuple[str, Service | None, ServiceTraffic | None]]
+
+
 def destination_port(dest: RouteDestination, dialled: int, svc: Service) -> int:
     """Destination.port, else the single port of a single-port service, else the port the
     client dialled (Istio)."""
@@ -118,6 +149,7 @@ class TrafficRouter:
         self._clusters: dict[ClusterKey, Cluster] = {}
         # (service key, subset) -> (the endpoints object it was computed from, members)
         self._members: dict[tuple[str, str], _Members] = {}
+        self._routed: dict[_RoutedKey, _Routed] = {}
 
     # -- 1. where -----------------------------------------------------------------------------
 
@@ -127,33 +159,74 @@ class TrafficRouter:
         if svc.ports and svc.port(conn.dst_port) is None:
             return Decision(ClusterKey(svc.key, conn.dst_port), svc, NO_RULES, passthrough=True)
         traffic = self._mesh.traffic(svc.key)
+        routed = self._route(svc, traffic, conn)
+        route = routed.route
+        dest = RouteDestination(svc.key) if route is None \
+            else pick_destination(route, self._rng)
+        got = routed.decisions.get(dest)
+        if got is None:
+            got = routed.decisions[dest] = self._decision(svc, traffic, conn.dst_port, dest,
+                                                          route.name if route else "",
+                                                          routed.others)
+        if isinstance(got, Refused):
+            raise Refused(got.reason, got.detail)  # a fresh one: a raise extends a traceback
+        # Clusters are made when first used and follow the policy in force; the state they
+        # keep (turns, ejections) outlives the decisions cached here.
+        cluster = self._clusters.get(got.cluster)
+        if cluster is None:
+            self._clusters[got.cluster] = Cluster(got.cluster, got.policy, self._clock,
+                                                  self._rng, self.active)
+        elif cluster.policy is not got.policy and cluster.policy != got.policy:
+            cluster.update(got.policy)
+        return got
+
+    def _route(self, svc: Service, traffic: ServiceTraffic | None,
+               conn: Connection) -> _Routed:
+        """The cached route of `conn`, recomputed when any record it read was replaced."""
+        src = conn.source
+        key = (svc.key, conn.dst_ip, conn.dst_port, src.uid if src is not None else "",
+               conn.sni)
+        r = self._routed.get(key)
+        if (r is not None and r.traffic is traffic and r.service is svc and r.source is src
+                and (r.labels is conn.source_labels or r.labels == conn.source_labels)
+                and (not r.others or all(self._mesh.service(k) is s and
+                                         self._mesh.traffic(k) is t for k, s, t in r.others))):
+            return r
+        if len(self._routed) >= ROUTED_CACHE:
+            self._routed.clear()
         route = select_route(traffic.routes, conn) if traffic is not None else None
-        if route is None:
-            dest, name = RouteDestination(svc.key), ""
-        else:
-            dest, name = pick_destination(route, self._rng), route.name
-        target = svc if dest.service == svc.key else self._mesh.service(dest.service)
-        if target is None:
-            raise Refused(Reason.UNKNOWN_DESTINATION,
-                          f"route {name or '-'} sends to {dest.service}, not in the registry")
-        port = destination_port(dest, conn.dst_port, target)
+        r = self._routed[key] = _Routed(traffic, svc, src, conn.source_labels, route, {}, [])
+        return r
+
+    def _decision(self, svc: Service, traffic: ServiceTraffic | None, dialled: int,
+                  dest: RouteDestination, name: str,
+                  others: list[tuple[str, Service | None, ServiceTraffic | None]]
+                  ) -> Decision | Refused:
+        """Where `dest` of route `name` sends a connection dialled at `dialled`, or why it
+        cannot; `others` gets the other services it read (to check before reuse)."""
+        target = svc
+        dest_traffic = traffic
+        if dest.service != svc.key:
+            found, dest_traffic = self._mesh.service(dest.service), \
+                self._mesh.traffic(dest.service)
+            others.append((dest.service, found, dest_traffic))
+            if found is None:
+                return Refused(Reason.UNKNOWN_DESTINATION,
+                               f"route {name or '-'} sends to {dest.service}, "
+                               "not in the registry")
+            target = found
+        port = destination_port(dest, dialled, target)
         if target.ports and target.port(port) is None:
-            raise Refused(Reason.UNKNOWN_DESTINATION, f"{target.key} has no port {port}")
-        dest_traffic = traffic if target is svc else self._mesh.traffic(target.key)
+            return Refused(Reason.UNKNOWN_DESTINATION, f"{target.key} has no port {port}")
         if dest.subset and (dest_traffic is None or dest_traffic.subset(dest.subset) is None):
             # The conversion refuses it (Istio's analyzer flags it, Envoy would find no
             # cluster); it gets here only if configs arrive out of step.
-            raise Refused(Reason.UNKNOWN_DESTINATION,
-                          f"subset {dest.subset} of {target.key} is not defined")
+            return Refused(Reason.UNKNOWN_DESTINATION,
+                           f"subset {dest.subset} of {target.key} is not defined")
         policy = effective(dest_traffic, dest.subset, port, self._default_pool)
-        key = ClusterKey(target.key, port, dest.subset)
-        cluster = self._clusters.get(key)
-        if cluster is None:
-            self._clusters[key] = Cluster(key, policy, self._clock, self._rng, self.active)
-        elif cluster.policy != policy:
-            cluster.update(policy)
         passthrough = policy.lb == SimpleLb.PASSTHROUGH or target.lb_mode == LbMode.PASSTHROUGH
-        return Decision(key, target, policy, name, passthrough)
+        return Decision(ClusterKey(target.key, port, dest.subset), target, policy, name,
+                        passthrough)
 
     # -- 2. which endpoint --------------------------------------------------------------------
 

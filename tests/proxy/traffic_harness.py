@@ -1,7 +1,7 @@
 """A real agent (capture, ZDS) and a real proxy process, with the agent's mesh config server
-(agent/meshconfig/server.py, the code the agent runs) in this process, so a test fills its
-XdsState with services, workloads and traffic records directly, as the agent's xDS client
-would from the control plane.
+(agent/meshconfig/server.py, the code the agent runs) in this process (testing/mesh_feed.py),
+so a test fills its XdsState with services, workloads and traffic records directly, as the
+agent's xDS client would from the control plane.
 
     pod a (198.18.61.1, captured) ──veth──▶ netns e: the endpoints, one address each
                                             198.18.61.11, .12, .13 (echo servers on 8081..),
@@ -12,13 +12,11 @@ Every process is stopped by its own PID; the lab's namespaces are deleted even o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,15 +25,12 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.identity.manager import IdentityManager
-from agent.meshconfig.server import MeshConfigServer
-from agent.xds.state import Record, TrafficKind, XdsState
 from core.mesh.model import Port, Service, Vip, Workload
 from core.netns import entered, inside
 from testing.agent_harness import AgentProc, cni, stop_process
 from testing.lab import Lab, Node
+from testing.mesh_feed import Feeder
 from testing.proxy_procs import ProxyProc
-from tests.meshconfig.test_channel import NoCa
 
 ECHO_VIP = "198.19.61.10"
 EXTERNAL = "198.18.61.100"
@@ -66,7 +61,8 @@ while True:
 
 @dataclass
 class Server:
-    """An endpoint's app in netns `node` on ip:port (see _SERVER)."""
+    """An endpoint's app in netns `node` on ip:port: `script` (_SERVER's arguments, printing
+    "serving" once listening)."""
 
     node: Node
     name: str
@@ -74,10 +70,11 @@ class Server:
     port: int
     delay: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
+    script: str = _SERVER
 
     def start(self) -> Server:
         with inside(self.node.path):
-            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, self.name, self.ip,
+            self.proc = subprocess.Popen([sys.executable, "-c", self.script, self.name, self.ip,
                                           str(self.port), str(self.delay)],
                                          stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
@@ -91,33 +88,6 @@ class Server:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
-
-
-class Feeder:
-    """The agent's mesh config server on a loop of its own (a thread), over `state`."""
-
-    def __init__(self, path: str) -> None:
-        self.state = XdsState("node1")
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server = MeshConfigServer(path, self.state, IdentityManager(NoCa()))
-        self._call(self.server.start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def apply(self, *records: Record,
-              removed_traffic: tuple[tuple[TrafficKind, str], ...] = ()) -> None:
-        async def go() -> None:
-            self.state.apply(records, removed_traffic=removed_traffic)
-        self._call(go())
-
-    def close(self) -> None:
-        self._call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 def echo_service(vip: str = ECHO_VIP, name: str = "echo") -> Service:
@@ -142,8 +112,9 @@ class Rig:
     feed: Feeder
     servers: list[Server] = field(default_factory=list)
 
-    def serve(self, name: str, ip: str, port: int, delay: float = 0.0) -> Server:
-        s = Server(self.e, name, ip, port, delay).start()
+    def serve(self, name: str, ip: str, port: int, delay: float = 0.0,
+              script: str = _SERVER) -> Server:
+        s = Server(self.e, name, ip, port, delay, script=script).start()
         self.servers.append(s)
         return s
 
