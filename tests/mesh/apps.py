@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -36,6 +37,10 @@ class EchoServer:
                 pass
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+        # listener alive in the kernel until that accept returns (the port stays taken).
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 

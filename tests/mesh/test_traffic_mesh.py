@@ -11,13 +11,15 @@ weights pick. Which pod served a connection is what its echo server saw. Proven:
 split over 2,000 connections; a weight edit followed by new connections within 1 s while
 an established one keeps flowing; a bad VirtualService refused with the last good routing
 kept; connect retries and outlier ejection across HBONE when an endpoint dies; and
-maxConnections counted at node1.
+maxConnections counted at node1; LEAST_REQUEST sending less to a slow endpoint than
+ROUND_ROBIN does.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -275,6 +277,69 @@ def test_max_connections_refuses_the_next_connection_and_counts_it(mesh: Mesh) -
         for s in held:
             s.close()
     wait_for(m.call, 5, "a slot back once the held connections closed")
+
+
+class SlowEcho(EchoServer):
+    """An echo server that answers each connection only after `delay` seconds."""
+
+    def __init__(self, node: Node, port: int, delay: float) -> None:
+        self.delay = delay
+        super().__init__(node, port)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, addr = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(addr[0])
+            threading.Thread(target=self._slow, args=(c,), daemon=True).start()
+
+    def _slow(self, c: socket.socket) -> None:
+        time.sleep(self.delay)
+        self._echo(c)
+
+
+def _slow_share(m: Mesh, lb: str, n: int = 90) -> float:
+    """Connections opened at a steady pace (30 ms apart), each held until it is answered;
+    the share that went to the slow endpoint (v1b) under load-balancer `lb`."""
+    m.set_rules(DESTINATION_RULE.replace("  subsets:", f"""  trafficPolicy:
+    loadBalancer:
+      simple: {lb}
+  subsets:"""))
+
+    def holds() -> bool:
+        m.call()  # a cluster appears with its first connection
+        view = json.loads(m.n1.proxy.get("/debug/traffic")[1])
+        return any(c["lb"] == lb for svc in view for c in svc["clusters"])
+
+    wait_for(holds, 10, f"{lb} to reach node1")
+    before = m.served()
+    results: list[bool] = []
+    threads = []
+    for _ in range(n):
+        t = threading.Thread(target=lambda: results.append(m.call(timeout=10)))
+        t.start()
+        threads.append(t)
+        time.sleep(0.03)
+    for t in threads:
+        t.join()
+    assert len(results) == n and all(results), f"{results.count(False)} of {n} failed"
+    return (m.served()["v1b"] - before["v1b"]) / n
+
+
+def test_least_request_sends_less_to_a_slow_endpoint_than_round_robin(mesh: Mesh) -> None:
+    m = mesh
+    m.servers.pop("v1b").close()
+    m.servers["v1b"] = SlowEcho(m.pods["v1b"], APP_PORT, delay=1.0)
+    try:
+        rr = _slow_share(m, "ROUND_ROBIN")
+        lr = _slow_share(m, "LEAST_REQUEST")
+    finally:
+        m.servers.pop("v1b").close()
+        m.servers["v1b"] = EchoServer(m.pods["v1b"], APP_PORT)
+    assert abs(rr - 1 / 3) < 0.05, f"round robin gave the slow endpoint {rr:.2f}"
+    assert lr < rr * 0.6, f"LEAST_REQUEST {lr:.2f} vs ROUND_ROBIN {rr:.2f}"
 
 
 def test_rules_removed_route_as_before(mesh: Mesh) -> None:
