@@ -26,7 +26,7 @@ from core.ports import TUNNEL_PORT
 from core.spiffe import SpiffeId
 from proxy.forward import Traffic, reset
 from proxy.hbone import metrics, peer
-from proxy.hbone.h2link import H2Link, Stream, StreamReset
+from proxy.hbone.h2link import H2Link, Headers, Stream, StreamReset
 from proxy.hbone.relay import relay
 from proxy.hbone.tls import TlsTransport
 from proxy.identity.certs import CertStore, NoCertificate
@@ -62,6 +62,23 @@ def forwarded(src: Addr, host: str = "") -> str:
     return f'for="{authority(src)}"' + (f";host={host}" if host else "")
 
 
+async def _answer(stream: Stream, timeout: float) -> Headers:
+    """The stream's response, or TimeoutError. A timer on the response future itself, not
+    wait_for(shield(...)): those cost a task and two futures per tunnel."""
+    fut = stream.response
+    if fut.done():
+        return fut.result()
+
+    def expire() -> None:
+        if not fut.done():
+            fut.set_exception(TimeoutError())
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
 class HboneClient:
     def __init__(self, certs: CertStore, dial: DialTunnel, *, tunnel_port: int = TUNNEL_PORT,
                  connect_timeout: float = 5.0, idle_timeout: float = 300.0) -> None:
@@ -87,23 +104,22 @@ class HboneClient:
             hdrs.append(("forwarded", forwarded(src_addr, host)))
         hdrs.extend(headers)
         stream = link.open_stream(hdrs)
-        labels = ("outbound", str(src), str(link.peer))
+        series = metrics.series("outbound", str(src), str(link.peer))
         try:
-            resp = dict(await asyncio.wait_for(asyncio.shield(stream.response),
-                                               self.connect_timeout))
+            resp = dict(await _answer(stream, self.connect_timeout))
         except StreamReset as exc:
-            metrics.STREAMS_OPENED.labels(*labels, "reset").inc()
+            series.open("reset")
             raise HboneError(f"CONNECT {authority(dst)}: {exc}") from None
         except TimeoutError:
             stream.reset(ErrorCodes.CANCEL)
-            metrics.STREAMS_OPENED.labels(*labels, "timeout").inc()
+            series.open("timeout")
             raise HboneError(f"CONNECT {authority(dst)}: no answer in "
                              f"{self.connect_timeout}s") from None
         except asyncio.CancelledError:
             stream.reset(ErrorCodes.CANCEL)
             raise
         status = resp.get(":status", "")
-        metrics.STREAMS_OPENED.labels(*labels, status).inc()
+        series.open(status)
         if status != "200":
             stream.reset(ErrorCodes.CANCEL)
             raise HboneError(f"CONNECT {authority(dst)}: HTTP {status}",
@@ -122,13 +138,11 @@ class HboneClient:
             reset(sock)
             raise
         t = traffic or Traffic()
-        labels = ("outbound", str(src), str(stream.link.peer))
         try:
             return await relay(sock, stream, t, sock_is_a=True)
         finally:
-            metrics.STREAMS_CLOSED.labels(*labels, str(t.reset).lower()).inc()
-            metrics.SENT.labels(*labels).inc(t.a_to_b)
-            metrics.RECEIVED.labels(*labels).inc(t.b_to_a)
+            metrics.series("outbound", str(src), str(stream.link.peer)).close(
+                t.reset, t.a_to_b, t.b_to_a)
 
     # -- the pool ----------------------------------------------------------------------------
 

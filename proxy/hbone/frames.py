@@ -1,5 +1,8 @@
-"""HTTP/2 framing for the two frames on the hot path, DATA and WINDOW_UPDATE (RFC 9113 §4.1,
-§6.1, §6.9). Every other frame goes to the `h2` state machine as received (see h2link.py).
+"""HTTP/2 framing for the frames of a tunnel's life: DATA and WINDOW_UPDATE (RFC 9113 §4.1,
+§6.1, §6.9), which every relayed chunk costs, and HEADERS, CONTINUATION and RST_STREAM
+(§6.2, §6.10, §6.4), which every tunnel costs. Connection-level frames (SETTINGS, PING,
+GOAWAY, PRIORITY, PUSH_PROMISE, unknown types) go to the `h2` state machine as received
+(see h2link.py).
 
 Pure functions over buffers: the link parses frames in place in its read buffer and builds
 DATA headers in the room the relay leaves in front of each chunk, so a relayed chunk is
@@ -18,13 +21,19 @@ _INCREMENT = struct.Struct(">I")
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
     CONTINUATION = range(10)
 END_STREAM = 0x1
+END_HEADERS = 0x4
 PADDED = 0x8
+PRIORITY_FLAG = 0x20
 MAX_WINDOW = (1 << 31) - 1
 
 # Error codes (RFC 9113 §7)
+NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 FLOW_CONTROL_ERROR = 0x3
+STREAM_CLOSED = 0x5
 FRAME_SIZE_ERROR = 0x6
+REFUSED_STREAM = 0x7
+COMPRESSION_ERROR = 0x9
 
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -61,6 +70,58 @@ def empty_data(stream_id: int, flags: int) -> bytes:
 
 def window_update(stream_id: int, increment: int) -> bytes:
     return _HEAD.pack((4 << 8) | WINDOW_UPDATE, 0, stream_id) + _INCREMENT.pack(increment)
+
+
+def rst_stream(stream_id: int, code: int) -> bytes:
+    return _HEAD.pack((4 << 8) | RST_STREAM, 0, stream_id) + _INCREMENT.pack(code)
+
+
+def rst_code(buf: bytes | bytearray | memoryview, at: int, length: int) -> int:
+    if length != 4:
+        raise FrameError(FRAME_SIZE_ERROR, f"RST_STREAM of {length} bytes")
+    code: int = _INCREMENT.unpack_from(buf, at + HEADER)[0]
+    return code
+
+
+def headers(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:
+    """A header block as HEADERS and, if it is longer than the peer's frame size, the
+    CONTINUATION frames that follow it (§4.3: nothing may come between them; the caller
+    writes all of it at once)."""
+    flags = END_STREAM if end_stream else 0
+    if len(block) <= max_frame:
+        return _HEAD.pack((len(block) << 8) | HEADERS, flags | END_HEADERS, stream_id) + block
+    out = bytearray()
+    ftype = HEADERS
+    for pos in range(0, len(block), max_frame):
+        part = block[pos:pos + max_frame]
+        last = pos + max_frame >= len(block)
+        out += _HEAD.pack((len(part) << 8) | ftype, flags | (END_HEADERS if last else 0),
+                          stream_id)
+        out += part
+        ftype, flags = CONTINUATION, 0
+    return bytes(out)
+
+
+def headers_fragment(buf: bytes | bytearray | memoryview, at: int, length: int,
+                     flags: int) -> tuple[int, int, int]:
+    """([start, end) of a HEADERS frame's field block fragment, the stream it depends on or
+    -1) without padding and priority fields (§6.2)."""
+    start, end = at + HEADER, at + HEADER + length
+    pad = 0
+    if flags & PADDED:
+        if length < 1:
+            raise FrameError(FRAME_SIZE_ERROR, "padded HEADERS without a pad length")
+        pad = buf[start]
+        start += 1
+    depends = -1
+    if flags & PRIORITY_FLAG:
+        if end - start < 5:
+            raise FrameError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+        depends = _INCREMENT.unpack_from(buf, start)[0] & MAX_WINDOW
+        start += 5
+    if pad > end - start:  # §6.2: padding longer than what is left is a PROTOCOL_ERROR
+        raise FrameError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
+    return start, end - pad, depends
 
 
 def data_payload(buf: bytes | bytearray | memoryview, at: int, length: int,

@@ -1,13 +1,15 @@
 """One HTTP/2 connection over TLS, and the byte streams (CONNECT tunnels) it carries.
 
-Two parsers share the connection. DATA and WINDOW_UPDATE, the frames every relayed chunk
-costs, are parsed and built here (proxy/hbone/frames.py), with flow control kept here too.
-Everything else (the preface, SETTINGS, HEADERS with HPACK, RST_STREAM, PING, GOAWAY and
-stream states) goes to the `h2` state machine exactly as received, in order. h2 learns of a
-stream's END_STREAM, or of DATA on a stream it must judge (idle, closed), from a zero-length
-DATA frame, so its own flow-control windows are never touched and it never sends a
-WINDOW_UPDATE. Measured, this took ~20 µs of h2 off every relayed chunk (docs/hbone.md,
-"Performance").
+Two parsers share the connection. The frames of a stream's life are parsed and built here
+(proxy/hbone/frames.py), with the stream states (RFC 9113 §5.1) and flow control kept here
+too: DATA and WINDOW_UPDATE, which every relayed chunk costs, and HEADERS, CONTINUATION and
+RST_STREAM, which every tunnel costs (header blocks are (de)compressed by the `hpack`
+library, with the encoder and decoder of the `h2` connection below, so table sizes follow
+SETTINGS, and validated by proxy/hbone/fields.py). The connection-level rest (the preface,
+SETTINGS, PING, GOAWAY, PRIORITY, PUSH_PROMISE, unknown types) goes to the `h2` state
+machine exactly as received, in order; h2 never sees a stream, so its windows are never
+touched and it never sends a WINDOW_UPDATE. Measured, h2 cost ~20 µs per relayed chunk and
+~150 µs per tunnel across both ends (docs/hbone.md, "Performance").
 
 Flow control is end to end: a stream acknowledges received DATA (which re-opens the sender's
 window) only when its reader asks for the next chunk, i.e. after the previous one was
@@ -34,12 +36,13 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 import structlog
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from core.spiffe import SpiffeId
-from proxy.hbone import frames
+from proxy.hbone import fields, frames
 from proxy.hbone.frames import FrameError, RecvWindow
 from proxy.hbone.tls import TlsTransport
 
@@ -49,6 +52,15 @@ STREAM_WINDOW = 4 << 20
 CONNECTION_WINDOW = 16 << 20
 MAX_FRAME = 1 << 20
 MAX_STREAMS = 100
+MAX_STREAM_ID = (1 << 31) - 1
+# A header block (HEADERS + CONTINUATIONs) longer than this, or in more frames, ends the
+# connection: what hpack decodes is bounded by h2's max header list size (64 KiB), a
+# CONNECT's is ~100 bytes, and empty CONTINUATIONs would otherwise cost CPU for ever.
+MAX_HEADER_BLOCK = 256 * 1024
+MAX_CONTINUATIONS = 64
+# RFC 7541 Appendix A: ":status 200" is static entry 8, sent as one indexed field (0x80 | 8)
+# whatever the dynamic table holds; only a pending table size update must come before it.
+_STATUS_200 = b"\x88"
 DEFAULT_WINDOW = 65535  # §6.9.2: every window's size until SETTINGS say otherwise
 # Free room offered to each TLS read: one full record (16 KiB of plaintext) and then some.
 _MIN_READ_ROOM = 32 * 1024
@@ -155,25 +167,16 @@ class Stream:
         if self.local_ended or self.error is not None:
             return
         self.local_ended = True
-        self.link.h2_output = True
-        try:
-            self.link.h2.end_stream(self.id)
-        except h2.exceptions.ProtocolError:
-            return
-        self.link.flush()
+        self.link.send_control(frames.empty_data(self.id, frames.END_STREAM))
         self._maybe_done()
 
     def reset(self, code: int = ErrorCodes.CONNECT_ERROR) -> None:
         """Abort the stream (RST_STREAM): the peer's side turns it into a TCP reset."""
         if self.error is not None or (self.local_ended and self.remote_ended):
             return
+        # Queued before _fail: forgetting the last stream may close the connection.
+        self.link.send_control(frames.rst_stream(self.id, code))
         self._fail(StreamReset("reset locally", code))
-        self.link.h2_output = True
-        try:
-            self.link.h2.reset_stream(self.id, code)
-        except h2.exceptions.ProtocolError:
-            return
-        self.link.flush()
 
     # -- events from the link --------------------------------------------------------------
 
@@ -234,7 +237,7 @@ class H2Link(asyncio.BufferedProtocol):
     def __init__(self, client_side: bool,
                  on_ready: Callable[[H2Link], str | None],
                  on_request: Callable[[Stream, Headers], None] | None = None) -> None:
-        cfg = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        cfg = h2.config.H2Configuration(client_side=client_side)
         self.h2 = h2.connection.H2Connection(cfg)
         values = {SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                   SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
@@ -248,6 +251,12 @@ class H2Link(asyncio.BufferedProtocol):
         self._on_ready, self._on_request = on_ready, on_request
         self.transport: TlsTransport | None = None
         self.streams: dict[int, Stream] = {}
+        self._next_id = 1  # client: the stream id we open next (§5.1.1: odd, growing)
+        self._peer_id = 0  # server: the highest stream id the client opened
+        # A header block waiting for its CONTINUATIONs: (stream, HEADERS flags, the stream
+        # it depends on, the fragments so far). Nothing else may come in between (§6.10).
+        self._block: tuple[int, int, int, bytearray] | None = None
+        self._continuations = 0
         self.send_window = DEFAULT_WINDOW  # the connection's, as the peer grants it
         self._recv_window = RecvWindow(CONNECTION_WINDOW)
         self._writable = asyncio.Event()
@@ -363,10 +372,18 @@ class H2Link(asyncio.BufferedProtocol):
             if end - pos < size:
                 self._need = size
                 break
+            if self._block is not None and ftype != frames.CONTINUATION:
+                raise FrameError(frames.PROTOCOL_ERROR, "header block interrupted")
             if ftype == frames.DATA:
                 self._on_data(pos, length, flags, sid)
             elif ftype == frames.WINDOW_UPDATE:
                 self._on_window_update(pos, length, sid)
+            elif ftype == frames.HEADERS:
+                self._on_headers(pos, length, flags, sid)
+            elif ftype == frames.CONTINUATION:
+                self._on_continuation(pos, length, flags, sid)
+            elif ftype == frames.RST_STREAM:
+                self._on_rst_stream(pos, length, sid)
             else:
                 # One frame at a time: h2 applies SETTINGS as it parses them, and a stream
                 # opened by an earlier HEADERS must take the initial window in force then.
@@ -390,10 +407,13 @@ class H2Link(asyncio.BufferedProtocol):
             raise FrameError(frames.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         s = self.streams.get(sid)
         if s is None or s.remote_ended:
-            # Not a stream we read: free its connection credit, and let h2 judge the
-            # stream (DATA on an idle stream ends the connection, on a closed one is reset).
+            # Not a stream we read: its connection credit comes straight back.
             self._release_connection(length)
-            self._to_h2(memoryview(frames.empty_data(sid, flags)))
+            if s is not None:  # §5.1 half-closed (remote): a stream error
+                s.reset(frames.STREAM_CLOSED)
+            elif self._idle(sid):  # §5.1 idle: a connection error
+                raise FrameError(frames.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            # closed: ignored, it may trail a RST_STREAM we sent (§5.1)
             return
         if not s.recv_window.consume(length):
             self._release_connection(length)
@@ -404,7 +424,7 @@ class H2Link(asyncio.BufferedProtocol):
         elif length:  # padding only: nothing to deliver, the credit comes straight back
             self.acknowledge(sid, length)
         if flags & frames.END_STREAM:
-            self._to_h2(memoryview(frames.empty_data(sid, flags)))
+            s._eof()
 
     def _on_window_update(self, at: int, length: int, sid: int) -> None:
         inc = frames.window_increment(self._in, at, length)
@@ -418,9 +438,10 @@ class H2Link(asyncio.BufferedProtocol):
             return
         s = self.streams.get(sid)
         if s is None:
-            # Not a stream we send on: h2 judges it (on an idle stream a connection error,
-            # on a closed one ignored); its windows for streams we don't hold don't matter.
-            self._to_h2(self._view[at:at + frames.HEADER + length])
+            # §5.1: on an idle stream a connection error; on a closed one it may trail the
+            # stream's end, and is ignored.
+            if self._idle(sid):
+                raise FrameError(frames.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
             return
         if inc == 0:
             s.reset(frames.PROTOCOL_ERROR)
@@ -430,6 +451,115 @@ class H2Link(asyncio.BufferedProtocol):
             s.reset(frames.FLOW_CONTROL_ERROR)
             return
         s._wake()
+
+    def _idle(self, sid: int) -> bool:
+        """§5.1: a stream id nobody has opened yet. Only clients open streams here (no
+        push), so every even id is idle, and an odd one above the highest opened."""
+        if sid % 2 == 0:
+            return True
+        return sid >= self._next_id if self.client_side else sid > self._peer_id
+
+    def _on_rst_stream(self, at: int, length: int, sid: int) -> None:
+        code = frames.rst_code(self._in, at, length)
+        if sid == 0:
+            raise FrameError(frames.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        s = self.streams.get(sid)
+        if s is not None:
+            s._fail(StreamReset(f"reset by peer ({_code_name(code)})", code))
+        elif self._idle(sid):
+            raise FrameError(frames.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+
+    def _on_headers(self, at: int, length: int, flags: int, sid: int) -> None:
+        if sid == 0:
+            raise FrameError(frames.PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, end, depends = frames.headers_fragment(self._in, at, length, flags)
+        if flags & frames.END_HEADERS:
+            self._on_header_block(sid, flags, depends, self._view[start:end])
+        else:
+            self._block = (sid, flags, depends, bytearray(self._view[start:end]))
+            self._continuations = 0
+
+    def _on_continuation(self, at: int, length: int, flags: int, sid: int) -> None:
+        block = self._block
+        if block is None or block[0] != sid:
+            raise FrameError(frames.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        fragments = block[3]
+        fragments += self._view[at + frames.HEADER:at + frames.HEADER + length]
+        self._continuations += 1
+        if len(fragments) > MAX_HEADER_BLOCK or self._continuations > MAX_CONTINUATIONS:
+            raise FrameError(frames.PROTOCOL_ERROR, "header block too long")
+        if flags & frames.END_HEADERS:
+            self._block = None
+            self._on_header_block(sid, block[1], block[2], memoryview(fragments))
+
+    def _on_header_block(self, sid: int, flags: int, depends: int, block: memoryview) -> None:
+        # Decoded whatever becomes of the stream: the HPACK tables must stay in step.
+        try:
+            raw = self.h2.decoder.decode(bytes(block), raw=True)
+        except hpack.HPACKError as exc:
+            raise FrameError(frames.COMPRESSION_ERROR, f"header block: {exc}") from None
+        pairs: list[tuple[bytes, bytes]] = [(bytes(k), bytes(v)) for k, v in raw]
+        if self.client_side:
+            self._on_response(sid, flags, pairs)
+        else:
+            self._on_request_headers(sid, flags, depends, pairs)
+
+    def _on_request_headers(self, sid: int, flags: int, depends: int,
+                            raw: list[tuple[bytes, bytes]]) -> None:
+        s = self.streams.get(sid)
+        if s is not None:
+            # A second field section on a tunnel (trailers): §8.5, a stream error.
+            s.reset(frames.PROTOCOL_ERROR)
+            return
+        if sid % 2 == 0:
+            raise FrameError(frames.PROTOCOL_ERROR, f"HEADERS on even stream {sid}")
+        if sid <= self._peer_id:
+            return  # closed (§5.1.1: ids only grow): it may trail a RST_STREAM we sent
+        # A new stream; the idle ones below it are closed now (§5.1.1).
+        self._peer_id = self.h2.highest_inbound_stream_id = sid  # h2's GOAWAY names it
+        code = None
+        if depends == sid:
+            code = frames.PROTOCOL_ERROR  # §5.3.1: a stream cannot depend on itself
+        elif self.goaway or self._on_request is None or len(self.streams) >= MAX_STREAMS:
+            code = frames.REFUSED_STREAM  # §5.1.2: over our SETTINGS_MAX_CONCURRENT_STREAMS
+        else:
+            try:
+                headers = fields.request(raw)
+            except fields.Malformed as exc:
+                log.info("hbone_malformed_request", stream=sid, error=str(exc))
+                code = frames.PROTOCOL_ERROR  # §8.1.1: malformed, a stream error
+        if code is not None:
+            self.send_control(frames.rst_stream(sid, code))
+            return
+        s = Stream(self, sid)
+        self.streams[sid] = s
+        assert self._on_request is not None
+        self._on_request(s, headers)
+        if flags & frames.END_STREAM:
+            s._eof()
+
+    def _on_response(self, sid: int, flags: int, raw: list[tuple[bytes, bytes]]) -> None:
+        if self._idle(sid):
+            raise FrameError(frames.PROTOCOL_ERROR, f"HEADERS on idle stream {sid}")
+        s = self.streams.get(sid)
+        if s is None:
+            return  # closed: an answer to a stream we reset (timed out, cancelled)
+        if s.response.done():
+            s.reset(frames.PROTOCOL_ERROR)  # a field section after the answer: §8.5
+            return
+        try:
+            status, headers = fields.response(raw)
+        except fields.Malformed as exc:
+            log.info("hbone_malformed_response", stream=sid, error=str(exc))
+            s.reset(frames.PROTOCOL_ERROR)
+            return
+        if status < 200:  # informational: the answer follows (§8.1), and cannot end here
+            if flags & frames.END_STREAM:
+                s.reset(frames.PROTOCOL_ERROR)
+            return
+        s.response.set_result(headers)
+        if flags & frames.END_STREAM:
+            s._eof()
 
     def _protocol_error(self, code: int | None, reason: str) -> None:
         log.warning("hbone_protocol_error", error=reason)
@@ -444,22 +574,7 @@ class H2Link(asyncio.BufferedProtocol):
     # -- h2 events -------------------------------------------------------------------------
 
     def _dispatch(self, ev: h2.events.Event) -> None:
-        if isinstance(ev, h2.events.StreamEnded):
-            if (s := self.streams.get(ev.stream_id or 0)) is not None:
-                s._eof()
-        elif isinstance(ev, h2.events.RequestReceived):
-            assert ev.stream_id is not None
-            s = Stream(self, ev.stream_id)
-            self.streams[ev.stream_id] = s
-            if self._on_request is None or self.goaway:
-                s.reset(ErrorCodes.REFUSED_STREAM)
-            else:
-                self._on_request(s, _headers(ev.headers))
-        elif isinstance(ev, h2.events.ResponseReceived):
-            if (s := self.streams.get(ev.stream_id or 0)) is not None \
-                    and not s.response.done():
-                s.response.set_result(_headers(ev.headers))
-        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+        if isinstance(ev, h2.events.RemoteSettingsChanged):
             changed = ev.changed_settings.get(SettingCodes.INITIAL_WINDOW_SIZE)
             if changed is not None:  # §6.9.2: applies to every open stream, by the delta
                 old = changed.original_value
@@ -467,10 +582,6 @@ class H2Link(asyncio.BufferedProtocol):
                 for s in self.streams.values():
                     s.send_window += delta
             self._wake_writers()
-        elif isinstance(ev, h2.events.StreamReset):
-            if (s := self.streams.get(ev.stream_id or 0)) is not None:
-                code = int(ev.error_code or 0)
-                s._fail(StreamReset(f"reset by peer ({_code_name(code)})", code))
         elif isinstance(ev, h2.events.ConnectionTerminated):
             # h2 moves the whole connection to CLOSED on a GOAWAY, so even streams the peer
             # would let finish can no longer send: end them all now, as resets.
@@ -478,7 +589,7 @@ class H2Link(asyncio.BufferedProtocol):
             for s in list(self.streams.values()):
                 s._fail(StreamReset("connection going away", ErrorCodes.REFUSED_STREAM))
             self.close()
-        # DataReceived carries nothing (h2 only sees empty DATA); WindowUpdated cannot come.
+        # h2 sees no stream frames: no stream events, no DataReceived, no WindowUpdated.
 
     def _wake_writers(self) -> None:
         for s in list(self.streams.values()):  # a sink's callback may end its stream
@@ -487,24 +598,30 @@ class H2Link(asyncio.BufferedProtocol):
     # -- used by streams and owners ----------------------------------------------------------
 
     def open_stream(self, headers: Headers) -> Stream:
-        sid = self.h2.get_next_available_stream_id()
+        """A new stream, its request sent. The caller checked `capacity()`. Our own
+        headers are not validated: the caller builds them (client.py)."""
+        sid = self._next_id
+        self._next_id += 2
         s = Stream(self, sid)
         self.streams[sid] = s
-        self.h2_output = True
-        self.h2.send_headers(sid, headers)
-        self.flush()
+        # No Huffman coding: in pure Python it doubles the cost of a CONNECT's ~100 bytes.
+        block = self.h2.encoder.encode(headers, huffman=False)
+        self.send_control(frames.headers(sid, block, False, self.h2.max_outbound_frame_size))
         return s
 
     def respond(self, s: Stream, status: int, end: bool) -> None:
-        self.h2_output = True
-        try:
-            self.h2.send_headers(s.id, [(":status", str(status))], end_stream=end)
-        except h2.exceptions.ProtocolError:
+        if s.error is not None or s.local_ended or self.lost is not None:
             return
+        encoder = self.h2.encoder
+        if status == 200 and not encoder.table_size_changes:
+            block = _STATUS_200
+        else:
+            block = encoder.encode([(":status", str(status))], huffman=False)
         if end:
             s.local_ended = True
+        self.send_control(frames.headers(s.id, block, end, self.h2.max_outbound_frame_size))
+        if end:
             s._maybe_done()
-        self.flush()
 
     def send_data(self, s: Stream, frame: bytearray | memoryview, n: int) -> None:
         """Send `n` payload bytes that follow 9 free header bytes in `frame`; n must be at
@@ -531,10 +648,20 @@ class H2Link(asyncio.BufferedProtocol):
 
     def _release_connection(self, n: int) -> None:
         if inc := self._recv_window.release(n):
-            if self.h2_output:  # h2's earlier frames go first
-                self.h2_output = False
-                self._wbuf += self.h2.data_to_send()
-            self._wbuf += frames.window_update(0, inc)
+            self._queue(frames.window_update(0, inc))
+
+    def _queue(self, frame: bytes) -> None:
+        if self.h2_output:  # h2's earlier frames go first
+            self.h2_output = False
+            self._wbuf += self.h2.data_to_send()
+        self._wbuf += frame
+
+    def send_control(self, frame: bytes) -> None:
+        """A frame that is not DATA, in order with what was queued before it; sent now,
+        or with everything else a read produced when called while it is dispatched."""
+        self._queue(frame)
+        if not self._dispatching:
+            self.flush()
 
     def forget(self, s: Stream) -> None:
         if self.streams.pop(s.id, None) is not None and not self.streams:
@@ -560,6 +687,8 @@ class H2Link(asyncio.BufferedProtocol):
             raise StreamReset(f"connection lost: {self.lost}")
 
     def capacity(self) -> int:
+        if self._next_id > MAX_STREAM_ID:
+            return 0  # §5.1.1: ids are used up, a new connection is needed
         limit = min(MAX_STREAMS, self.h2.remote_settings.max_concurrent_streams)
         return limit - len(self.streams)
 
@@ -584,11 +713,6 @@ class H2Link(asyncio.BufferedProtocol):
 
     def peer_info(self, key: str) -> Any:
         return self.transport.get_extra_info(key) if self.transport is not None else None
-
-
-def _headers(raw: Any) -> Headers:
-    return [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw or ()]
 
 
 def _code_name(code: int) -> str:

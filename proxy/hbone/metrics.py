@@ -28,3 +28,42 @@ TLS_CONNECTIONS = Gauge("meshnode_hbone_tls_connections", "Open HBONE mTLS conne
 HANDSHAKE_FAILURES = Counter(
     "meshnode_hbone_handshake_failures", "mTLS connections refused before any stream",
     ["direction", "reason"])
+
+
+class StreamSeries:
+    """The per-stream series of one (direction, source, destination) principal pair, looked
+    up once: prometheus_client's `labels()` validates and takes a lock on every call, four
+    times per tunnel on each end. As many as the pairs of identities, like the series."""
+
+    __slots__ = ("_labels", "closed", "opened", "received", "sent")
+
+    def __init__(self, direction: str, src: str, dst: str) -> None:
+        labels = (direction, src, dst)
+        self.opened: dict[str, Counter] = {}
+        self.closed = {reset: STREAMS_CLOSED.labels(*labels, reset) for reset in ("false",
+                                                                                 "true")}
+        self.sent = SENT.labels(*labels)
+        self.received = RECEIVED.labels(*labels)
+        self._labels = labels
+
+    def open(self, code: str) -> None:
+        c = self.opened.get(code)
+        if c is None:
+            c = self.opened[code] = STREAMS_OPENED.labels(*self._labels, code)
+        c.inc()
+
+    def close(self, reset: bool, sent: int, received: int) -> None:
+        self.closed["true" if reset else "false"].inc()
+        self.sent.inc(sent)
+        self.received.inc(received)
+
+
+_SERIES: dict[tuple[str, str, str], StreamSeries] = {}
+
+
+def series(direction: str, src: str, dst: str) -> StreamSeries:
+    key = (direction, src, dst)
+    s = _SERIES.get(key)
+    if s is None:
+        s = _SERIES[key] = StreamSeries(direction, src, dst)
+    return s

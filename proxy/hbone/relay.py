@@ -34,10 +34,12 @@ from proxy.forward import CLIENT, PROXY, UPSTREAM, ResetBy, Traffic, reset
 from proxy.hbone.frames import HEADER
 from proxy.hbone.h2link import Stream, StreamReset
 
-# Up to 256 KiB per DATA frame: measured, 64 KiB frames capped one stream at ~3 Gbit/s and
-# 256 KiB reached ~4-5 (per-frame Python and syscall costs); bigger gained little more, and
-# the receiver holds a whole frame before handing it on.
-CHUNK = 256 * 1024
+# Up to 1 MiB per DATA frame (the SETTINGS_MAX_FRAME_SIZE both ztunnel and we announce;
+# sendable() keeps to the peer's): measured, 64 KiB frames capped one stream at ~3 Gbit/s,
+# 256 KiB reached ~3-5, 1 MiB another ~25% at ~10% less CPU per byte (per-frame Python and
+# syscall costs; docs/benchmarks.md). A read takes what the socket has, so small messages
+# still go out at once in small frames.
+CHUNK = 1 << 20
 _buffers = threading.local()
 
 

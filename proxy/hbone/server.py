@@ -219,7 +219,8 @@ class HboneServer:
                                         decision.policy or "").inc()
             return self._answer(link, stream, info, 401, f"denied: {decision.reason}")
         try:
-            app = await asyncio.wait_for(self.dial(src, dst), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):  # wait_for would be a task more
+                app = await self.dial(src, dst)
         except (OSError, TimeoutError) as exc:
             return self._answer(link, stream, info, 503,
                                 f"connect {dst[0]}:{dst[1]}: {exc or 'timeout'}")
@@ -230,17 +231,16 @@ class HboneServer:
             reset(app)
             return None
         link.respond(stream, 200, end=False)
-        labels = ("inbound", str(info.peer), str(self.identity))
-        metrics.STREAMS_OPENED.labels(*labels, "200").inc()
+        series = metrics.series("inbound", str(info.peer), str(self.identity))
+        series.open("200")
         info.status = 200
         if self.on_open is not None:
             self.on_open(info)
+        t = info.traffic
         try:
-            await relay(app, stream, info.traffic, sock_is_a=False)
+            await relay(app, stream, t, sock_is_a=False)
         finally:
-            metrics.STREAMS_CLOSED.labels(*labels, str(info.traffic.reset).lower()).inc()
-            metrics.RECEIVED.labels(*labels).inc(info.traffic.a_to_b)
-            metrics.SENT.labels(*labels).inc(info.traffic.b_to_a)
+            series.close(t.reset, sent=t.b_to_a, received=t.a_to_b)
             if self.on_close is not None:
                 self.on_close(info)
         return None
@@ -250,8 +250,7 @@ class HboneServer:
         link.respond(stream, status, end=True)
         stream.reset(ErrorCodes.NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
         info.status, info.error = status, error
-        metrics.STREAMS_OPENED.labels("inbound", str(info.peer), str(self.identity),
-                                      str(status)).inc()
+        metrics.series("inbound", str(info.peer), str(self.identity)).open(str(status))
         d = info.decision
         event = "hbone_denied" if status == 401 else "hbone_refused"
         # n None: over the caller's budget, the line is dropped.
