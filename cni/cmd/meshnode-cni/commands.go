@@ -12,17 +12,27 @@ type invocation struct {
 	pod         pod
 }
 
-// newInvocation gathers what every attachment verb needs: version, settings, env, pod.
-func newInvocation(command string, conf *object, log *logger, netnsRequired bool) (*invocation, error) {
+// configured is what every verb but VERSION reads first: the config's cniVersion for this
+// verb and the plugin's settings; from here on the log also goes to the settings' log file.
+func configured(command string, conf *object, log *logger) (string, *settings, error) {
 	version, err := configVersion(conf, command)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	s, err := parseSettings(conf)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	log.logFile = s.logFile
+	return version, s, nil
+}
+
+// newInvocation gathers what every attachment verb needs: version, settings, env, pod.
+func newInvocation(command string, conf *object, log *logger, netnsRequired bool) (*invocation, error) {
+	version, s, err := configured(command, conf, log)
+	if err != nil {
+		return nil, err
+	}
 	inv := &invocation{command: command, version: version, settings: s}
 	if inv.containerID, err = requireEnv("CNI_CONTAINERID"); err != nil {
 		return nil, err
@@ -192,15 +202,10 @@ func cmdCheck(conf *object, log *logger) ([]byte, error) {
 }
 
 func cmdStatus(conf *object, log *logger) ([]byte, error) {
-	version, err := configVersion(conf, "STATUS")
+	version, s, err := configured("STATUS", conf, log)
 	if err != nil {
 		return nil, err
 	}
-	s, err := parseSettings(conf)
-	if err != nil {
-		return nil, err
-	}
-	log.logFile = s.logFile
 	timeout := s.timeout
 	if timeout > quickTimeout {
 		timeout = quickTimeout
@@ -221,15 +226,10 @@ func cmdStatus(conf *object, log *logger) ([]byte, error) {
 }
 
 func cmdGC(conf *object, log *logger) ([]byte, error) {
-	version, err := configVersion(conf, "GC")
+	version, s, err := configured("GC", conf, log)
 	if err != nil {
 		return nil, err
 	}
-	s, err := parseSettings(conf)
-	if err != nil {
-		return nil, err
-	}
-	log.logFile = s.logFile
 	req := baseRequest("GC", s, version)
 	attachments, err := validAttachments(conf)
 	if err != nil {
